@@ -1,0 +1,33 @@
+# ovsfoot: `make lab` runs the lab demo, `make test` the test suite.
+# Both install what they need first (Debian packages, a virtualenv in .venv).
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: deps venv lab test bench clean
+
+deps:
+	sudo_() { if [ "$$(id -u)" = 0 ]; then "$$@"; else sudo "$$@"; fi; }; \
+	sudo_ sh integration/install-deps.sh
+
+$(STAMP): setup.py integration/install-deps.sh
+	$(MAKE) deps
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,lab]'
+	touch $@
+
+venv: $(STAMP)
+
+lab: $(STAMP)
+	$(VENV)/bin/ovsfoot lab
+
+test: $(STAMP)
+	$(PY) -m pytest -v tests
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,16 @@
+#!/bin/sh
+# Installs the Debian packages ovsfoot, its tests and its lab need. Idempotent.
+set -e
+PKGS="openvswitch-switch openvswitch-common ovn-central ovn-host python3-venv python3-pip
+python3-bpfcc bpfcc-tools bpftool iperf3 sockperf conntrack nftables iproute2 ethtool
+tcpdump procps psmisc kmod qemu-system-x86 containernetworking-plugins busybox-static"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "ovsfoot: installing Debian packages:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends $missing
+fi

@@ -1,0 +1,5 @@
+import sys
+
+from ovsfoot.cli import main
+
+sys.exit(main())

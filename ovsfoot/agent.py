@@ -1,0 +1,201 @@
+"""The per-node agent: one poll loop for the source, the IDL, the publisher and unixctl.
+
+Data flows one way: source -> detector -> attributor -> footprints -> publisher.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import ovs.poller
+
+from ovsfoot.attribution import Attributor, Port, port_addresses, workload_of
+from ovsfoot.detection import Detector
+from ovsfoot.events import FlowEvent, Kind, Thresholds
+from ovsfoot.footprints import Footprints
+from ovsfoot.learning import Learner, StateFile
+from ovsfoot.ovsdb import LocalDb
+from ovsfoot.publishers.ovsdb import OvsdbPublisher
+from ovsfoot.sources import Source
+
+log = logging.getLogger(__name__)
+
+SAVE_EVERY_S = 5.0
+TICK_EVERY_S = 60.0
+
+
+@dataclass
+class Config:
+    db: str | None = None               # OVSDB remote; None: OVS run dir's db.sock
+    bridge: str = "br-int"
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    state: str | None = None            # state file of learned classes
+    heavy_at: float = 3.0
+    half_life: float = 6 * 3600
+    publish_interval: float = 0.1
+
+
+class Agent:
+    def __init__(self, cfg: Config, source: Source, db: LocalDb | None = None):
+        self.cfg = cfg
+        self.thresholds = cfg.thresholds
+        self.source = source
+        self.db = db or LocalDb(cfg.db)
+        self.detector = Detector(self.thresholds)
+        self.attributor = Attributor()
+        self.learner = Learner(cfg.heavy_at, cfg.half_life)
+        self.footprints = Footprints(self.learner)
+        self.publisher = OvsdbPublisher(self.db, cfg.publish_interval)
+        self.state = StateFile(cfg.state) if cfg.state else None
+        if self.state:
+            self.learner.load(self.state.load())
+        self.started = time.time_ns()
+        self.exiting = False
+        self.events = 0
+        self.unattributed = 0
+        self.bridge_seen: bool | None = None
+        self._synced = False
+        self._generation = None
+        self._next_save = self._next_tick = 0.0
+        self.on_change = []             # callables(event, attribution) for the lab/tests
+
+    # -- topology ---------------------------------------------------------
+    def refresh_topology(self) -> None:
+        bridge = self.db.bridge(self.cfg.bridge)
+        if (bridge is not None) != self.bridge_seen:
+            self.bridge_seen = bridge is not None
+            if bridge is None:
+                log.warning("bridge %s not found in OVSDB: no zone can be attributed "
+                            "until it exists (wrong --bridge?)", self.cfg.bridge)
+            else:
+                log.info("reading conntrack zones from bridge %s", self.cfg.bridge)
+        self.attributor.zones.update(dict(bridge.external_ids) if bridge else {},
+                                     time.time_ns(), started=not self._synced)
+        ports = {}
+        for iface in self.db.rows("Interface"):
+            ids = dict(iface.external_ids)
+            lport = ids.get("iface-id")
+            if lport:
+                ports[lport] = Port(lport, iface.name, workload_of(lport, ids),
+                                    port_addresses(ids))
+        for lport in ports.keys() - self.attributor.ports.keys():
+            klass = self.learner.klass(ports[lport].workload)
+            log.info("port %s appeared (workload %s%s)", lport, ports[lport].workload,
+                     f", learned {klass}" if klass else "")
+        self.attributor.ports = ports
+        self._synced = True
+        self._generation = None         # republish
+
+    # -- events -----------------------------------------------------------
+    def handle(self, events: list[FlowEvent]) -> None:
+        for ev in events:
+            self.events += 1
+            out = self.detector.feed(ev)
+            if out is not None:
+                self._elephant_event(out)
+
+    def _elephant_event(self, ev: FlowEvent) -> None:
+        attribution = None
+        if ev.kind == Kind.ELEPHANT:
+            attribution = self.attributor.attribute(ev)
+            if attribution.attributed:
+                log.info("elephant %s: port %s (workload %s) is its %s, %d bytes",
+                         ev.key, attribution.lport, attribution.workload,
+                         attribution.role, ev.bytes)
+            else:
+                self.unattributed += 1
+                log.info("elephant %s: not attributed (%s)", ev.key, attribution.reason)
+        elif ev.kind == Kind.END and ev.key in self.footprints.active:
+            attribution = self.footprints.active[ev.key].attribution
+            log.info("elephant %s ended after %d bytes", ev.key, ev.bytes)
+        self.footprints.apply(ev, attribution)
+        for cb in self.on_change:
+            cb(ev, attribution)
+
+    def set_thresholds(self, t: Thresholds) -> None:
+        t.validate()
+        self.thresholds.bytes, self.thresholds.seconds = t.bytes, t.seconds
+        self.thresholds.idle_seconds = t.idle_seconds
+        self.source.set_thresholds(self.thresholds)
+        log.info("thresholds now bytes=%d seconds=%g idle=%g", t.bytes, t.seconds,
+                 t.idle_seconds)
+
+    # -- publishing -------------------------------------------------------
+    def desired(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+        """The keys to publish per Interface name, and for the node."""
+        ports = self.footprints.by("lport")
+        interfaces, heavy = {}, 0
+        for lport, port in self.attributor.ports.items():
+            fp = ports.get(lport)
+            elephants = fp.elephants if fp else 0
+            learned = self.learner.klass(port.workload)
+            klass = "heavy" if elephants or learned == "heavy" else "light"
+            heavy += klass == "heavy"
+            kv = {"ovsfoot-footprint": klass, "ovsfoot-elephants": str(elephants)}
+            if learned:
+                kv["ovsfoot-workload-class"] = learned
+            interfaces[port.interface] = kv
+        total = len(self.footprints.active)
+        node = {"ovsfoot-footprint": "heavy" if total or heavy else "light",
+                "ovsfoot-elephants": str(total), "ovsfoot-heavy-ports": str(heavy)}
+        return interfaces, node
+
+    # -- the loop ---------------------------------------------------------
+    def run_once(self) -> None:
+        if self.db.run() or not self._synced:
+            self.refresh_topology()
+        self.handle(self.source.run())
+        now = time.time_ns()
+        for ev in self.detector.expire(now):
+            self._elephant_event(ev)
+        mono = time.monotonic()
+        if mono >= self._next_tick:
+            self.learner.tick(now)
+            self._next_tick = mono + TICK_EVERY_S
+        gen = (self.footprints.generation, len(self.learner.records),
+               sum(r.heavy for r in self.learner.records.values()))
+        if gen != self._generation:
+            self._generation = gen
+            self.publisher.want(*self.desired())
+        self.publisher.run()
+        if self.state and self.learner.dirty and mono >= self._next_save:
+            self.save_state()
+            self._next_save = mono + SAVE_EVERY_S
+
+    def save_state(self) -> None:
+        if self.state:
+            self.state.save(self.learner.dump())
+            self.learner.dirty = False
+
+    def wait(self, poller: ovs.poller.Poller) -> None:
+        self.db.wait(poller)
+        self.source.wait(poller)
+        self.publisher.wait(poller)
+        expiry = self.detector.next_expiry()
+        if expiry is not None:
+            poller.timer_wait(max(0, (expiry - time.time_ns()) // 1_000_000) + 1)
+        if self.state and self.learner.dirty:
+            poller.timer_wait(int(SAVE_EVERY_S * 1000))
+        poller.timer_wait(int(TICK_EVERY_S * 1000))
+
+    def loop(self, extra=()) -> None:
+        """Runs until `exiting`; `extra` are objects with run() and wait(poller)."""
+        while not self.exiting:
+            self.run_once()
+            for x in extra:
+                x.run()
+            poller = ovs.poller.Poller()
+            self.wait(poller)
+            for x in extra:
+                x.wait(poller)
+            if not self.exiting:
+                poller.block()
+
+    def shutdown(self, withdraw: bool = True) -> None:
+        self.save_state()
+        if withdraw:
+            self.publisher.withdraw()
+        self.source.close()
+        self.db.idl.close()

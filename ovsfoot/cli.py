@@ -1,0 +1,182 @@
+"""Command line: `ovsfoot agent`, `ovsfoot record`, `ovsfoot lab`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import ovs.daemon
+import ovs.util
+
+from ovsfoot import __version__
+from ovsfoot.events import Thresholds
+from ovsfoot.sources import NAMES, SourceUnavailable, open_source
+
+log = logging.getLogger("ovsfoot")
+ovs.util.PROGRAM_NAME = "ovsfoot"     # pidfile and ctl socket names for ovs-appctl -t ovsfoot
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+        return v
+    return parse
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("source")
+    g.add_argument("--source", choices=NAMES, default="auto",
+                   help="where flow events come from (default: auto = bpf, else ctnetlink)")
+    g.add_argument("--netns", help="network namespace of the OVS datapath (default: our own)")
+    g.add_argument("--include-zone0", action="store_true",
+                   help="also count conntrack zone 0 (not an OVN port's zone)")
+    g.add_argument("--interval", type=_positive(float), default=1.0,
+                   help="ctnetlink poll interval in seconds (default 1)")
+    g.add_argument("--replay", metavar="FILE", help="recording for --source replay")
+    g.add_argument("--speed", type=_positive(float), default=1.0,
+                   help="replay speed factor, 0 = as fast as possible (default 1)")
+    g.add_argument("--elephant-bytes", type=_positive(int), default=Thresholds.bytes,
+                   help="bytes a flow must carry to be an elephant (default %(default)s)")
+    g.add_argument("--elephant-seconds", type=_positive(float), default=Thresholds.seconds,
+                   help="seconds a flow must live to be an elephant (default %(default)s)")
+    g.add_argument("--idle-seconds", type=_positive(float), default=Thresholds.idle_seconds,
+                   help="an elephant idle this long has ended (default %(default)s)")
+
+
+def _logging(args) -> None:
+    level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
+    fmt = logging.Formatter("%(asctime)s|%(name)s|%(levelname)s|%(message)s")
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if args.log_file:
+        handlers.append(logging.FileHandler(args.log_file))
+        level = min(level, logging.INFO)
+    root = logging.getLogger()
+    root.setLevel(level)
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+
+
+def _open(args, thresholds: Thresholds):
+    source = open_source(args.source, thresholds, netns=args.netns,
+                         include_zone0=args.include_zone0, replay_file=args.replay,
+                         interval=args.interval, speed=args.speed)
+    log.info("source: %s", source.name)
+    return source
+
+
+def cmd_agent(args) -> int:
+    from ovsfoot.agent import Agent, Config
+    from ovsfoot.control.unixctl import Control
+
+    thresholds = Thresholds(args.elephant_bytes, args.elephant_seconds, args.idle_seconds)
+    thresholds.validate()
+    state = os.path.abspath(args.state) if args.state else None
+    ovs.daemon.handle_args(args)
+    if not args.pidfile:
+        ovs.daemon.set_pidfile(None)
+    ovs.daemon.daemonize_start()
+    source = _open(args, thresholds)
+    cfg = Config(db=args.db, bridge=args.bridge, thresholds=thresholds, state=state,
+                 heavy_at=args.heavy_at, half_life=args.half_life)
+    agent = Agent(cfg, source)
+    control = Control(agent, args.unixctl)
+    ovs.daemon.daemonize_complete()
+    log.info("ovsfoot %s agent running on %s, bridge %s", __version__, agent.db.remote,
+             args.bridge)
+    try:
+        agent.loop(extra=[control])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        agent.shutdown()
+        control.close()
+    return 0
+
+
+def cmd_record(args) -> int:
+    from ovsfoot.sources.replay import Recorder
+    import ovs.poller
+
+    thresholds = Thresholds(args.elephant_bytes, args.elephant_seconds, args.idle_seconds)
+    source = _open(args, thresholds)
+    rec = Recorder(args.output, source.name)
+    end = time.monotonic() + args.duration
+    try:
+        while time.monotonic() < end:
+            rec.write(source.run())
+            poller = ovs.poller.Poller()
+            source.wait(poller)
+            poller.timer_wait(int(max(0, end - time.monotonic()) * 1000))
+            poller.block()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rec.close()
+        source.close()
+    print(f"recorded {rec.count} events from {source.name} into {args.output}")
+    return 0
+
+
+def cmd_lab(args) -> int:
+    from integration.lab import main as lab_main
+    return lab_main(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ovsfoot", description=__doc__)
+    p.add_argument("--version", action="version", version=f"ovsfoot {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("agent", help="run the per-node agent")
+    a.add_argument("--db", help="OVSDB remote (default: unix:$OVS_RUNDIR/db.sock)")
+    a.add_argument("--bridge", default="br-int", help="integration bridge (default br-int)")
+    a.add_argument("--state", default="/var/lib/ovsfoot/state.msgpack",
+                   help="file of learned workload classes (default %(default)s)")
+    a.add_argument("--heavy-at", type=_positive(float), default=3.0,
+                   help="elephants (decayed) that make a workload heavy (default 3)")
+    a.add_argument("--half-life", type=_positive(float), default=6 * 3600.0,
+                   help="seconds for a workload's elephant score to halve (default 6 h)")
+    a.add_argument("--unixctl", help="control socket (default: $OVS_RUNDIR/ovsfoot.PID.ctl)")
+    a.add_argument("--log-file", help="also log to this file")
+    a.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    _source_args(a)
+    ovs.daemon.add_args(a)
+    a.set_defaults(func=cmd_agent)
+
+    r = sub.add_parser("record", help="record a live source's events for replay")
+    r.add_argument("-o", "--output", required=True, help="msgpack file to write")
+    r.add_argument("--duration", type=_positive(float), default=10.0, help="seconds (default 10)")
+    r.add_argument("-v", "--verbose", action="count", default=0)
+    r.set_defaults(func=cmd_record, log_file=None)
+    _source_args(r)
+
+    lab = sub.add_parser("lab", help="run the lab: OVN over Geneve in a VM, with the agents")
+    lab.add_argument("--workdir", help="where the lab keeps its files (default: a temp dir)")
+    lab.add_argument("--report", default="lab-report.json", help="JSON report to write")
+    lab.add_argument("-v", "--verbose", action="count", default=0)
+    lab.set_defaults(func=cmd_lab, log_file=None)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    _logging(args)
+    try:
+        return args.func(args)
+    except (SourceUnavailable, ValueError, OSError) as e:
+        log.error("%s", e)
+        print(f"ovsfoot: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Control on the side of the data path: unixctl commands and the CLI."""

@@ -1,0 +1,172 @@
+"""ovs-appctl commands: `ovs-appctl -t ovsfoot CMD`.
+
+Every show command answers text for people, or JSON when given `json`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import logging
+
+import ovs.unixctl
+import ovs.unixctl.server
+
+from ovsfoot import __version__
+from ovsfoot.events import Thresholds
+
+log = logging.getLogger(__name__)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+class Control:
+    """Registers the agent's commands and serves them on a unixctl socket."""
+
+    def __init__(self, agent, path: str | None = None):
+        self.agent = agent
+        err, self.server = ovs.unixctl.server.UnixctlServer.create(path, __version__)
+        if err:
+            raise OSError(err, f"cannot create the unixctl socket: {err}")
+        shows = {
+            "footprint/show": self.footprint,
+            "elephant/list": self.elephants,
+            "zone/map": self.zones,
+            "workload/show": self.workloads,
+            "threshold/show": self.threshold_show,
+            "stats": self.stats,
+        }
+        for name, fn in shows.items():
+            ovs.unixctl.command_register(name, "[json]", 0, 1, self._show, fn)
+        ovs.unixctl.command_register("threshold/set", "bytes=N seconds=S [idle=S]",
+                                     1, 3, self._threshold_set, None)
+        ovs.unixctl.command_register("exit", "", 0, 0, self._exit, None)
+
+    def run(self) -> None:
+        self.server.run()
+
+    def wait(self, poller) -> None:
+        self.server.wait(poller)
+
+    def close(self) -> None:
+        self.server.close()
+
+    # -- plumbing ---------------------------------------------------------
+    @staticmethod
+    def _show(conn, argv, fn):
+        if argv and argv[0] != "json":
+            conn.reply_error(f"unknown argument {argv[0]!r}: the only one is 'json'")
+            return
+        data, text = fn()
+        conn.reply(json.dumps(data, indent=1, sort_keys=True) if argv else text)
+
+    def _threshold_set(self, conn, argv, _aux):
+        t = self.agent.thresholds
+        values = {"bytes": t.bytes, "seconds": t.seconds, "idle": t.idle_seconds}
+        try:
+            for arg in argv:
+                name, sep, value = arg.partition("=")
+                if not sep or name not in values:
+                    raise ValueError(f"bad argument {arg!r}: use bytes=N, seconds=S, idle=S")
+                values[name] = int(value) if name == "bytes" else float(value)
+            new = Thresholds(values["bytes"], values["seconds"], values["idle"])
+            new.validate()
+        except ValueError as e:
+            conn.reply_error(str(e).replace("invalid literal for int() with base 10",
+                                            "not a whole number"))
+            return
+        try:
+            self.agent.set_thresholds(new)
+        except Exception as e:             # the source could not take them
+            log.exception("threshold/set failed")
+            conn.reply_error(f"thresholds not changed: {e}")
+            return
+        conn.reply(self.threshold_show()[1])
+
+    def _exit(self, conn, argv, _aux):
+        self.agent.exiting = True
+        conn.reply(None)
+
+    # -- the views --------------------------------------------------------
+    def footprint(self):
+        a = self.agent
+        interfaces, node = a.desired()
+        ports = a.footprints.by("lport", a.attributor.ports)
+        data = {"node": {**a.footprints.node().as_dict(), "class": node["ovsfoot-footprint"],
+                         "heavy_ports": int(node["ovsfoot-heavy-ports"])},
+                "ports": {}}
+        lines = [f"node: {node['ovsfoot-footprint']}, {node['ovsfoot-elephants']} elephants, "
+                 f"{node['ovsfoot-heavy-ports']} heavy ports"]
+        for lport, port in sorted(a.attributor.ports.items()):
+            fp = ports[lport]
+            klass = interfaces[port.interface]["ovsfoot-footprint"]
+            learned = a.learner.klass(port.workload)
+            data["ports"][lport] = {**fp.as_dict(), "class": klass, "learned": learned,
+                                    "interface": port.interface, "workload": port.workload}
+            lines.append(f"  {lport} ({port.interface}, workload {port.workload}): {klass}, "
+                         f"{fp.elephants} elephants, {_mb(fp.bytes)}"
+                         + (f", learned {learned}" if learned else ""))
+        return data, "\n".join(lines)
+
+    def elephants(self):
+        rows, lines = [], []
+        for key, e in self.agent.footprints.active.items():
+            at, ev = e.attribution, e.event
+            rows.append({"zone": key.zone, "proto": key.proto, "src": key.src,
+                         "dst": key.dst, "sport": key.sport, "dport": key.dport,
+                         "bytes_orig": ev.bytes_orig, "bytes_reply": ev.bytes_reply,
+                         "first_seen_ns": ev.first_seen, "detected_ns": e.detected_at,
+                         "port": at.lport, "workload": at.workload, "role": at.role,
+                         "router": at.router, "reason": at.reason})
+            who = (f"{at.lport} ({at.workload}) {at.role}" if at.attributed
+                   else f"unattributed: {at.reason}")
+            lines.append(f"{key}: {_mb(ev.bytes)} -> {who}")
+        return rows, "\n".join(lines) or "no elephants"
+
+    def zones(self):
+        a = self.agent
+        data, lines = {}, []
+        for zone, o in sorted(a.attributor.zones.current.items()):
+            port = a.attributor.ports.get(o.owner)
+            kind = "router" if o.router else ("port" if port else "port, no interface here")
+            data[str(zone)] = {"owner": o.owner, "kind": kind.split(",")[0],
+                               "interface": port.interface if port else None,
+                               "workload": port.workload if port else None}
+            lines.append(f"zone {zone}: {o.owner} ({kind})"
+                         + (f" -> {port.interface}, workload {port.workload}" if port else ""))
+        return data, "\n".join(lines) or f"no zones on bridge {a.cfg.bridge}"
+
+    def workloads(self):
+        a = self.agent
+        present = {p.workload for p in a.attributor.ports.values()}
+        fps = a.footprints.workloads(present)
+        data, lines = {}, []
+        for name, fp in sorted(fps.items()):
+            r = a.learner.records.get(name)
+            data[name] = {**fp.as_dict(), "present": name in present,
+                          "score": round(r.score, 3) if r else 0.0,
+                          "elephants_seen": r.elephants if r else 0}
+            lines.append(f"{name}: {fp.klass}, {fp.elephants} elephants now, learned "
+                         f"{fp.learned or '-'}" + (f" (score {r.score:.2f}, {r.elephants} seen)"
+                                                   if r else "")
+                         + ("" if name in present else ", not on this node"))
+        return data, "\n".join(lines) or "no workloads"
+
+    def threshold_show(self):
+        t = self.agent.thresholds
+        data = {"bytes": t.bytes, "seconds": t.seconds, "idle_seconds": t.idle_seconds}
+        return data, f"bytes={t.bytes} seconds={t.seconds:g} idle={t.idle_seconds:g}"
+
+    def stats(self):
+        a = self.agent
+        data = {"events": a.events, "elephants_detected": a.detector.detected,
+                "elephants_ended": a.detector.ended, "elephants_active": len(a.detector.elephants),
+                "unattributed": a.unattributed, "transactions": a.publisher.transactions,
+                "publish_failures": a.publisher.failures,
+                "uptime_s": round((time.time_ns() - a.started) / 1e9, 1),
+                "source": a.source.stats()}
+        lines = [f"{k}: {v}" for k, v in data.items() if k != "source"]
+        lines += [f"source {k}: {v}" for k, v in data["source"].items()]
+        return data, "\n".join(lines)

@@ -1,0 +1,89 @@
+"""Typed flow events: what every source produces and the pipeline consumes."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Kind(enum.IntEnum):
+    """What a flow event says about its flow."""
+
+    NEW = 0       # the flow was first seen
+    UPDATE = 1    # cumulative counters changed
+    ELEPHANT = 2  # the flow crossed the thresholds (decided in the kernel)
+    END = 3       # the conntrack entry went away
+
+
+@dataclass(frozen=True, slots=True)
+class FlowKey:
+    """A conntrack entry's identity: its original-direction tuple in one zone."""
+
+    netns: int          # inode of the network namespace whose conntrack holds it
+    zone: int
+    proto: int          # IP protocol number
+    src: str            # original-direction source address
+    dst: str
+    sport: int
+    dport: int
+
+    def __str__(self) -> str:
+        return (f"zone={self.zone} proto={self.proto} "
+                f"{self.src}:{self.sport}->{self.dst}:{self.dport}")
+
+
+@dataclass(slots=True)
+class FlowEvent:
+    """One observation of a flow, with cumulative counters per direction.
+
+    `ts` is when it was observed and `first_seen` when the flow started, both
+    in nanoseconds since the epoch, so that replayed events detect the same
+    way as live ones.
+    """
+
+    kind: Kind
+    key: FlowKey
+    ts: int
+    first_seen: int
+    bytes_orig: int = 0
+    bytes_reply: int = 0
+    packets_orig: int = 0
+    packets_reply: int = 0
+    ifindex: int = 0    # interface the flow was seen on, 0 if unknown
+
+    @property
+    def bytes(self) -> int:
+        return self.bytes_orig + self.bytes_reply
+
+    def to_list(self) -> list:
+        """A compact msgpack-friendly form (see `from_list`)."""
+        k = self.key
+        return [int(self.kind), k.netns, k.zone, k.proto, k.src, k.dst,
+                k.sport, k.dport, self.ts, self.first_seen, self.bytes_orig,
+                self.bytes_reply, self.packets_orig, self.packets_reply,
+                self.ifindex]
+
+    @classmethod
+    def from_list(cls, v: list) -> "FlowEvent":
+        """Inverse of `to_list`; raises ValueError on a malformed record."""
+        if not isinstance(v, (list, tuple)) or len(v) != 15:
+            raise ValueError(f"flow event record must be a list of 15 items, got {v!r:.80}")
+        try:
+            key = FlowKey(int(v[1]), int(v[2]), int(v[3]), str(v[4]), str(v[5]),
+                          int(v[6]), int(v[7]))
+            return cls(Kind(v[0]), key, *(int(x) for x in v[8:15]))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"malformed flow event record {v!r:.80}: {e}") from None
+
+
+@dataclass(slots=True)
+class Thresholds:
+    """When a flow is an elephant: at least `bytes` carried over `seconds` lived."""
+
+    bytes: int = 10_000_000
+    seconds: float = 1.0
+    idle_seconds: float = 30.0   # an elephant that carries nothing this long has ended
+
+    def validate(self) -> None:
+        if self.bytes < 1 or self.seconds < 0 or self.idle_seconds <= 0:
+            raise ValueError("thresholds need bytes >= 1, seconds >= 0, idle-seconds > 0")

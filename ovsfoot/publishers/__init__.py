@@ -1,0 +1,1 @@
+"""Publishers: where footprints go for orchestrators to read."""

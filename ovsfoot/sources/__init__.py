@@ -1,0 +1,59 @@
+"""Flow sources: where flow events come from.
+
+Every source is polled from the agent's single loop: `wait(poller)` registers
+a file descriptor or a timer with an `ovs.poller.Poller`, and `run()` returns
+the events that are ready without blocking.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from ovsfoot.events import FlowEvent, Thresholds
+
+log = logging.getLogger(__name__)
+
+
+class SourceUnavailable(Exception):
+    """A source cannot run here; the message says why."""
+
+
+class Source(Protocol):
+    name: str
+
+    def run(self) -> list[FlowEvent]: ...
+    def wait(self, poller) -> None: ...
+    def set_thresholds(self, thresholds: Thresholds) -> None: ...
+    def stats(self) -> dict: ...
+    def close(self) -> None: ...
+
+
+NAMES = ("auto", "bpf", "ctnetlink", "replay")
+
+
+def open_source(name: str, thresholds: Thresholds, *, netns: str | None = None,
+                include_zone0: bool = False, replay_file: str | None = None,
+                interval: float = 1.0, speed: float = 1.0) -> Source:
+    """Open the source called `name`; "auto" tries bpf, then ctnetlink.
+
+    `netns` names the network namespace of the OVS datapath (None: our own).
+    """
+    if name == "replay":
+        if not replay_file:
+            raise SourceUnavailable("the replay source needs --replay FILE")
+        from ovsfoot.sources.replay import ReplaySource
+        return ReplaySource(replay_file, speed=speed)
+    if name in ("bpf", "auto"):
+        try:
+            from ovsfoot.sources.bpf import BpfSource
+            return BpfSource(thresholds, netns=netns, include_zone0=include_zone0)
+        except SourceUnavailable as e:
+            if name == "bpf":
+                raise
+            log.warning("bpf source unavailable (%s); falling back to ctnetlink", e)
+    if name in ("ctnetlink", "auto"):
+        from ovsfoot.sources.ctnetlink import CtnetlinkSource
+        return CtnetlinkSource(netns=netns, include_zone0=include_zone0,
+                               interval=interval, thresholds=thresholds)
+    raise SourceUnavailable(f"unknown source {name!r}: choose one of {', '.join(NAMES)}")

@@ -1,0 +1,14 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ovsfoot",
+    version="0.1.0",
+    description="Per-node elephant-flow footprints for Open vSwitch / OVN hosts",
+    packages=find_packages(include=["ovsfoot", "ovsfoot.*", "integration", "integration.*"]),
+    python_requires=">=3.11",
+    # bcc comes from Debian's python3-bpfcc: the virtualenv is made with
+    # --system-site-packages so that it sees it.
+    install_requires=["ovs>=3.1", "pyroute2>=0.9", "msgpack>=1.0"],
+    extras_require={"test": ["pytest>=7"], "lab": ["virtme-ng>=1.42"]},
+    entry_points={"console_scripts": ["ovsfoot=ovsfoot.cli:main"]},
+)
