@@ -1,0 +1,302 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * ovsfoot_ct: elephant-flow detection on conntrack, loaded with bcc by
+ * ovsfoot/sources/bpf.py.
+ *
+ * A flow is tracked from when its conntrack entry is confirmed (committed;
+ * the OVS datapath's ct(commit) confirms it) until it is deleted. Every packet
+ * conntrack accounts adds to the flow's counters; the first packet to see the
+ * flow past both thresholds emits one ELEPHANT event, and the deletion of an
+ * elephant emits an END event. Mice never leave the kernel.
+ *
+ * Only entries in the configured network namespace count (pods' namespaces
+ * have their own conntrack tables and would count the same bytes again), and
+ * zone 0 only if asked. Thresholds and filters live in the `config` map, so
+ * user space changes them without reloading.
+ *
+ * Compile-time switches, set by bpf.py:
+ *   USE_FENTRY         fentry programs instead of kprobes
+ *   USE_RINGBUF        ring buffer (kernel >= 5.8) instead of perf buffer
+ *   REFRESH_HAS_SKB    __nf_ct_refresh_acct(ct, ctinfo, skb, extra_jiffies,
+ *                      do_acct) as before 6.13; else (ct, ctinfo,
+ *                      extra_jiffies, bytes)
+ *   DESTROY_FN         nf_ct_destroy, or destroy_conntrack before 5.19
+ *   MAX_FLOWS          size of the per-flow LRU map
+ *   RINGBUF_PAGES      size of the ring or perf buffer, in pages
+ */
+#include <linux/skbuff.h>
+#include <net/net_namespace.h>
+#include <net/netfilter/nf_conntrack.h>
+
+enum kind { KIND_ELEPHANT = 2, KIND_END = 3 };   /* ovsfoot.events.Kind */
+
+enum counter {
+	C_STARTED,      /* flows tracked from their confirmation */
+	C_LATE,         /* confirmed flows first seen on a packet (older than
+	                   the tracer, or evicted from the LRU map) */
+	C_ENDED,        /* tracked flows deleted */
+	C_ELEPHANTS,
+	C_DROPPED,      /* events lost: ring or perf buffer full */
+	C_MAP_FULL,     /* flows not tracked: the map had no room */
+	NR_COUNTERS,
+};
+
+struct config {
+	u64 bytes;      /* elephant: at least this many bytes, both directions */
+	u64 age_ns;     /* ... and at least this old */
+	u32 netns;      /* inode of the network namespace to watch; 0: none yet */
+	u32 zone0;      /* count zone 0 too */
+};
+
+struct flow {
+	u64 first_seen; /* ktime ns */
+	u64 bytes[2];   /* per direction: IP_CT_DIR_ORIGINAL, IP_CT_DIR_REPLY */
+	u64 packets[2];
+	u32 ifindex;    /* device of the packet that confirmed the flow */
+	u32 elephant;   /* nonzero once reported */
+};
+
+struct event {
+	u64 flow;       /* the struct nf_conn address: a flow id while it lives */
+	u64 ts;         /* ktime ns */
+	u64 first_seen;
+	u64 bytes[2];
+	u64 packets[2];
+	u8 src[16];     /* original direction; IPv4 in the first 4 bytes */
+	u8 dst[16];
+	u32 netns;
+	u32 ifindex;
+	u16 zone;
+	u16 family;
+	u16 sport;      /* network byte order; ICMP id for ICMP */
+	u16 dport;
+	u8 proto;
+	u8 kind;
+	u8 pad[6];
+};
+
+BPF_ARRAY(config, struct config, 1);
+BPF_TABLE("lru_hash", u64, struct flow, flows, MAX_FLOWS);
+BPF_PERCPU_ARRAY(counters, u64, NR_COUNTERS);
+#ifdef USE_RINGBUF
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+#else
+BPF_PERF_OUTPUT(events);
+#endif
+
+static __always_inline void count(int c)
+{
+	u64 *v = counters.lookup(&c);
+
+	if (v)
+		(*v)++;
+}
+
+static __always_inline u16 ct_zone(struct nf_conn *ct)
+{
+	u16 zone = 0;
+#ifdef CONFIG_NF_CONNTRACK_ZONES
+	bpf_probe_read_kernel(&zone, sizeof(zone), &ct->zone.id);
+#endif
+	return zone;
+}
+
+/* Is this entry in the watched network namespace and zones? */
+static __always_inline bool watched(struct nf_conn *ct, struct config *cfg)
+{
+	struct net *net = NULL;
+	u32 inum = 0;
+
+	bpf_probe_read_kernel(&net, sizeof(net), &ct->ct_net.net);
+	bpf_probe_read_kernel(&inum, sizeof(inum), &net->ns.inum);
+	return inum == cfg->netns && (cfg->zone0 || ct_zone(ct));
+}
+
+static __always_inline void emit(void *ctx, struct nf_conn *ct, struct flow *f,
+				 u8 kind, struct config *cfg)
+{
+	struct nf_conntrack_tuple t = {};
+#ifdef USE_RINGBUF
+	struct event *e = events.ringbuf_reserve(sizeof(*e));
+
+	if (!e) {
+		count(C_DROPPED);
+		return;
+	}
+#else
+	struct event ev = {}, *e = &ev;
+#endif
+	bpf_probe_read_kernel(&t, sizeof(t), &ct->tuplehash[IP_CT_DIR_ORIGINAL].tuple);
+	e->flow = (u64)ct;
+	e->ts = bpf_ktime_get_ns();
+	e->first_seen = f->first_seen;
+	e->bytes[0] = f->bytes[0];
+	e->bytes[1] = f->bytes[1];
+	e->packets[0] = f->packets[0];
+	e->packets[1] = f->packets[1];
+	__builtin_memcpy(e->src, &t.src.u3, 16);
+	__builtin_memcpy(e->dst, &t.dst.u3, 16);
+	e->netns = cfg->netns;
+	e->ifindex = f->ifindex;
+	e->zone = ct_zone(ct);
+	e->family = t.src.l3num;
+	e->sport = t.src.u.all;
+	e->dport = t.dst.u.all;
+	e->proto = t.dst.protonum;
+	e->kind = kind;
+#ifdef USE_RINGBUF
+	events.ringbuf_submit(e, 0);
+#else
+	if (events.perf_submit(ctx, e, sizeof(*e)))
+		count(C_DROPPED);
+#endif
+}
+
+static __always_inline struct config *get_config(void)
+{
+	int zero = 0;
+	struct config *cfg = config.lookup(&zero);
+
+	return cfg && cfg->netns ? cfg : NULL;
+}
+
+/* Start tracking `ct`, counting `len` bytes of a first original-direction packet. */
+static __always_inline struct flow *track(struct nf_conn *ct, u32 ifindex, u32 len,
+					  int counter)
+{
+	struct flow f = { .first_seen = bpf_ktime_get_ns(), .ifindex = ifindex };
+	u64 key = (u64)ct;
+	int err;
+
+	if (len) {
+		f.bytes[IP_CT_DIR_ORIGINAL] = len;
+		f.packets[IP_CT_DIR_ORIGINAL] = 1;
+	}
+	/* A confirmation overwrites; a late start loses to a racing one. */
+	err = counter == C_STARTED ? flows.update(&key, &f) : flows.insert(&key, &f);
+	if (err && err != -EEXIST) {
+		count(C_MAP_FULL);
+		return NULL;
+	}
+	if (!err)
+		count(counter);
+	return flows.lookup(&key);
+}
+
+static __always_inline void on_packet(void *ctx, struct nf_conn *ct, u32 ctinfo, u32 len)
+{
+	struct config *cfg = get_config();
+	u64 key = (u64)ct, now;
+	struct flow *f;
+	unsigned long status = 0;
+	int dir = ctinfo >= IP_CT_IS_REPLY;
+
+	if (!cfg || !len)
+		return;
+	f = flows.lookup(&key);
+	if (!f) {
+		bpf_probe_read_kernel(&status, sizeof(status), &ct->status);
+		if ((status & (IPS_CONFIRMED | IPS_DYING)) != IPS_CONFIRMED || !watched(ct, cfg))
+			return;
+		f = track(ct, 0, 0, C_LATE);
+		if (!f)
+			return;
+	}
+	__sync_fetch_and_add(&f->bytes[dir], len);
+	__sync_fetch_and_add(&f->packets[dir], 1);
+	if (f->elephant || f->bytes[0] + f->bytes[1] < cfg->bytes)
+		return;
+	now = bpf_ktime_get_ns();
+	if (now - f->first_seen < cfg->age_ns)
+		return;
+	/* Two CPUs racing here may both report: bcc cannot emit atomic
+	 * fetch-and-add, so user space drops the duplicate. */
+	f->elephant = 1;
+	count(C_ELEPHANTS);
+	emit(ctx, ct, f, KIND_ELEPHANT, cfg);
+}
+
+static __always_inline void on_gone(void *ctx, struct nf_conn *ct)
+{
+	struct config *cfg = get_config();
+	u64 key = (u64)ct;
+	struct flow *f = flows.lookup(&key);
+
+	if (!f)
+		return;
+	if (f->elephant && cfg)
+		emit(ctx, ct, f, KIND_END, cfg);
+	flows.delete(&key);
+	count(C_ENDED);
+}
+
+/*
+ * Hooks: ON(kernel function) { body }, with its arguments as ARG(1), ARG(2)...
+ * (bcc's kprobe argument rewriting cannot see through macros, so neither
+ * flavour declares typed arguments.)
+ */
+#ifdef USE_FENTRY
+#define HOOK(fn) KFUNC_PROBE(fn)
+#define ARG(n) (((u64 *)ctx)[(n) - 1])
+#else
+#define HOOK(fn) int kprobe__##fn(struct pt_regs *ctx)
+#define ARG(n) PT_REGS_PARM##n(ctx)
+#endif
+#define ON(fn) HOOK(fn)  /* expands DESTROY_FN first */
+
+ON(__nf_conntrack_confirm)  /* (struct sk_buff *skb) */
+{
+	struct sk_buff *skb = (struct sk_buff *)ARG(1);
+	struct config *cfg = get_config();
+	struct net_device *dev = NULL;
+	unsigned long nfct = 0;
+	struct nf_conn *ct;
+	u32 len = 0, ifindex = 0;
+
+	if (!cfg)
+		return 0;
+	bpf_probe_read_kernel(&nfct, sizeof(nfct), &skb->_nfct);
+	ct = (struct nf_conn *)(nfct & NFCT_PTRMASK);
+	if (!ct || !watched(ct, cfg))
+		return 0;
+	bpf_probe_read_kernel(&len, sizeof(len), &skb->len);
+	bpf_probe_read_kernel(&dev, sizeof(dev), &skb->dev);
+	if (dev)
+		bpf_probe_read_kernel(&ifindex, sizeof(ifindex), &dev->ifindex);
+	/* This packet was accounted before its entry was confirmed: count it here. */
+	track(ct, ifindex, len, C_STARTED);
+	return 0;
+}
+
+/* Before 6.13: (ct, ctinfo, skb, extra_jiffies, bool do_acct); since: (ct, ctinfo,
+ * extra_jiffies, unsigned int bytes). */
+ON(__nf_ct_refresh_acct)
+{
+	struct nf_conn *ct = (struct nf_conn *)ARG(1);
+	u32 len = 0;
+#ifdef REFRESH_HAS_SKB
+	struct sk_buff *skb = (struct sk_buff *)ARG(3);
+
+	if ((u8)ARG(5))
+		bpf_probe_read_kernel(&len, sizeof(len), &skb->len);
+#else
+	len = (u32)ARG(4);
+#endif
+	on_packet(ctx, ct, (u32)ARG(2), len);
+	return 0;
+}
+
+ON(nf_ct_delete)  /* (struct nf_conn *ct, u32 portid, int report) */
+{
+	on_gone(ctx, (struct nf_conn *)ARG(1));
+	return 0;
+}
+
+/* (struct nf_conntrack *nfct), the first member of struct nf_conn. Every entry
+ * is freed here, whether or not nf_ct_delete saw it (inlined callers,
+ * unconfirmed entries, deletions before the tracer started). */
+ON(DESTROY_FN)
+{
+	on_gone(ctx, (struct nf_conn *)ARG(1));
+	return 0;
+}

@@ -1,0 +1,224 @@
+"""The eBPF source: elephants decided in the kernel on conntrack (bpf/ovsfoot_ct.c).
+
+The program counts every packet of every committed flow in the kernel and
+sends user space one ELEPHANT event when a flow passes the thresholds and one
+END event when that flow's conntrack entry is deleted; mice never leave the
+kernel. It is compiled with bcc when the source opens. Everything that would
+keep it from running is checked first and reported as SourceUnavailable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import logging
+import os
+import re
+import socket
+import struct
+import time
+from pathlib import Path
+
+from ovsfoot import netns as ns
+from ovsfoot.events import FlowEvent, FlowKey, Kind, Thresholds
+from ovsfoot.sources import SourceUnavailable
+
+log = logging.getLogger(__name__)
+
+BPF_DIR = Path(os.environ.get("OVSFOOT_BPF_DIR") or Path(__file__).resolve().parents[2] / "bpf")
+PROGRAM = "ovsfoot_ct.c"
+
+# enum counter in the C file, in order
+COUNTERS = ("started", "late_starts", "ended", "elephants", "dropped", "map_full")
+# struct event in the C file
+EVENT = struct.Struct("<QQQ2Q2Q16s16sIIHH2s2sBB6x")
+PORT_PROTOS = {6, 17, 33, 132, 136}   # TCP, UDP, DCCP, SCTP, UDP-Lite
+HOOKS = ("__nf_conntrack_confirm", "__nf_ct_refresh_acct", "nf_ct_delete")
+DESTROY_FNS = ("nf_ct_destroy", "destroy_conntrack")   # 5.19+, older
+
+
+def _kernel_version() -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def _kallsyms(names: set[str]) -> dict[str, str]:
+    """{name: module or "" if built in} for those of `names` the kernel has."""
+    found = {}
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] in names:
+                    found[parts[2]] = parts[3].strip("[]") if len(parts) > 3 else ""
+    except OSError as e:
+        raise SourceUnavailable(f"cannot read /proc/kallsyms: {e.strerror}") from None
+    return found
+
+
+def _refresh_has_skb(release: str) -> bool:
+    """Does __nf_ct_refresh_acct take the skb (before 6.13) or the byte count?"""
+    for d in ("build", "source"):
+        h = Path(f"/lib/modules/{release}/{d}/include/net/netfilter/nf_conntrack.h")
+        if h.exists():
+            m = re.search(r"void __nf_ct_refresh_acct\(([^;]*)\);", h.read_text())
+            if m:
+                return "sk_buff" in m.group(1)
+    return _kernel_version() < (6, 13)
+
+
+def _plan(bcc) -> tuple[list[str], list[str]]:
+    """Check what the kernel allows, cheaply, before compiling anything.
+
+    Returns the probe types to try in order ("fentry", "kprobe") and the
+    compile-time flags; raises SourceUnavailable with the reason otherwise.
+    """
+    release = os.uname().release
+    if os.geteuid() != 0:
+        raise SourceUnavailable("loading eBPF programs needs root")
+    lockdown = Path("/sys/kernel/security/lockdown")
+    if lockdown.exists() and "[confidentiality]" in lockdown.read_text():
+        raise SourceUnavailable("kernel lockdown (confidentiality) forbids eBPF reading kernel memory")
+    if not (Path(f"/lib/modules/{release}/build").exists()
+            or Path("/sys/kernel/kheaders.tar.xz").exists()):
+        raise SourceUnavailable(f"no kernel headers for {release} "
+                                f"(install linux-headers-{release}, or load the kheaders module)")
+    syms = _kallsyms(set(HOOKS) | set(DESTROY_FNS))
+    missing = [h for h in HOOKS if h not in syms]
+    destroy = next((d for d in DESTROY_FNS if d in syms), None)
+    if missing or not destroy:
+        raise SourceUnavailable(f"conntrack functions not in /proc/kallsyms "
+                                f"({', '.join(missing) or 'nf_ct_destroy'}): is nf_conntrack loaded?")
+    hooked = [*HOOKS, destroy]
+    probes = []
+    # bcc (0.26) resolves fentry targets in vmlinux BTF only, not in modules.
+    if bcc.BPF.support_kfunc() and not any(syms[h] for h in hooked):
+        probes.append("fentry")
+    if Path("/sys/bus/event_source/devices/kprobe").exists():
+        probes.append("kprobe")
+    if not probes:
+        raise SourceUnavailable("neither fentry (needs BTF and conntrack built in) nor "
+                                "kprobes (CONFIG_KPROBES) are available")
+    version = _kernel_version()
+    cflags = [f"-DDESTROY_FN={destroy}", "-Wno-macro-redefined"]
+    if version >= (5, 8):
+        cflags.append("-DUSE_RINGBUF")
+    if _refresh_has_skb(release):
+        cflags.append("-DREFRESH_HAS_SKB")
+    return probes, cflags
+
+
+class BpfSource:
+    """Elephants and their ends from the kernel program, for conntrack in `netns`.
+
+    `netns` is an `ip netns` name (None: our own namespace): only that
+    namespace's conntrack counts, where the OVS datapath commits its flows.
+    """
+
+    name = "bpf"
+
+    def __init__(self, thresholds: Thresholds, *, netns: str | None = None,
+                 include_zone0: bool = False, max_flows: int = 65536,
+                 buffer_pages: int = 64):
+        try:
+            import bcc
+        except ImportError:
+            raise SourceUnavailable("bcc is not installed (Debian: python3-bpfcc)") from None
+        try:
+            self.netns_inode = ns.inode(netns)
+        except FileNotFoundError as e:
+            raise SourceUnavailable(str(e)) from None
+        self.netns = netns
+        self.include_zone0 = include_zone0
+        probes, cflags = _plan(bcc)
+        cflags += [f"-DMAX_FLOWS={max_flows}", f"-DRINGBUF_PAGES={buffer_pages}"]
+        self.ringbuf = "-DUSE_RINGBUF" in cflags
+        self._bpf, self.probe, reasons = None, None, []
+        for probe in probes:
+            t0 = time.monotonic()
+            try:
+                self._bpf = bcc.BPF(src_file=str(BPF_DIR / PROGRAM),
+                                    cflags=cflags + (["-DUSE_FENTRY"] if probe == "fentry" else []))
+            except Exception as e:   # bcc raises bare Exceptions for compile and attach errors
+                reasons.append(f"{probe}: {e}")
+                log.warning("bpf: cannot load the %s program: %s", probe, e)
+                continue
+            self.probe = probe
+            log.info("bpf: %s program loaded in %.1f s (%s)", probe, time.monotonic() - t0,
+                     " ".join(cflags))
+            break
+        else:
+            raise SourceUnavailable("cannot load the eBPF program: " + "; ".join(reasons))
+        self._pending: list[FlowEvent] = []
+        self._reported: dict[int, int] = {}   # elephant entry address -> its first_seen
+        self.events = 0
+        events = self._bpf["events"]
+        if self.ringbuf:
+            events.open_ring_buffer(self._on_event)
+            self._fds = [events.map_fd]
+        else:
+            events.open_perf_buffer(self._on_event, page_cnt=buffer_pages)
+            self._fds = list(events._open_key_fds.values())
+        self.set_thresholds(thresholds)   # also sets the namespace: tracking starts here
+
+    def set_thresholds(self, thresholds: Thresholds) -> None:
+        """Write the thresholds to the kernel's config map; applies to the next packet."""
+        thresholds.validate()
+        cfg = self._bpf["config"]
+        v = cfg.Leaf()
+        v.bytes = thresholds.bytes
+        v.age_ns = int(thresholds.seconds * 1e9)
+        v.netns = self.netns_inode
+        v.zone0 = int(self.include_zone0)
+        cfg[cfg.Key(0)] = v
+
+    def _on_event(self, _ctx, data, size) -> None:
+        (flow, ts, first, bo, br, po, pr, src, dst, netns, ifindex, zone, family,
+         sport, dport, proto, kind) = EVENT.unpack(ctypes.string_at(data, EVENT.size))
+        if kind == Kind.ELEPHANT:
+            if self._reported.get(flow) == first:
+                return              # the same crossing reported by two CPUs
+            self._reported[flow] = first
+        else:
+            self._reported.pop(flow, None)
+        if family == socket.AF_INET:
+            src, dst = ipaddress.IPv4Address(src[:4]), ipaddress.IPv4Address(dst[:4])
+        else:
+            src, dst = ipaddress.IPv6Address(src), ipaddress.IPv6Address(dst)
+        ports = ((int.from_bytes(sport, "big"), int.from_bytes(dport, "big"))
+                 if proto in PORT_PROTOS else (0, 0))
+        key = FlowKey(netns, zone, proto, str(src), str(dst), *ports)
+        offset = time.time_ns() - time.monotonic_ns()   # kernel ktime is CLOCK_MONOTONIC
+        self._pending.append(FlowEvent(Kind(kind), key, ts + offset, first + offset,
+                                       bo, br, po, pr, ifindex))
+        self.events += 1
+
+    def run(self) -> list[FlowEvent]:
+        if self.ringbuf:
+            self._bpf.ring_buffer_consume()
+        else:
+            self._bpf.perf_buffer_poll(0)
+        events, self._pending = self._pending, []
+        return events
+
+    def wait(self, poller) -> None:
+        import ovs.poller
+        for fd in self._fds:
+            poller.fd_wait(fd, ovs.poller.POLLIN)
+
+    def stats(self) -> dict:
+        counters = self._bpf["counters"]
+        c = {name: counters.sum(counters.Key(i)).value for i, name in enumerate(COUNTERS)}
+        tracked = len(self._bpf["flows"])
+        return {"source": self.name, "probe": self.probe,
+                "buffer": "ringbuf" if self.ringbuf else "perf",
+                "netns": self.netns or "(own)", "netns_inode": self.netns_inode,
+                "events": self.events, "flows_tracked": tracked,
+                # flows that left the map without being deleted were evicted
+                "evictions": max(0, c["started"] + c["late_starts"] - c["ended"] - tracked),
+                **c}
+
+    def close(self) -> None:
+        if self._bpf:
+            self._bpf.cleanup()
+            self._bpf = None
