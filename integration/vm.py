@@ -144,7 +144,8 @@ def run_in_vm(script: str | Path, workdir: str | Path, timeout: float = 900, *,
               kernel: KernelInfo | None = None) -> VmResult:
     """Boot the VM, run `script` in it as root, and collect the result.
 
-    `script` is a path to an executable file or a shell command line. `workdir`
+    `script` is a path to a script (run with bash unless executable) or a
+    shell command line. `workdir`
     is shared read-write with the guest at the same path and is the script's
     working directory; its output goes to workdir/vm-output.log. `env` is
     exported to the script. The VM is killed after `timeout` seconds.
@@ -163,6 +164,8 @@ def _boot(script: str | Path, workdir: Path, timeout: float, *, kvm: bool,
         (work / f).unlink(missing_ok=True)
     if isinstance(script, Path):
         cmd, what = shlex.quote(str(script.resolve())), script.name
+        if not os.access(script, os.X_OK):
+            cmd = f"bash {cmd}"
     else:
         (work / "vm-script.sh").write_text(script)
         cmd, what = "bash vm-script.sh", script.strip().splitlines()[0][:60]

@@ -42,6 +42,15 @@ def _kernel_version() -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
+def _clock_offset() -> int:
+    """CLOCK_REALTIME - CLOCK_MONOTONIC (the kernel's ktime), in ns: the tightest of 3 reads."""
+    samples = []
+    for _ in range(3):
+        m1, r, m2 = time.monotonic_ns(), time.time_ns(), time.monotonic_ns()
+        samples.append((m2 - m1, r - (m1 + m2) // 2))
+    return min(samples)[1]
+
+
 def _kallsyms(names: set[str]) -> dict[str, str]:
     """{name: module or "" if built in} for those of `names` the kernel has."""
     found = {}
@@ -150,6 +159,7 @@ class BpfSource:
         else:
             raise SourceUnavailable("cannot load the eBPF program: " + "; ".join(reasons))
         self._pending: list[FlowEvent] = []
+        self._offset = _clock_offset()
         self._reported: dict[int, int] = {}   # elephant entry address -> its first_seen
         self.events = 0
         events = self._bpf["events"]
@@ -188,12 +198,14 @@ class BpfSource:
         ports = ((int.from_bytes(sport, "big"), int.from_bytes(dport, "big"))
                  if proto in PORT_PROTOS else (0, 0))
         key = FlowKey(netns, zone, proto, str(src), str(dst), *ports)
-        offset = time.time_ns() - time.monotonic_ns()   # kernel ktime is CLOCK_MONOTONIC
-        self._pending.append(FlowEvent(Kind(kind), key, ts + offset, first + offset,
+        self._pending.append(FlowEvent(Kind(kind), key, ts + self._offset, first + self._offset,
                                        bo, br, po, pr, ifindex))
         self.events += 1
 
     def run(self) -> list[FlowEvent]:
+        offset = _clock_offset()
+        if abs(offset - self._offset) > 1_000_000:   # the clock was set; ignore jitter
+            self._offset = offset
         if self.ringbuf:
             self._bpf.ring_buffer_consume()
         else:
