@@ -144,7 +144,7 @@ class Agent:
 
     # -- the loop ---------------------------------------------------------
     def run_once(self) -> None:
-        if self.db.run() or not self._synced:
+        if self.db.run() and self.db.idl.has_ever_connected():
             self.refresh_topology()
         self.handle(self.source.run())
         now = time.time_ns()

@@ -16,6 +16,7 @@ from ovsfoot.events import Thresholds
 from ovsfoot.sources import NAMES, SourceUnavailable, open_source
 
 log = logging.getLogger("ovsfoot")
+_DEFAULTS = Thresholds()
 ovs.util.PROGRAM_NAME = "ovsfoot"     # pidfile and ctl socket names for ovs-appctl -t ovsfoot
 
 
@@ -43,11 +44,11 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--replay", metavar="FILE", help="recording for --source replay")
     g.add_argument("--speed", type=_positive(float), default=1.0,
                    help="replay speed factor, 0 = as fast as possible (default 1)")
-    g.add_argument("--elephant-bytes", type=_positive(int), default=Thresholds.bytes,
+    g.add_argument("--elephant-bytes", type=_positive(int), default=_DEFAULTS.bytes,
                    help="bytes a flow must carry to be an elephant (default %(default)s)")
-    g.add_argument("--elephant-seconds", type=_positive(float), default=Thresholds.seconds,
+    g.add_argument("--elephant-seconds", type=_positive(float), default=_DEFAULTS.seconds,
                    help="seconds a flow must live to be an elephant (default %(default)s)")
-    g.add_argument("--idle-seconds", type=_positive(float), default=Thresholds.idle_seconds,
+    g.add_argument("--idle-seconds", type=_positive(float), default=_DEFAULTS.idle_seconds,
                    help="an elephant idle this long has ended (default %(default)s)")
 
 

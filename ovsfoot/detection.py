@@ -26,6 +26,9 @@ class Detector:
     def __init__(self, thresholds: Thresholds):
         self.thresholds = thresholds
         self.elephants: dict[FlowKey, Elephant] = {}
+        # Elephants ended for idleness whose conntrack entry is still there, with
+        # their bytes then: they come back only if they carry more.
+        self._idle: dict[FlowKey, int] = {}
         self.detected = 0
         self.ended = 0
 
@@ -37,6 +40,7 @@ class Detector:
         """Returns the elephant event `ev` causes, if any."""
         e = self.elephants.get(ev.key)
         if ev.kind == Kind.END:
+            self._idle.pop(ev.key, None)
             if e is None:
                 return None
             del self.elephants[ev.key]
@@ -47,7 +51,10 @@ class Detector:
                 e.last_change = ev.ts
             e.event = _with(ev, Kind.UPDATE, ev.ts)
             return e.event
+        if self._idle.get(ev.key, -1) >= ev.bytes:
+            return None             # ended idle, and still has not carried anything
         if ev.kind == Kind.ELEPHANT or self.is_elephant(ev):
+            self._idle.pop(ev.key, None)
             out = _with(ev, Kind.ELEPHANT, ev.ts)
             self.elephants[ev.key] = Elephant(out, ev.ts, ev.ts, ev.kind == Kind.ELEPHANT)
             self.detected += 1
@@ -62,7 +69,10 @@ class Detector:
         limit = self.thresholds.idle_seconds * 1e9
         gone = [k for k, e in self.elephants.items()
                 if not e.in_kernel and now - e.last_change > limit]
-        return [self.feed(FlowEvent(Kind.END, k, now, 0)) for k in gone]
+        out = [self.feed(FlowEvent(Kind.END, k, now, 0)) for k in gone]
+        for ev in out:
+            self._idle[ev.key] = ev.bytes
+        return out
 
     def next_expiry(self) -> int | None:
         """When the next idle elephant expires (ns since the epoch), if any."""

@@ -67,7 +67,11 @@ class CtnetlinkSource:
         self.min_bytes = (thresholds or Thresholds()).bytes
         try:
             self.netns_inode = ns.inode(netns)
-            self._sock = NFCTSocket(netns=netns) if netns else NFCTSocket()
+            with ns.entered(netns):
+                # pyroute2 opens the socket on first use: use it here, so that it
+                # belongs to this namespace (its netns= option forks a helper instead).
+                self._sock = NFCTSocket()
+                self._sock.count()
         except (OSError, FileNotFoundError) as e:
             raise SourceUnavailable(f"cannot open ctnetlink in namespace "
                                     f"{netns or '(own)'}: {e}") from None

@@ -1,0 +1,68 @@
+"""Runs `ovsfoot agent` as a real process next to a sandboxed OVS, and talks to it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from integration.sandbox import Ovs, wait_for
+
+
+class AgentProcess:
+    def __init__(self, ovs: Ovs, *args: str, state: Path | None = None,
+                 name: str = "ovsfoot"):
+        self.ovs = ovs
+        self.args = list(args)
+        self.state = state or ovs.dir / "ovsfoot.state"
+        self.log = ovs.dir / f"{name}.log"
+        self.pidfile = ovs.dir / "ovsfoot.pid"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "AgentProcess":
+        cmd = [sys.executable, "-m", "ovsfoot", "agent", f"--db={self.ovs.remote}",
+               f"--bridge={self.ovs.bridge}", f"--state={self.state}",
+               f"--pidfile={self.pidfile}", f"--log-file={self.log}", "-v", *self.args]
+        self.proc = subprocess.Popen(cmd, env=self.ovs.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_for(lambda: self.proc.poll() is not None or self._ctl(),
+                 timeout=60, what="ovsfoot agent's control socket")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"ovsfoot agent exited ({self.proc.returncode}): "
+                               f"{self.log_text()[-2000:]}")
+        return self
+
+    def _ctl(self):
+        return self.proc and (self.ovs.dir / f"ovsfoot.{self.proc.pid}.ctl").exists()
+
+    def appctl(self, *args: str, check=True) -> str:
+        return self.ovs.appctl("ovsfoot", *args, check=check)
+
+    def json(self, cmd: str):
+        return json.loads(self.appctl(cmd, "json"))
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> int | None:
+        """Asks the agent to exit (it withdraws its keys); kills it if it will not."""
+        if self.alive():
+            self.appctl("exit", check=False)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text()
+        except OSError:
+            return ""

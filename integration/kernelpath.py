@@ -1,0 +1,80 @@
+"""Kernel conntrack in OVN's zones, standing in for the OVS kernel datapath.
+
+On a host without the openvswitch module, the userspace datapath's conntrack
+has no byte counters. This builds what the kernel datapath would do with
+OVN's pipeline: every packet is tracked twice, once in the zone of the port it
+comes from and once in the zone of the port it goes to, in one network
+namespace (the "datapath namespace"), using the zones ovn-controller really
+assigned. Pods get a second interface (eth1) into that namespace:
+
+  pod eth1 -- v<n> [zone of the sender] -> lx ==veth==> ly [zone of the receiver] -> v<m> -- pod
+
+Packets from pods are policy-routed through the lx/ly veth loop, so they
+enter the namespace a second time and meet conntrack again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from integration.sandbox import sh
+
+LOOP_NET = "10.77.250"
+
+
+@dataclass
+class KernelPath:
+    netns: str                                  # the datapath namespace
+    pods: dict[str, tuple[str, int, str]] = field(default_factory=dict)  # ns -> ip, zone, dev
+
+    def create(self) -> "KernelPath":
+        ns = self.netns
+        sh("ip", "netns", "add", ns)
+        run = lambda *c: sh("ip", "netns", "exec", ns, *c)   # noqa: E731
+        run("ip", "link", "set", "lo", "up")
+        run("ip", "link", "add", "lx", "type", "veth", "peer", "name", "ly")
+        run("ip", "addr", "add", f"{LOOP_NET}.1/30", "dev", "lx")
+        run("ip", "addr", "add", f"{LOOP_NET}.2/30", "dev", "ly")
+        for dev in ("lx", "ly"):
+            run("ip", "link", "set", dev, "up")
+        run("ip", "route", "add", "default", "via", f"{LOOP_NET}.2", "dev", "lx", "table", "100")
+        for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
+                    "net.ipv4.conf.default.rp_filter=0", "net.ipv4.conf.lx.rp_filter=0",
+                    "net.ipv4.conf.ly.rp_filter=0", "net.ipv4.conf.all.accept_local=1"):
+            run("sysctl", "-qw", key)
+        return self
+
+    def attach(self, pod_ns: str, index: int, zone: int) -> str:
+        """Gives pod `pod_ns` an eth1 into the datapath namespace; returns its address."""
+        ip, gw, dev = f"10.77.{index}.2", f"10.77.{index}.1", f"v{index}"
+        sh("ip", "-n", self.netns, "link", "add", dev, "type", "veth", "peer", "name", "eth1",
+           "netns", pod_ns)
+        sh("ip", "-n", self.netns, "addr", "add", f"{gw}/24", "dev", dev)
+        sh("ip", "-n", self.netns, "link", "set", dev, "up")
+        sh("ip", "-n", self.netns, "rule", "add", "iif", dev, "lookup", "100")
+        sh("ip", "netns", "exec", self.netns, "sysctl", "-qw", f"net.ipv4.conf.{dev}.rp_filter=0")
+        sh("ip", "-n", pod_ns, "addr", "add", f"{ip}/24", "dev", "eth1")
+        sh("ip", "-n", pod_ns, "link", "set", "eth1", "up")
+        sh("ip", "-n", pod_ns, "route", "add", "10.77.0.0/16", "via", gw, "dev", "eth1")
+        self.pods[pod_ns] = (ip, zone, dev)
+        self._rules()
+        return ip
+
+    def _rules(self) -> None:
+        by_dev = "\n".join(f'    iifname "{dev}" ct zone set {zone}'
+                           for ip, zone, dev in self.pods.values())
+        by_dst = ", ".join(f"{ip} : {zone}" for ip, zone, dev in self.pods.values())
+        sh("ip", "netns", "exec", self.netns, "nft", "-f", "-", input=f"""
+table ip ovsfoot_zones
+delete table ip ovsfoot_zones
+table ip ovsfoot_zones {{
+  chain prerouting {{
+    type filter hook prerouting priority raw; policy accept;
+{by_dev}
+    iifname "ly" ct zone set ip daddr map {{ {by_dst} }}
+  }}
+}}
+""")
+
+    def destroy(self) -> None:
+        sh("ip", "netns", "del", self.netns, check=False)

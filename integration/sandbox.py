@@ -1,0 +1,239 @@
+"""Real OVS and OVN daemons in a private run directory, for tests and the lab.
+
+`Ovs` runs ovsdb-server and ovs-vswitchd (userspace datapath unless told
+otherwise); `OvnCentral` runs the NB and SB ovsdb-servers and ovn-northd;
+`Ovs.join_ovn()` makes the node a chassis and starts ovn-controller.
+Pods are network namespaces on veth ports bound with `iface-id`.
+Nothing here touches the system's own OVS: every daemon gets its own
+OVS_RUNDIR / OVN_RUNDIR under `workdir`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+NB_SCHEMA = "/usr/share/ovn/ovn-nb.ovsschema"
+SB_SCHEMA = "/usr/share/ovn/ovn-sb.ovsschema"
+
+
+def sh(*cmd: str, env=None, check=True, timeout=60, input=None) -> str:
+    """Runs a command; on failure raises with its stderr in the message."""
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                       input=input)
+    if check and p.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()}")
+    return p.stdout.strip()
+
+
+def wait_for(pred, timeout=30.0, interval=0.1, what="condition"):
+    """Polls `pred` until it returns something true; returns that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def kill_pidfile(pidfile: Path, sig=signal.SIGTERM, wait=5.0) -> None:
+    try:
+        pid = int(pidfile.read_text())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class Daemons:
+    """A run directory and the daemons started in it."""
+
+    def __init__(self, workdir: Path, env_extra: dict[str, str]):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, **env_extra}
+        self.pidfiles: list[Path] = []
+
+    def start(self, name: str, *args: str) -> Path:
+        """Starts a detached OVS-style daemon with pidfile and log file in the dir."""
+        pidfile = self.dir / f"{name}.pid"
+        sh(*args, f"--pidfile={pidfile}", f"--log-file={self.dir / name}.log", "--detach",
+           "--no-chdir", env=self.env)
+        if pidfile not in self.pidfiles:
+            self.pidfiles.append(pidfile)
+        return pidfile
+
+    def stop(self, name: str) -> None:
+        kill_pidfile(self.dir / f"{name}.pid")
+
+    def stop_all(self) -> None:
+        for pidfile in reversed(self.pidfiles):
+            kill_pidfile(pidfile)
+
+
+def _ovsdb(d: Daemons, name: str, schema: str, sock: str) -> None:
+    db = d.dir / f"{name}.db"
+    if not db.exists():
+        sh("ovsdb-tool", "create", str(db), schema)
+    d.start(name, "ovsdb-server", str(db), f"--remote=punix:{d.dir / sock}",
+            f"--unixctl={d.dir / name}.ctl")
+    wait_for(lambda: (d.dir / sock).exists(), what=f"{name} socket")
+
+
+class OvnCentral(Daemons):
+    """NB and SB databases and ovn-northd."""
+
+    def __init__(self, workdir: Path):
+        super().__init__(workdir, {"OVN_RUNDIR": str(workdir), "OVS_RUNDIR": str(workdir),
+                                   "OVN_LOGDIR": str(workdir), "OVS_LOGDIR": str(workdir)})
+        self.nb = f"unix:{self.dir / 'nb.sock'}"
+        self.sb = f"unix:{self.dir / 'sb.sock'}"
+
+    def start_all(self) -> "OvnCentral":
+        _ovsdb(self, "nb", NB_SCHEMA, "nb.sock")
+        _ovsdb(self, "sb", SB_SCHEMA, "sb.sock")
+        self.start("ovn-northd", "ovn-northd", f"--ovnnb-db={self.nb}", f"--ovnsb-db={self.sb}")
+        return self
+
+    def nbctl(self, *args: str) -> str:
+        return sh("ovn-nbctl", f"--db={self.nb}", *args, env=self.env)
+
+    def sbctl(self, *args: str) -> str:
+        return sh("ovn-sbctl", f"--db={self.sb}", *args, env=self.env)
+
+
+@dataclass
+class Pod:
+    name: str           # also the network namespace
+    lport: str          # OVN logical port (iface-id)
+    interface: str      # OVS Interface name
+    ip: str
+
+
+class Ovs(Daemons):
+    """ovsdb-server + ovs-vswitchd; optionally an OVN chassis."""
+
+    def __init__(self, workdir: Path, bridge: str = "br-int", datapath: str = "netdev",
+                 netns: str | None = None):
+        workdir = Path(workdir)
+        super().__init__(workdir, {"OVS_RUNDIR": str(workdir), "OVS_LOGDIR": str(workdir),
+                                   "OVS_DBDIR": str(workdir), "OVN_RUNDIR": str(workdir),
+                                   "OVN_LOGDIR": str(workdir)})
+        self.bridge, self.datapath, self.netns = bridge, datapath, netns
+        self.db_sock = self.dir / "db.sock"
+        self.remote = f"unix:{self.db_sock}"
+        self.pods: dict[str, Pod] = {}
+
+    def _in_ns(self, *cmd: str) -> tuple[str, ...]:
+        return ("ip", "netns", "exec", self.netns, *cmd) if self.netns else cmd
+
+    def start(self, name: str, *args: str) -> Path:
+        return super().start(name, *self._in_ns(*args))
+
+    def start_db(self) -> "Ovs":
+        _ovsdb(self, "ovsdb-server", OVS_SCHEMA, "db.sock")
+        self.vsctl("--no-wait", "init")
+        return self
+
+    def start_vswitchd(self) -> "Ovs":
+        args = ["ovs-vswitchd", self.remote]
+        if self.datapath == "netdev":
+            args.append("--disable-system")
+        self.start("ovs-vswitchd", *args)
+        wait_for(lambda: list(self.dir.glob("ovs-vswitchd.*.ctl")), what="ovs-vswitchd")
+        return self
+
+    def start_all(self) -> "Ovs":
+        return self.start_db().start_vswitchd()
+
+    def vsctl(self, *args: str, check=True) -> str:
+        return sh("ovs-vsctl", f"--db={self.remote}", "--timeout=20", *args, env=self.env,
+                  check=check)
+
+    def appctl(self, target: str, *args: str, check=True) -> str:
+        return sh("ovs-appctl", "-t", target, *args, env=self.env, check=check, timeout=30)
+
+    def external_ids(self, table: str, record: str) -> dict[str, str]:
+        out = self.vsctl("--format=json", "--columns=external_ids", "list", table, record)
+        data = json.loads(out)["data"][0][0]
+        return dict(data[1])
+
+    def join_ovn(self, central: OvnCentral, system_id: str, encap_ip: str = "127.0.0.1",
+                 encap_type: str = "geneve") -> "Ovs":
+        """Makes this node an OVN chassis and starts ovn-controller."""
+        self.vsctl("set", "open_vswitch", ".",
+                   f"external_ids:system-id={system_id}",
+                   f"external_ids:ovn-remote={central.sb}",
+                   f"external_ids:ovn-encap-type={encap_type}",
+                   f"external_ids:ovn-encap-ip={encap_ip}",
+                   f"external_ids:ovn-bridge={self.bridge}",
+                   f"external_ids:ovn-bridge-datapath-type={self.datapath}")
+        self.start_controller()
+        wait_for(lambda: self.bridge in self.vsctl("list-br").split(), what="integration bridge")
+        return self
+
+    def start_controller(self) -> None:
+        self.start("ovn-controller", "ovn-controller", self.remote)
+
+    def zones(self) -> dict[str, int]:
+        """The ct-zone-* map ovn-controller wrote on the integration bridge."""
+        ids = self.external_ids("Bridge", self.bridge)
+        return {k[len("ct-zone-"):]: int(v) for k, v in ids.items()
+                if k.startswith("ct-zone-") and v.isdigit()}
+
+    def add_pod(self, name: str, lport: str, ip: str, *, netns_prefix: str = "",
+                extra_ids: dict[str, str] | None = None) -> Pod:
+        """A network namespace on a veth port of the integration bridge, bound to `lport`."""
+        ns = netns_prefix + name
+        iface = f"{name}-ovs"[:15]
+        sh("ip", "netns", "add", ns)
+        sh(*self._in_ns("ip", "link", "add", iface, "type", "veth", "peer", "name", "eth0",
+                        "netns", ns))
+        sh(*self._in_ns("ip", "link", "set", iface, "up"))
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        ids = {"iface-id": lport, **(extra_ids or {})}
+        self.vsctl("add-port", self.bridge, iface, "--", "set", "Interface", iface,
+                   *[f"external_ids:{k}=\"{v}\"" for k, v in ids.items()])
+        pod = Pod(ns, lport, iface, ip)
+        self.pods[name] = pod
+        return pod
+
+    def remove_pod(self, name: str) -> None:
+        pod = self.pods.pop(name)
+        self.vsctl("--if-exists", "del-port", self.bridge, pod.interface)
+        sh("ip", "netns", "del", pod.name, check=False)
+
+    def stop_all(self) -> None:
+        super().stop_all()
+        for name in list(self.pods):
+            sh("ip", "netns", "del", self.pods.pop(name).name, check=False)
+        # The userspace datapath leaves tap devices named after its bridges.
+        for dev in (self.bridge, "ovs-netdev"):
+            sh(*self._in_ns("ip", "link", "del", dev), check=False)
+
+
+def cleanup_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,143 @@
+"""Fixtures that start real OVS/OVN daemons and real kernel conntrack.
+
+The host has no OVS kernel datapath and the userspace datapath's conntrack
+keeps no byte counters, so traffic here runs through kernel conntrack in a
+network namespace that puts it into the zones ovn-controller assigned
+(integration/kernelpath.py): a stand-in for the kernel datapath, which the
+VM lab (tests/test_lab.py) covers for real.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from integration.agentproc import AgentProcess
+from integration.kernelpath import KernelPath
+from integration.sandbox import Ovs, OvnCentral, sh, wait_for
+
+if os.geteuid() != 0:
+    raise pytest.UsageError("the tests start OVS/OVN and network namespaces: run them as root")
+
+# pod name -> (logical port, extra Interface external_ids, expected workload)
+PODS = {
+    "p1": ("shop_web-7d9f8b6c5d-x2x4z", {}, "shop/web"),
+    "p2": ("shop_db-0", {}, "shop/db"),
+    "p3": ("cache-port", {"ovsfoot-workload": "team-a/cache"}, "team-a/cache"),
+    "p4": ("4f0c9a2e-vm-port", {"vm-id": "vm-42"}, "vm:vm-42"),
+}
+THRESHOLDS = ["--elephant-bytes=5000000", "--elephant-seconds=1", "--idle-seconds=2"]
+
+
+@dataclass
+class PodInfo:
+    name: str
+    ns: str
+    lport: str
+    interface: str
+    workload: str
+    zone: int = 0
+    ip: str = ""
+
+
+@dataclass
+class Node:
+    """One OVN chassis with pods, and the kernel conntrack path for their traffic."""
+
+    central: OvnCentral
+    ovs: Ovs
+    kp: KernelPath
+    prefix: str
+    pods: dict[str, PodInfo] = field(default_factory=dict)
+
+    def add_pod(self, name, lport, extra_ids, workload, index) -> PodInfo:
+        self.central.nbctl("lsp-add", "ls1", lport, "--", "lsp-set-addresses", lport,
+                           f"00:00:00:00:00:{index:02x} 10.0.0.{index}")
+        pod = self.ovs.add_pod(name, lport, f"10.0.0.{index}", netns_prefix=self.prefix,
+                               extra_ids=extra_ids)
+        info = PodInfo(name, pod.name, lport, pod.interface, workload)
+        info.zone = wait_for(lambda: self.ovs.zones().get(lport), what=f"zone of {lport}")
+        info.ip = self.kp.attach(pod.name, index, info.zone)
+        if "vm-id" not in extra_ids:        # ovn-kubernetes records pod IPs like this
+            self.ovs.vsctl("set", "Interface", pod.interface,
+                           f"external_ids:ip_addresses=\"{info.ip}/24\"")
+        self.pods[name] = info
+        return info
+
+    def ns_exec(self, pod: str, *cmd: str, **kw) -> str:
+        return sh("ip", "netns", "exec", self.pods[pod].ns, *cmd, **kw)
+
+    def popen(self, pod: str, *cmd: str) -> subprocess.Popen:
+        return subprocess.Popen(["ip", "netns", "exec", self.pods[pod].ns, *cmd],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def iperf(self, client: str, server: str, seconds: float = 3, rate: str = "300M",
+              port: int = 5201) -> None:
+        """An iperf3 flow from `client` to `server` (blocks until it is done)."""
+        srv = self.popen(server, "iperf3", "-s", "-1", "-p", str(port))
+        try:
+            wait_for(lambda: f":{port}" in self.ns_exec(server, "ss", "-ltn"), what="iperf3 -s")
+            self.ns_exec(client, "iperf3", "-c", self.pods[server].ip, "-p", str(port),
+                         "-t", str(seconds), "-b", rate, timeout=seconds + 30)
+        finally:
+            srv.kill()
+            srv.wait()
+
+    def flush_conntrack(self) -> None:
+        sh("ip", "netns", "exec", self.kp.netns, "conntrack", "-F", check=False)
+
+    def agent(self, *args: str, **kw) -> AgentProcess:
+        return AgentProcess(self.ovs, "--source=ctnetlink", f"--netns={self.kp.netns}",
+                            "--interval=0.2", *THRESHOLDS, *args, **kw)
+
+
+def make_node(tmp: Path, tag: str) -> Node:
+    prefix = f"of{os.getpid() % 10000}{tag}-"
+    central = OvnCentral(tmp / "central").start_all()
+    ovs = Ovs(tmp / "hv1", bridge=f"br-{prefix[:-1]}"[:15]).start_all()
+    ovs.join_ovn(central, f"hv-{prefix}")
+    central.nbctl("ls-add", "ls1")
+    central.nbctl("acl-add", "ls1", "from-lport", "1000", "ip", "allow-related")
+    central.nbctl("acl-add", "ls1", "to-lport", "1000", "ip", "allow-related")
+    kp = KernelPath(f"{prefix}dp").create()
+    node = Node(central, ovs, kp, prefix)
+    for i, (name, (lport, ids, workload)) in enumerate(PODS.items(), start=1):
+        node.add_pod(name, lport, ids, workload, i)
+    return node
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory, request):
+    tag = request.module.__name__.rsplit("_", 1)[-1][:3]
+    tmp = tmp_path_factory.mktemp("node")
+    n = make_node(tmp, tag)
+    yield n
+    n.ovs.stop_all()
+    n.central.stop_all()
+    n.kp.destroy()
+
+
+@pytest.fixture
+def agent(node):
+    node.flush_conntrack()
+    a = node.agent().start()
+    yield a
+    a.stop()
+    node.flush_conntrack()
+
+
+def wait_elephants(agent: AgentProcess, pred, timeout=30.0, what="elephants"):
+    """Polls `elephant/list json` until `pred(list)` holds; returns the list."""
+    def check():
+        rows = agent.json("elephant/list")
+        return (rows,) if pred(rows) else None
+    return wait_for(check, timeout=timeout, interval=0.2, what=what)[0]
+
+
+def time_ms() -> int:
+    return time.time_ns() // 1_000_000

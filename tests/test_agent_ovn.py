@@ -1,0 +1,111 @@
+"""The agent against a real OVN chassis, with traffic through kernel conntrack.
+
+See conftest.py: the kernel conntrack path stands in for the OVS kernel
+datapath, which tests/test_lab.py covers in the VM.
+"""
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import wait_elephants
+from integration.sandbox import wait_for
+
+SHOW_COMMANDS = ["footprint/show", "elephant/list", "zone/map", "workload/show",
+                 "threshold/show", "stats"]
+
+
+def iface_ids(node, pod):
+    return node.ovs.external_ids("Interface", node.pods[pod].interface)
+
+
+def test_zone_map_is_what_ovn_controller_wrote(node, agent):
+    written = node.ovs.zones()
+    assert {p.lport for p in node.pods.values()} <= written.keys()
+    zmap = agent.json("zone/map")
+    for pod in node.pods.values():
+        entry = zmap[str(pod.zone)]
+        assert entry["owner"] == pod.lport
+        assert entry["kind"] == "port"
+        assert entry["interface"] == pod.interface
+        assert entry["workload"] == pod.workload
+    routers = {int(z): e for z, e in zmap.items() if e["kind"] == "router"}
+    datapath_zones = {z for name, z in written.items() if name.endswith(("_dnat", "_snat"))}
+    assert set(routers) == datapath_zones and routers
+
+
+def test_elephant_attributed_published_and_withdrawn(node, agent):
+    node.ovs.vsctl("set", "Interface", node.pods["p1"].interface, "external_ids:owner=cni")
+    zones_before = node.ovs.zones()
+    mice = [node.popen("p4", "sockperf", "server", "-i", node.pods["p4"].ip, "-p", "11111")]
+    try:
+        wait_for(lambda: "11111" in node.ns_exec("p4", "ss", "-lun"), what="sockperf server")
+        mice.append(node.popen("p3", "sockperf", "ping-pong", "-i", node.pods["p4"].ip,
+                               "-p", "11111", "-t", "6", "--mps", "1000"))
+        node.iperf("p1", "p2", seconds=4)
+        rows = agent.json("elephant/list")
+    finally:
+        for p in mice:
+            p.kill()
+            p.wait()
+    by_port = {r["port"]: r for r in rows}
+    p1, p2 = node.pods["p1"], node.pods["p2"]
+    assert set(by_port) == {p1.lport, p2.lport}, rows      # the mice are not elephants
+    assert by_port[p1.lport]["role"] == "source" and by_port[p1.lport]["zone"] == p1.zone
+    assert by_port[p2.lport]["role"] == "sink" and by_port[p2.lport]["zone"] == p2.zone
+    assert by_port[p1.lport]["workload"] == "shop/web"
+    assert by_port[p2.lport]["workload"] == "shop/db"
+    assert all(r["src"] == p1.ip and r["dst"] == p2.ip for r in rows)
+
+    ids = wait_for(lambda: (i := iface_ids(node, "p1")).get("ovsfoot-elephants") == "1" and i,
+                   what="p1's keys")
+    assert ids["ovsfoot-footprint"] == "heavy" and int(ids["ovsfoot-ts"]) > 0
+    assert ids["owner"] == "cni" and ids["iface-id"] == p1.lport   # others' keys untouched
+    assert iface_ids(node, "p2")["ovsfoot-footprint"] == "heavy"
+    for mouse in ("p3", "p4"):
+        assert iface_ids(node, mouse)["ovsfoot-footprint"] == "light"
+        assert iface_ids(node, mouse)["ovsfoot-elephants"] == "0"
+    root = node.ovs.external_ids("Open_vSwitch", ".")
+    assert root["ovsfoot-elephants"] == "2" and root["ovsfoot-footprint"] == "heavy"
+    assert root["ovsfoot-heavy-ports"] == "2"
+
+    # The flow has stopped: it goes idle, ends, and its keys are withdrawn.
+    wait_elephants(agent, lambda rows: not rows, what="the elephant to end")
+    ids = wait_for(lambda: (i := iface_ids(node, "p1")).get("ovsfoot-elephants") == "0" and i,
+                   what="p1's keys withdrawn")
+    assert ids["ovsfoot-footprint"] == "light"
+    root = node.ovs.external_ids("Open_vSwitch", ".")
+    assert root["ovsfoot-elephants"] == "0" and root["ovsfoot-footprint"] == "light"
+    assert node.ovs.zones() == zones_before          # ct-zone-* keys are ovn-controller's
+
+
+def test_appctl_answers_every_command(node, agent):
+    for cmd in SHOW_COMMANDS:
+        assert agent.appctl(cmd).strip()
+        json.loads(agent.appctl(cmd, "json"))
+    assert agent.appctl("version").startswith("ovsfoot")
+    listed = agent.appctl("help")
+    assert all(cmd in listed for cmd in SHOW_COMMANDS + ["threshold/set", "exit"])
+    for bad in (["footprint/show", "yaml"], ["threshold/set", "bytes=lots"],
+                ["threshold/set", "bytes=-5"], ["threshold/set", "speed=3"],
+                ["threshold/set", "seconds"], ["zone/map", "json", "extra"]):
+        p = subprocess.run(["ovs-appctl", "-t", "ovsfoot", *bad], env=node.ovs.env,
+                           capture_output=True, text=True)
+        assert p.returncode != 0 and p.stderr.strip() and not p.stdout.strip(), bad
+    assert agent.alive()
+    assert agent.json("threshold/show")["bytes"] == 5_000_000
+
+
+def test_live_threshold_change(node, agent):
+    out = agent.appctl("threshold/set", "bytes=1000000000000")
+    assert "bytes=1000000000000" in out
+    node.iperf("p1", "p2", seconds=3)
+    assert agent.json("elephant/list") == []
+    assert agent.json("stats")["elephants_detected"] == 0
+    agent.appctl("threshold/set", "bytes=2000000", "seconds=0.5")
+    assert agent.json("threshold/show") == {"bytes": 2000000, "seconds": 0.5,
+                                            "idle_seconds": 2.0}
+    node.flush_conntrack()
+    node.iperf("p1", "p2", seconds=2, port=5202)
+    assert agent.json("stats")["elephants_detected"] >= 2
