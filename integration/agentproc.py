@@ -12,8 +12,9 @@ from integration.sandbox import Ovs, wait_for
 
 class AgentProcess:
     def __init__(self, ovs: Ovs, *args: str, state: Path | None = None,
-                 name: str = "ovsfoot"):
+                 name: str = "ovsfoot", bridge: str | None = None):
         self.ovs = ovs
+        self.bridge = bridge or ovs.bridge
         self.args = list(args)
         self.state = state or ovs.dir / "ovsfoot.state"
         self.log = ovs.dir / f"{name}.log"
@@ -22,7 +23,7 @@ class AgentProcess:
 
     def start(self) -> "AgentProcess":
         cmd = [sys.executable, "-m", "ovsfoot", "agent", f"--db={self.ovs.remote}",
-               f"--bridge={self.ovs.bridge}", f"--state={self.state}",
+               f"--bridge={self.bridge}", f"--state={self.state}",
                f"--pidfile={self.pidfile}", f"--log-file={self.log}", "-v", *self.args]
         self.proc = subprocess.Popen(cmd, env=self.ovs.env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)

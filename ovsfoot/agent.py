@@ -146,6 +146,8 @@ class Agent:
     def run_once(self) -> None:
         if self.db.run() and self.db.idl.has_ever_connected():
             self.refresh_topology()
+        if not self._synced:
+            return                  # attribute nothing before the zones are known
         self.handle(self.source.run())
         now = time.time_ns()
         for ev in self.detector.expire(now):
@@ -171,6 +173,8 @@ class Agent:
 
     def wait(self, poller: ovs.poller.Poller) -> None:
         self.db.wait(poller)
+        if not self._synced:
+            return
         self.source.wait(poller)
         self.publisher.wait(poller)
         expiry = self.detector.next_expiry()

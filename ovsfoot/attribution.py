@@ -81,7 +81,7 @@ class Port:
 @dataclass(slots=True)
 class ZoneOwner:
     zone: int
-    owner: str                  # logical port, or datapath for router zones
+    owner: str                  # logical port, or <datapath>_dnat|_snat
     router: bool
     since: int                  # ns since the epoch (0: before we started)
     until: int | None = None    # None while it still holds the zone
@@ -113,8 +113,7 @@ class ZoneMap:
                                 "(ovn-controller should write a number 1-65535)", key, value)
                     self._bad.add((key, value))
                 continue
-            router = name.endswith(ROUTER_SUFFIXES)
-            zones[zone] = (name[:-5] if router else name, router)
+            zones[zone] = (name, name.endswith(ROUTER_SUFFIXES))
         for zone, owner in list(self.current.items()):
             if zones.get(zone) != (owner.owner, owner.router):
                 owner.until = now
@@ -190,8 +189,8 @@ class Attributor:
             return Attribution(zone, None, None, None, None, "unknown",
                                f"zone {zone} is not on the integration bridge")
         if owner.router:
-            return Attribution(zone, None, None, None, owner.owner, "unknown",
-                               "router zone")
+            return Attribution(zone, None, None, None, owner.owner[:-len("_dnat")],
+                               "unknown", "router zone")
         if owner.until is not None:
             return Attribution(zone, None, None, None, None, "unknown",
                                f"zone {zone} was {owner.owner}'s, which released it")

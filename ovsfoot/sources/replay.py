@@ -105,7 +105,7 @@ class ReplaySource:
                 self._pending = ev
                 break
             out.append(ev)
-        self.events += len(out)
+            self.events += 1
         return out
 
     def wait(self, poller) -> None:
