@@ -21,14 +21,20 @@ class AgentProcess:
         self.pidfile = ovs.dir / "ovsfoot.pid"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "AgentProcess":
+    def start(self, timeout: float = 60) -> "AgentProcess":
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> None:
         cmd = [sys.executable, "-m", "ovsfoot", "agent", f"--db={self.ovs.remote}",
                f"--bridge={self.bridge}", f"--state={self.state}",
                f"--pidfile={self.pidfile}", f"--log-file={self.log}", "-v", *self.args]
         self.proc = subprocess.Popen(cmd, env=self.ovs.env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout: float = 60) -> "AgentProcess":
         wait_for(lambda: self.proc.poll() is not None or self._ctl(),
-                 timeout=60, what="ovsfoot agent's control socket")
+                 timeout=timeout, what="ovsfoot agent's control socket")
         if self.proc.poll() is not None:
             raise RuntimeError(f"ovsfoot agent exited ({self.proc.returncode}): "
                                f"{self.log_text()[-2000:]}")

@@ -145,6 +145,7 @@ class Ovs(Daemons):
         self.db_sock = self.dir / "db.sock"
         self.remote = f"unix:{self.db_sock}"
         self.pods: dict[str, Pod] = {}
+        self.vswitchd_running = False
 
     def _in_ns(self, *cmd: str) -> tuple[str, ...]:
         return ("ip", "netns", "exec", self.netns, *cmd) if self.netns else cmd
@@ -154,10 +155,19 @@ class Ovs(Daemons):
 
     def start_db(self) -> "Ovs":
         _ovsdb(self, "ovsdb-server", OVS_SCHEMA, "db.sock")
-        self.vsctl("--no-wait", "init")
+        self.vsctl("init")
+        return self
+
+    def create_bridge(self) -> "Ovs":
+        """The integration bridge, made before ovs-vswitchd starts (on the kernel
+        datapath, OVS 3.1 + Linux 6.1 lose upcalls for bridges made later)."""
+        self.vsctl("--may-exist", "add-br", self.bridge, "--", "set", "Bridge", self.bridge,
+                   "fail-mode=secure", "other_config:disable-in-band=true",
+                   f"datapath_type={self.datapath}")
         return self
 
     def start_vswitchd(self) -> "Ovs":
+        self.vswitchd_running = True
         args = ["ovs-vswitchd", self.remote]
         if self.datapath == "netdev":
             args.append("--disable-system")
@@ -169,8 +179,9 @@ class Ovs(Daemons):
         return self.start_db().start_vswitchd()
 
     def vsctl(self, *args: str, check=True) -> str:
-        return sh("ovs-vsctl", f"--db={self.remote}", "--timeout=20", *args, env=self.env,
-                  check=check)
+        wait = () if self.vswitchd_running else ("--no-wait",)
+        return sh("ovs-vsctl", f"--db={self.remote}", "--timeout=20", *wait, *args,
+                  env=self.env, check=check)
 
     def appctl(self, target: str, *args: str, check=True) -> str:
         return sh("ovs-appctl", "-t", target, *args, env=self.env, check=check, timeout=30)
@@ -204,8 +215,13 @@ class Ovs(Daemons):
                 if k.startswith("ct-zone-") and v.isdigit()}
 
     def add_pod(self, name: str, lport: str, ip: str, *, netns_prefix: str = "",
-                extra_ids: dict[str, str] | None = None) -> Pod:
-        """A network namespace on a veth port of the integration bridge, bound to `lport`."""
+                extra_ids: dict[str, str] | None = None, mac: str | None = None,
+                prefixlen: int | None = None, mtu: int = 1500) -> Pod:
+        """A network namespace on a veth port of the integration bridge, bound to `lport`.
+
+        With `prefixlen`, the pod's eth0 gets `ip` (and `mac`): its traffic then
+        goes through OVN.
+        """
         ns = netns_prefix + name
         iface = f"{name}-ovs"[:15]
         sh("ip", "netns", "add", ns)
@@ -213,7 +229,11 @@ class Ovs(Daemons):
                         "netns", ns))
         sh(*self._in_ns("ip", "link", "set", iface, "up"))
         sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        if mac:
+            sh("ip", "-n", ns, "link", "set", "eth0", "address", mac)
+        if prefixlen:
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/{prefixlen}", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "mtu", str(mtu), "up")
         ids = {"iface-id": lport, **(extra_ids or {})}
         self.vsctl("add-port", self.bridge, iface, "--", "set", "Interface", iface,
                    *[f"external_ids:{k}=\"{v}\"" for k, v in ids.items()])

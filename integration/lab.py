@@ -1,0 +1,90 @@
+"""`ovsfoot lab` (`make lab`): the whole story in one command.
+
+Boots a VM with a Debian kernel (virtme-ng; KVM when it works, software
+emulation otherwise) on this machine's own root filesystem, runs
+integration/lab_scenario.py in it (OVN central + two chassis on the OVS kernel
+datapath, Geneve between them, pods, an elephant and mice, an ovsfoot agent
+per chassis on the bpf source), then prints the timeline, what was published
+and each agent's footprint/show, and writes the same as JSON.
+Exits non-zero if anything expected did not happen.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from integration.vm import ensure_kernel, progress, run_in_vm
+
+VM_TIMEOUT = 1800
+
+
+def run(workdir: Path) -> tuple[dict | None, str]:
+    """Runs the scenario in the VM; returns its report (None if there is none) and output."""
+    kernel = ensure_kernel()
+    cmd = f"{sys.executable} -m integration.lab_scenario {workdir}"
+    result = run_in_vm(cmd, workdir, VM_TIMEOUT, kernel=kernel)
+    output = result.output_path.read_text(errors="replace") if result.output_path.exists() else ""
+    path = workdir / "lab-report.json"
+    if not path.exists():
+        return None, output + f"\n--- VM console ---\n{result.log}"
+    report = json.loads(path.read_text())
+    report["vm"] = {"kernel": kernel.version, "seconds": round(result.seconds, 1),
+                    "exit_status": result.rc}
+    return report, output
+
+
+def render(report: dict) -> str:
+    lines = ["", "== ovsfoot lab: timeline =="]
+    for row in report["timeline"]:
+        extra = "  ".join(f"{k}={v}" for k, v in row.items() if k not in ("t", "what"))
+        lines.append(f"  {row['t']:8.3f} s  {row['what']}" + (f"  ({extra})" if extra else ""))
+    latency = report.get("detection_latency_ms", {})
+    if latency:
+        lines.append("")
+        lines.append("detection latency, threshold crossing -> OVSDB monitor sees the key: "
+                     + ", ".join(f"{hv} {ms} ms" for hv, ms in sorted(latency.items())))
+    for label, chassis in report.get("published", {}).items():
+        lines.append("")
+        lines.append(f"== published external_ids ({label} the elephant) ==")
+        for hv, snap in sorted(chassis.items()):
+            node = " ".join(f"{k}={v}" for k, v in sorted(snap["node"].items()))
+            lines.append(f"  {hv} Open_vSwitch: {node}")
+            for lport, ids in sorted(snap["interfaces"].items()):
+                kv = " ".join(f"{k}={v}" for k, v in sorted(ids.items()) if k != "ovsfoot-ts")
+                lines.append(f"  {hv} Interface {lport}: {kv}")
+            if label == "during" and snap.get("footprint_show"):
+                lines.append(f"  {hv} $ ovs-appctl -t ovsfoot footprint/show")
+                lines += [f"    {x}" for x in snap["footprint_show"].splitlines()]
+    lines.append("")
+    lines.append("== checks ==")
+    for c in report["checks"]:
+        lines.append(f"  {'PASS' if c['ok'] else 'FAIL'}  {c['name']}"
+                     + ("" if c["ok"] else f"  {c['detail']}"))
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="ovsfoot-lab-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    progress(f"lab work directory: {workdir}")
+    report, output = run(workdir)
+    if report is None:
+        print(output[-6000:])
+        print("ovsfoot lab: the VM produced no report (see above); "
+              f"logs are in {workdir}", file=sys.stderr)
+        return 1
+    print(render(report))
+    Path(args.report).write_text(json.dumps(report, indent=1))
+    failed = [c for c in report["checks"] if not c["ok"]]
+    print(f"\nreport: {args.report}; logs: {workdir}")
+    if failed:
+        print(f"ovsfoot lab: {len(failed)} check(s) failed; agent and daemon logs are in "
+              f"{workdir}", file=sys.stderr)
+        return 1
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0

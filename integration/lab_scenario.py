@@ -1,0 +1,367 @@
+"""The lab's scenario, run inside the VM (see integration/lab.py).
+
+A central node (NB/SB databases, ovn-northd) and two chassis, each in its own
+network namespace with its own ovsdb-server, ovs-vswitchd on the kernel
+datapath and ovn-controller, joined by an underlay bridge, tunnels in Geneve.
+One logical switch with allow-related ACLs (so traffic goes through
+conntrack) and four pods, two per chassis. An iperf3 elephant crosses from
+hv1 to hv2 while sockperf mice ping-pong between the other two pods, with an
+ovsfoot agent per chassis on the bpf source. Everything observed goes into a
+timeline and a JSON report; `checks` says what was expected and whether it
+happened.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from integration.agentproc import AgentProcess
+from integration.sandbox import Ovs, OvnCentral, sh, wait_for
+
+UNDERLAY = "10.99.0"
+SUBNET = "10.0.0"
+# pod -> (chassis, logical port, role in the scenario)
+PODS = {
+    "pod1": ("hv1", "lab_elephant-client-5f7d8c9b4d-k2x7q", "elephant source"),
+    "pod2": ("hv1", "lab_mice-client-6c8d9f7b5c-p4m2z", "mice"),
+    "pod3": ("hv2", "lab_elephant-server-0", "elephant sink"),
+    "pod4": ("hv2", "lab_mice-server-0", "mice"),
+}
+WORKLOADS = {"pod1": "lab/elephant-client", "pod2": "lab/mice-client",
+             "pod3": "lab/elephant-server", "pod4": "lab/mice-server"}
+THRESHOLDS = ["--elephant-bytes=10000000", "--elephant-seconds=1", "--idle-seconds=2",
+              "--interval=1"]
+
+
+@dataclass
+class Report:
+    t0: float = field(default_factory=time.time)
+    timeline: list[dict] = field(default_factory=list)
+    checks: list[dict] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+
+    def event(self, what: str, at: float | None = None, **kw) -> None:
+        at = time.time() if at is None else at
+        row = {"t": round(at - self.t0, 3), "what": what, **kw}
+        self.timeline.append(row)
+        print(f"[lab {row['t']:8.3f}s] {what}" + "".join(f" {k}={v}" for k, v in kw.items()),
+              flush=True)
+
+    def check(self, name: str, ok: bool, detail="") -> bool:
+        self.checks.append({"name": name, "ok": bool(ok), "detail": detail})
+        print(f"[lab check] {'PASS' if ok else 'FAIL'} {name} {detail}", flush=True)
+        return ok
+
+    def save(self, path: Path) -> None:
+        self.timeline.sort(key=lambda r: r["t"])
+        path.write_text(json.dumps({"t0": self.t0, "timeline": self.timeline,
+                                    "checks": self.checks, **self.data}, indent=1))
+
+
+class Lab:
+    def __init__(self, work: Path):
+        self.work = work
+        self.report = Report()
+        self.central: OvnCentral | None = None
+        self.chassis: dict[str, Ovs] = {}
+        self.pods: dict[str, dict] = {}
+        self.agents: dict[str, AgentProcess] = {}
+        self.procs: list[subprocess.Popen] = []
+
+    # -- building --------------------------------------------------------
+    def build(self) -> None:
+        r = self.report
+        for mod in ("openvswitch", "geneve", "nf_conntrack"):
+            sh("modprobe", mod)
+        sh("ip", "link", "add", "underlay", "type", "bridge")
+        sh("ip", "link", "set", "underlay", "up")
+        self.central = OvnCentral(self.work / "central").start_all()
+        nb = self.central.nbctl
+        nb("ls-add", "ls1")
+        nb("acl-add", "ls1", "from-lport", "1000", "ip", "allow-related")
+        nb("acl-add", "ls1", "to-lport", "1000", "ip", "allow-related")
+        r.event("central up", nb=self.central.nb, sb=self.central.sb)
+        for i, hv in enumerate(("hv1", "hv2"), start=1):
+            sh("ip", "netns", "add", hv)
+            sh("ip", "link", "add", f"ul-{hv}", "type", "veth", "peer", "name", "ul", "netns", hv)
+            sh("ip", "link", "set", f"ul-{hv}", "master", "underlay", "up")
+            sh("ip", "-n", hv, "addr", "add", f"{UNDERLAY}.{i}/24", "dev", "ul")
+            sh("ip", "-n", hv, "link", "set", "ul", "up")
+            sh("ip", "-n", hv, "link", "set", "lo", "up")
+            ovs = Ovs(self.work / hv, bridge="br-int", datapath="system", netns=hv)
+            ovs.start_db().create_bridge()
+            self.chassis[hv] = ovs
+        for n, (pod, (hv, lport, role)) in enumerate(PODS.items(), start=1):
+            ip, mac = f"{SUBNET}.{n + 10}", f"0a:00:00:00:00:{n:02x}"
+            nb("lsp-add", "ls1", lport, "--", "lsp-set-addresses", lport, f"{mac} {ip}")
+            self.chassis[hv].add_pod(pod, lport, ip, mac=mac, prefixlen=24, mtu=1400,
+                                     extra_ids={"ip_addresses": f"{ip}/24"})
+            self.pods[pod] = {"chassis": hv, "lport": lport, "ip": ip, "role": role,
+                              "ns": pod, "workload": WORKLOADS[pod],
+                              "interface": self.chassis[hv].pods[pod].interface}
+        for i, (hv, ovs) in enumerate(self.chassis.items(), start=1):
+            ovs.start_vswitchd()
+            ovs.join_ovn(self.central, hv, encap_ip=f"{UNDERLAY}.{i}")
+            r.event("chassis up", chassis=hv, encap=f"geneve {UNDERLAY}.{i}")
+        for pod, p in self.pods.items():
+            ovs = self.chassis[p["chassis"]]
+            wait_for(lambda: ovs.external_ids("Interface", p["interface"]).get("ovn-installed"),
+                     timeout=120, what=f"{pod} bound by ovn-controller")
+        r.event("pods bound", pods=",".join(self.pods))
+        wait_for(lambda: self.ping("pod1", "pod3") and self.ping("pod2", "pod4"),
+                 timeout=120, interval=1, what="pods reachable across Geneve")
+        r.event("pods reach each other across the Geneve tunnel")
+        self.report.data["zones"] = {hv: ovs.zones() for hv, ovs in self.chassis.items()}
+
+    def ping(self, a: str, b: str) -> bool:
+        p = subprocess.run(["ip", "netns", "exec", a, "ping", "-c1", "-W1", self.pods[b]["ip"]],
+                           capture_output=True)
+        return p.returncode == 0
+
+    def start_agents(self, source: str, hvs=("hv1", "hv2")) -> None:
+        for hv in hvs:
+            ovs = self.chassis[hv]
+            a = AgentProcess(ovs, f"--source={source}", f"--netns={hv}", *THRESHOLDS,
+                             name=f"ovsfoot-{source}")
+            a.spawn()
+            self.agents[hv] = a
+        for hv in hvs:
+            self.agents[hv].wait_ready(timeout=600)
+            self.report.event("agent ready", chassis=hv, source=source,
+                              probe=self.agents[hv].json("stats")["source"].get("probe", "-"))
+
+    def stop_agents(self) -> None:
+        for a in self.agents.values():
+            a.stop()
+        self.agents.clear()
+
+    # -- traffic ---------------------------------------------------------
+    def bg(self, pod: str, *cmd: str) -> subprocess.Popen:
+        p = subprocess.Popen(["ip", "netns", "exec", pod, *cmd], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        self.procs.append(p)
+        return p
+
+    def iperf(self, seconds: int, port: int, rate: str = "200M") -> subprocess.Popen:
+        self.bg("pod3", "iperf3", "-s", "-1", "-p", str(port))
+        wait_for(lambda: f":{port}" in sh("ip", "netns", "exec", "pod3", "ss", "-ltn"),
+                 what="iperf3 server")
+        return self.bg("pod1", "iperf3", "-c", self.pods["pod3"]["ip"], "-p", str(port),
+                       "-t", str(seconds), "-b", rate, "-J")
+
+    def mice(self, seconds: int) -> subprocess.Popen:
+        self.bg("pod4", "sockperf", "server", "-i", self.pods["pod4"]["ip"], "-p", "11111")
+        wait_for(lambda: "11111" in sh("ip", "netns", "exec", "pod4", "ss", "-lun"),
+                 what="sockperf server")
+        return self.bg("pod2", "sockperf", "ping-pong", "-i", self.pods["pod4"]["ip"],
+                       "-p", "11111", "-t", str(seconds), "--mps", "200")
+
+    def kill_traffic(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        self.procs.clear()
+
+    # -- observing -------------------------------------------------------
+    def monitor(self, hv: str) -> subprocess.Popen:
+        """An OVSDB monitor client on the chassis' database (integration/monitor.py)."""
+        return subprocess.Popen([sys.executable, "-m", "integration.monitor",
+                                 self.chassis[hv].remote, str(self.work / f"monitor-{hv}.jsonl")])
+
+    def monitor_events(self, hv: str) -> list[dict]:
+        """Every change of ovsfoot keys the monitor client saw, in order."""
+        path = self.work / f"monitor-{hv}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def elephants(self, hv: str) -> list[dict]:
+        return self.agents[hv].json("elephant/list")
+
+    def snapshot(self, label: str) -> None:
+        snap = {}
+        for hv, ovs in self.chassis.items():
+            snap[hv] = {"node": {k: v for k, v in ovs.external_ids("Open_vSwitch", ".").items()
+                                 if k.startswith("ovsfoot-")},
+                        "interfaces": {p["lport"]: {k: v for k, v in ovs.external_ids(
+                            "Interface", p["interface"]).items() if k.startswith("ovsfoot-")}
+                            for p in self.pods.values() if p["chassis"] == hv},
+                        "footprint_show": self.agents[hv].appctl("footprint/show")
+                        if hv in self.agents else ""}
+        self.report.data.setdefault("published", {})[label] = snap
+
+    # -- the scenario ----------------------------------------------------
+    def elephant_phase(self) -> None:
+        r = self.report
+        mon = {hv: self.monitor(hv) for hv in self.chassis}
+        mice = self.mice(14)
+        started = time.time()
+        client = self.iperf(8, 5201)
+        r.event("elephant started", src="pod1@hv1", dst="pod3@hv2", flow="iperf3 200 Mbit/s 8 s")
+        r.event("mice started", src="pod2@hv1", dst="pod4@hv2", flow="sockperf ping-pong")
+        seen = {}
+
+        def detected():
+            for hv in self.chassis:
+                for e in self.elephants(hv):
+                    if e["port"] and hv not in seen:
+                        seen[hv] = e
+                        r.event(f"elephant detected on {hv}", at=e["detected_ns"] / 1e9,
+                                port=e["port"], workload=e["workload"], role=e["role"],
+                                zone=e["zone"])
+            return len(seen) == 2
+        ok = _try_wait(detected, 60)
+        r.check("elephant detected on both chassis", ok, ",".join(seen))
+        rows1 = {hv: self.elephants(hv) for hv in self.chassis}
+        time.sleep(1.0)
+        self.snapshot("during")
+        client.wait(60)
+        ended = time.time()
+        r.event("elephant ended (iperf3 done)", at=ended,
+                mbits=_iperf_mbits(client.stdout.read()))
+        _try_wait(lambda: not any(self.elephants(hv) for hv in self.chassis), 60)
+        mice.wait(60)
+        self.snapshot("after")
+        for m in mon.values():
+            m.terminate()
+            m.wait()
+        self.kill_traffic()
+        self._judge_elephant(rows1, started, ended)
+
+    def _judge_elephant(self, rows, started, ended) -> None:
+        r = self.report
+        p1, p3 = self.pods["pod1"], self.pods["pod3"]
+        for hv, pod, role in (("hv1", p1, "source"), ("hv2", p3, "sink")):
+            mine = [e for e in rows[hv] if e["port"] == pod["lport"]]
+            r.check(f"{hv}: elephant attributed to {pod['lport']} as {role}",
+                    len(mine) == 1 and mine[0]["role"] == role
+                    and mine[0]["workload"] == pod["workload"],
+                    json.dumps(mine))
+            others = [e for e in rows[hv] if e["port"] != pod["lport"]]
+            r.check(f"{hv}: no other elephant (the mice are not)", not others, json.dumps(others))
+        during, after = r.data["published"]["during"], r.data["published"]["after"]
+        for hv, pod in (("hv1", p1), ("hv2", p3)):
+            ids = during[hv]["interfaces"][pod["lport"]]
+            r.check(f"{hv}: Interface keys published", ids.get("ovsfoot-footprint") == "heavy"
+                    and ids.get("ovsfoot-elephants") == "1", json.dumps(ids))
+            node = during[hv]["node"]
+            r.check(f"{hv}: Open_vSwitch keys published", node.get("ovsfoot-footprint") == "heavy"
+                    and node.get("ovsfoot-elephants") == "1", json.dumps(node))
+            ids = after[hv]["interfaces"][pod["lport"]]
+            r.check(f"{hv}: Interface keys withdrawn after the flow",
+                    ids.get("ovsfoot-elephants") == "0" and ids.get("ovsfoot-footprint") == "light",
+                    json.dumps(ids))
+            node = after[hv]["node"]
+            r.check(f"{hv}: node keys withdrawn after the flow",
+                    node.get("ovsfoot-elephants") == "0", json.dumps(node))
+        for mouse in ("pod2", "pod4"):
+            hv, lport = self.pods[mouse]["chassis"], self.pods[mouse]["lport"]
+            ids = during[hv]["interfaces"][lport]
+            r.check(f"{hv}: mice port {mouse} stays light", ids.get("ovsfoot-footprint") == "light",
+                    json.dumps(ids))
+        latency = {}
+        for hv, pod in (("hv1", p1), ("hv2", p3)):
+            crossed = [e["detected_ns"] / 1e9 for e in rows[hv] if e["port"] == pod["lport"]]
+            mine = [e for e in self.monitor_events(hv) if e["name"] == pod["interface"]]
+            pub = [e["t"] for e in mine if e["ids"].get("ovsfoot-elephants") == "1"]
+            gone = [e["t"] for e in mine if pub and e["t"] > pub[0]
+                    and e["ids"].get("ovsfoot-elephants") == "0"]
+            if pub:
+                r.event(f"published on {hv}", at=pub[0], interface=pod["interface"],
+                        keys="ovsfoot-footprint=heavy ovsfoot-elephants=1")
+            if gone:
+                r.event(f"withdrawn on {hv}", at=gone[0], interface=pod["interface"],
+                        keys="ovsfoot-footprint=light ovsfoot-elephants=0")
+            if crossed and pub:
+                latency[hv] = round((pub[0] - crossed[0]) * 1000, 1)
+        r.data["detection_latency_ms"] = latency
+        r.check("detection latency measured (threshold crossing to OVSDB monitor update)",
+                len(latency) == 2, json.dumps(latency))
+
+    def threshold_phase(self) -> None:
+        """A live threshold change reaches the kernel program without a reload."""
+        r = self.report
+        hv1 = self.agents["hv1"]
+        before = hv1.json("stats")["elephants_detected"]
+        hv1.appctl("threshold/set", "bytes=100000000000")
+        r.event("threshold raised to 100 GB on hv1 (live)")
+        self.iperf(4, 5202).wait(60)
+        self.kill_traffic()
+        time.sleep(1.5)
+        quiet = hv1.json("stats")["elephants_detected"] == before
+        r.check("raised threshold honoured in the kernel: no elephant", quiet)
+        hv1.appctl("threshold/set", "bytes=5000000")
+        r.event("threshold lowered to 5 MB on hv1 (live)")
+        self.iperf(4, 5203).wait(60)
+        self.kill_traffic()
+        ok = _try_wait(lambda: hv1.json("stats")["elephants_detected"] > before, 20)
+        r.check("lowered threshold honoured in the kernel: elephant", ok)
+        hv1.appctl("threshold/set", "bytes=10000000")
+
+    def ctnetlink_phase(self) -> None:
+        """The ctnetlink source on the same chassis attributes the same kind of elephant."""
+        r = self.report
+        self.stop_agents()
+        sh("ip", "netns", "exec", "hv1", "conntrack", "-F", check=False)
+        self.start_agents("ctnetlink", hvs=("hv1",))
+        client = self.iperf(5, 5204)
+        rows = []
+        _try_wait(lambda: rows.extend(self.elephants("hv1")) or rows, 30)
+        client.wait(60)
+        self.kill_traffic()
+        p1 = self.pods["pod1"]
+        mine = [e for e in rows if e["port"] == p1["lport"]]
+        r.check("ctnetlink source: same elephant attribution on hv1",
+                bool(mine) and mine[0]["role"] == "source" and mine[0]["workload"] == p1["workload"],
+                json.dumps(mine))
+        self.stop_agents()
+
+    def run(self) -> Report:
+        try:
+            self.build()
+            self.start_agents("bpf")
+            self.elephant_phase()
+            self.threshold_phase()
+            self.ctnetlink_phase()
+        except Exception as e:          # the report says what went wrong
+            self.report.check("lab ran to the end", False, f"{type(e).__name__}: {e}")
+            for hv, a in self.agents.items():
+                print(f"--- {hv} agent log ---\n{a.log_text()[-3000:]}", flush=True)
+        finally:
+            self.kill_traffic()
+            self.stop_agents()
+            for ovs in self.chassis.values():
+                ovs.stop_all()
+            if self.central:
+                self.central.stop_all()
+        return self.report
+
+
+def _try_wait(pred, timeout) -> bool:
+    try:
+        wait_for(pred, timeout=timeout, interval=0.2)
+        return True
+    except TimeoutError:
+        return False
+
+
+def _iperf_mbits(text: str) -> float | None:
+    try:
+        return round(json.loads(text)["end"]["sum_received"]["bits_per_second"] / 1e6, 1)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def main() -> int:
+    work = Path(sys.argv[1])
+    report = Lab(work).run()
+    report.save(work / "lab-report.json")
+    return 0 if all(c["ok"] for c in report.checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
