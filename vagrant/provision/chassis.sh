@@ -1,0 +1,69 @@
+#!/bin/bash
+# An OVN chassis: ovsdb-server, the integration bridge, ovs-vswitchd and
+# ovn-controller, tunnelling to the other chassis in Geneve from ENCAP_IP.
+USAGE="chassis.sh [--rundir DIR] [--netns NS] [--datapath system|netdev] [--bridge NAME] \
+NAME ENCAP_IP CENTRAL_IP"
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$(dirname "$0")/common.sh"
+parse_args "" "$@"
+positional 3
+NAME=${POS[0]} ENCAP_IP=${POS[1]} CENTRAL_IP=${POS[2]}
+
+if [ "$MODE" = machine ]; then
+  # ovs-ctl sets system-id from this file whenever ovsdb-server starts.
+  if [ "$(cat /etc/openvswitch/system-id.conf 2>/dev/null)" != "$NAME" ]; then
+    step "system-id $NAME"
+    echo "$NAME" >/etc/openvswitch/system-id.conf
+  fi
+  step "enabling openvswitch-switch"
+  systemctl enable --now --quiet openvswitch-switch
+  wait_file /var/run/openvswitch/db.sock
+else
+  create_db "$RUNDIR/conf.db" /usr/share/openvswitch/vswitch.ovsschema
+  start_daemon ovsdb-server in_ns ovsdb-server "$RUNDIR/conf.db" \
+    --remote="punix:$RUNDIR/db.sock" --remote=db:Open_vSwitch,Open_vSwitch,manager_options
+  wait_file "$RUNDIR/db.sock"
+  vsctl init
+fi
+
+# The bridge exists before ovs-vswitchd opens it: with OVS 3.1 on Linux 6.1's
+# kernel datapath, a bridge made while ovs-vswitchd runs loses its upcalls.
+if vsctl br-exists "$BRIDGE"; then
+  step "$BRIDGE already there"
+else
+  step "creating $BRIDGE ($DATAPATH datapath)"
+  vsctl add-br "$BRIDGE" -- set Bridge "$BRIDGE" fail-mode=secure \
+    other_config:disable-in-band=true datapath_type="$DATAPATH"
+fi
+
+step "chassis $NAME: geneve from $ENCAP_IP, southbound tcp:$CENTRAL_IP:6642"
+vsctl set Open_vSwitch . \
+  external_ids:system-id="$NAME" \
+  external_ids:hostname="$NAME" \
+  external_ids:ovn-remote="tcp:$CENTRAL_IP:6642" \
+  external_ids:ovn-encap-type=geneve \
+  external_ids:ovn-encap-ip="$ENCAP_IP" \
+  external_ids:ovn-bridge="$BRIDGE" \
+  external_ids:ovn-bridge-datapath-type="$DATAPATH"
+
+if [ "$MODE" = machine ]; then
+  # ovs-vswitchd started with the package, before the bridge existed: restart
+  # it once, after the first configuration.
+  stamp=/var/lib/ovsfoot/vswitchd-restarted
+  if [ ! -e "$stamp" ]; then
+    step "restarting ovs-vswitchd once, now that $BRIDGE exists"
+    systemctl restart ovs-vswitchd
+    mkdir -p "${stamp%/*}" && touch "$stamp"
+  fi
+  step "enabling ovn-host (ovn-controller)"
+  systemctl enable --now --quiet ovn-host
+else
+  if [ "$DATAPATH" = system ]; then
+    step "loading the openvswitch and geneve modules"
+    modprobe -a openvswitch geneve
+  fi
+  args=()
+  [ "$DATAPATH" = system ] || args=(--disable-system)    # userspace datapath only
+  start_daemon ovs-vswitchd in_ns ovs-vswitchd "${args[@]}"
+  start_daemon ovn-controller in_ns ovn-controller
+fi

@@ -1,0 +1,121 @@
+# shellcheck shell=bash disable=SC2034  # (variables for the scripts that source this)
+# Sourced by every provisioning script: option parsing, the two modes, helpers.
+#
+# Machine mode (no --rundir): a real host with systemd; Debian's services run
+# the daemons and the tools find them at their default places.
+# Lab mode (--rundir DIR): one of several nodes inside one Linux machine, no
+# systemd. The node's daemons keep pidfiles, sockets, logs and databases in
+# DIR, under the names ovs-ctl and ovn-ctl use, and OVS_RUNDIR, OVN_RUNDIR &c.
+# point there, so ovs-vsctl, ovn-nbctl and ovs-appctl need no --db.
+#
+# Common options:
+#   --rundir DIR               lab mode, with the node's files in DIR
+#   --netns NS                 lab mode: the node's daemons run in network namespace NS
+#   --datapath system|netdev   OVS datapath of the integration bridge (default system)
+#   --bridge NAME              integration bridge (default br-int)
+
+set -euo pipefail
+
+SCRIPT=$(basename "$0" .sh)
+PROVISION=$(cd "$(dirname "$0")" && pwd)
+RUNDIR="" NETNS="" DATAPATH=system BRIDGE=br-int
+POS=() EXTRA=()
+
+step() { printf '[%s%s] %s\n' "$SCRIPT" "${NETNS:+ $NETNS}" "$*"; }
+die() { printf '[%s] error: %s\n' "$SCRIPT" "$*" >&2; exit 1; }
+usage_exit() { printf 'usage: %s\n' "$USAGE" >&2; exit 2; }
+
+# parse_args "OWN OPTIONS" "$@": every option takes one value, and --foo-bar V
+# sets FOO_BAR=V. Other words land in POS, anything after "--" in EXTRA.
+parse_args() {
+  local own=" rundir netns datapath bridge $1 " name
+  shift
+  while [ $# -gt 0 ]; do
+    case $1 in
+      -h|--help) printf 'usage: %s\n' "$USAGE"; exit 0 ;;
+      --) shift; EXTRA=("$@"); break ;;
+      --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
+      --*)
+        name=${1#--}
+        case $own in *" $name "*) ;; *) die "unknown option $1" ;; esac
+        [ $# -ge 2 ] || die "$1 needs a value"
+        printf -v "$(tr a-z- A-Z_ <<<"$name")" %s "$2"
+        shift 2 ;;
+      *) POS+=("$1"); shift ;;
+    esac
+  done
+  case $DATAPATH in system|netdev) ;; *) die "--datapath is system or netdev" ;; esac
+  if [ -n "$RUNDIR" ]; then
+    MODE=lab
+    mkdir -p "$RUNDIR"
+    RUNDIR=$(cd "$RUNDIR" && pwd)
+    export OVS_RUNDIR=$RUNDIR OVS_LOGDIR=$RUNDIR OVS_DBDIR=$RUNDIR
+    export OVN_RUNDIR=$RUNDIR OVN_LOGDIR=$RUNDIR OVN_DBDIR=$RUNDIR
+  else
+    MODE=machine
+    [ -z "$NETNS" ] || die "--netns needs --rundir (lab mode)"
+  fi
+}
+
+# The positional arguments, exactly N of them.
+positional() { [ ${#POS[@]} -eq "$1" ] || usage_exit; }
+
+# Runs a command in the node's network namespace (lab mode), else here.
+in_ns() {
+  if [ -n "$NETNS" ]; then ip netns exec "$NETNS" "$@"; else "$@"; fi
+}
+
+vsctl() { ovs-vsctl --timeout=30 --no-wait "$@"; }
+
+# Lab mode: is the daemon with pidfile $RUNDIR/NAME.pid alive?
+running() {
+  local pid
+  pid=$(cat "$RUNDIR/$1.pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null
+}
+
+# Lab mode: start_daemon NAME CMD... starts an OVS-style daemon detached, with
+# its pidfile and log in the run directory, unless it already runs.
+start_daemon() {
+  local name=$1
+  shift
+  if running "$name"; then
+    step "$name already running"
+    return
+  fi
+  step "starting $name"
+  if ! "$@" --pidfile="$RUNDIR/$name.pid" --log-file="$RUNDIR/$name.log" --detach \
+      --no-chdir 2>"$RUNDIR/$name.stderr"; then
+    cat "$RUNDIR/$name.stderr" >&2
+    die "$name did not start (see $RUNDIR/$name.log)"
+  fi
+}
+
+# Lab mode: stop_daemon NAME sends SIGTERM, then SIGKILL after 5 s.
+stop_daemon() {
+  local pid
+  running "$1" || return 0
+  pid=$(cat "$RUNDIR/$1.pid")
+  step "stopping $1 ($pid)"
+  kill "$pid" 2>/dev/null || return 0
+  for _ in $(seq 50); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+# Lab mode: creates the database FILE from SCHEMA unless it exists.
+create_db() {
+  [ -e "$1" ] && return
+  step "creating $(basename "$1")"
+  ovsdb-tool create "$1" "$2"
+}
+
+# Waits up to 30 s for a file (a daemon's socket) to appear.
+wait_file() {
+  for _ in $(seq 300); do
+    [ -e "$1" ] && return
+    sleep 0.1
+  done
+  die "$1 did not appear"
+}
