@@ -1,0 +1,43 @@
+#!/bin/bash
+# The chassis' ovsfoot agent. Machine mode: the systemd unit ovsfoot-agent,
+# its options in /etc/default/ovsfoot. Lab mode: a detached agent with its
+# pidfile, control socket and log in the chassis' run directory, watching the
+# conntrack of the chassis' namespace; ovs-appctl -t ovsfoot finds it there.
+# Options after "--" go to the agent (thresholds, for instance).
+USAGE="agent.sh [--rundir DIR] [--netns NS] [--bridge NAME] \
+[--source auto|bpf|ctnetlink] [--ovsfoot PATH] [-- AGENT-OPTIONS...]"
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$(dirname "$0")/common.sh"
+SOURCE=auto OVSFOOT=""
+parse_args "source ovsfoot" "$@"
+positional 0
+opts=(--source="$SOURCE" --bridge="$BRIDGE" "${EXTRA[@]}")
+
+if [ "$MODE" = machine ]; then
+  [ -z "$OVSFOOT" ] || die "the unit runs /opt/ovsfoot/bin/ovsfoot (see install.sh)"
+  unit=/etc/systemd/system/ovsfoot-agent.service
+  conf="OVSFOOT_OPTS=\"${opts[*]}\""
+  restart=""
+  if ! cmp -s "$PROVISION/../systemd/ovsfoot-agent.service" "$unit"; then
+    step "installing $unit"
+    install -m 644 "$PROVISION/../systemd/ovsfoot-agent.service" "$unit"
+    systemctl daemon-reload
+    restart=yes
+  fi
+  if [ "$(cat /etc/default/ovsfoot 2>/dev/null)" != "$conf" ]; then
+    step "agent options: ${opts[*]}"
+    echo "$conf" >/etc/default/ovsfoot
+    restart=yes
+  fi
+  step "enabling ovsfoot-agent"
+  systemctl enable --quiet ovsfoot-agent
+  if [ -n "$restart" ]; then
+    systemctl restart ovsfoot-agent
+  else
+    systemctl start ovsfoot-agent
+  fi
+else
+  OVSFOOT=${OVSFOOT:-$(command -v ovsfoot || echo /opt/ovsfoot/bin/ovsfoot)}
+  start_daemon ovsfoot "$OVSFOOT" agent --state="$RUNDIR/ovsfoot.state" \
+    ${NETNS:+--netns="$NETNS"} "${opts[@]}"
+fi

@@ -1,0 +1,46 @@
+#!/bin/bash
+# Lab mode: stops the node's daemons, deletes its pods and its namespace, and
+# the underlay bridge once no node is left on it. Logs stay in the run directory.
+USAGE="teardown.sh --rundir DIR [--netns NS] [--bridge NAME]"
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$(dirname "$0")/common.sh"
+parse_args "" "$@"
+positional 0
+[ "$MODE" = lab ] || usage_exit
+
+for daemon in ovsfoot ovn-controller ovs-vswitchd ovsdb-server ovn-northd ovnsb_db ovnnb_db; do
+  stop_daemon "$daemon"
+done
+
+if [ -e "$RUNDIR/pods" ]; then
+  while read -r pod; do
+    [ -e "/run/netns/$pod" ] || continue
+    step "deleting pod $pod"
+    ip netns del "$pod"
+  done <"$RUNDIR/pods"
+  rm "$RUNDIR/pods"
+fi
+
+if [ -n "$NETNS" ]; then
+  if [ -e "/run/netns/$NETNS" ]; then
+    step "deleting namespace $NETNS"
+    ip netns del "$NETNS"
+  fi
+else
+  # The userspace datapath leaves tap devices named after its bridges.
+  for tap in "$BRIDGE" ovs-netdev; do
+    if ip -d link show "$tap" 2>/dev/null | grep -qw tun; then
+      step "deleting tap $tap"
+      ip link del "$tap"
+    fi
+  done
+fi
+
+if [ -e "$RUNDIR/underlay" ]; then
+  link=$(cat "$RUNDIR/underlay")
+  rm "$RUNDIR/underlay"
+  if ip link show "$link" >/dev/null 2>&1 && [ -z "$(ip link show master "$link")" ]; then
+    step "deleting underlay bridge $link, now empty"
+    ip link del "$link"
+  fi
+fi
