@@ -112,8 +112,9 @@ static __always_inline bool watched(struct nf_conn *ct, struct config *cfg)
 	return inum == cfg->netns && (cfg->zone0 || ct_zone(ct));
 }
 
-static __always_inline void emit(void *ctx, struct nf_conn *ct, struct flow *f,
-				 u8 kind, struct config *cfg)
+/* Send an event about `ct`; returns 0, or nonzero if the buffer was full. */
+static __always_inline int emit(void *ctx, struct nf_conn *ct, struct flow *f,
+				u8 kind, struct config *cfg)
 {
 	struct nf_conntrack_tuple t = {};
 #ifdef USE_RINGBUF
@@ -121,7 +122,7 @@ static __always_inline void emit(void *ctx, struct nf_conn *ct, struct flow *f,
 
 	if (!e) {
 		count(C_DROPPED);
-		return;
+		return -1;
 	}
 #else
 	struct event ev = {}, *e = &ev;
@@ -146,9 +147,13 @@ static __always_inline void emit(void *ctx, struct nf_conn *ct, struct flow *f,
 	e->kind = kind;
 #ifdef USE_RINGBUF
 	events.ringbuf_submit(e, 0);
+	return 0;
 #else
-	if (events.perf_submit(ctx, e, sizeof(*e)))
+	if (events.perf_submit(ctx, e, sizeof(*e))) {
 		count(C_DROPPED);
+		return -1;
+	}
+	return 0;
 #endif
 }
 
@@ -212,8 +217,10 @@ static __always_inline void on_packet(void *ctx, struct nf_conn *ct, u32 ctinfo,
 	/* Two CPUs racing here may both report: bcc cannot emit atomic
 	 * fetch-and-add, so user space drops the duplicate. */
 	f->elephant = 1;
-	count(C_ELEPHANTS);
-	emit(ctx, ct, f, KIND_ELEPHANT, cfg);
+	if (emit(ctx, ct, f, KIND_ELEPHANT, cfg))
+		f->elephant = 0;        /* lost: try again on the next packet */
+	else
+		count(C_ELEPHANTS);
 }
 
 static __always_inline void on_gone(void *ctx, struct nf_conn *ct)

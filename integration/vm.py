@@ -2,9 +2,11 @@
 
 The host kernel here cannot trace conntrack and has no openvswitch module, so
 the real datapath runs in a VM that shares this machine's root filesystem
-(read-only, with virtme-ng's tmpfs overlays) and one writable work directory.
-One boot runs one whole scenario script; results come back as files in the work
-directory, never through vng's exit status (which TCG does not deliver).
+read-only. virtme-ng overlays /etc, /usr, /var, /tmp, /home and /run with
+writable layers private to the VM; the work directory is the only place whose
+writes reach the host. One boot runs one whole scenario script; results come
+back as files in the work directory, never through vng's exit status (which
+TCG does not deliver).
 
     python -m integration.vm --check      # install the kernel, boot, probe the VM
 """
@@ -89,10 +91,6 @@ def ensure_kernel() -> KernelInfo:
             progress(f"installing linux-headers-{ver}")
             _run("apt-get", "install", "-y", "-qq", "--no-install-recommends",
                  f"linux-headers-{ver}", env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        build = k.modules / "build"
-        if not build.exists():
-            build.unlink(missing_ok=True)
-            build.symlink_to(k.headers)
     return k
 
 
@@ -145,10 +143,12 @@ def run_in_vm(script: str | Path, workdir: str | Path, timeout: float = 900, *,
     """Boot the VM, run `script` in it as root, and collect the result.
 
     `script` is a path to a script (run with bash unless executable) or a
-    shell command line. `workdir`
-    is shared read-write with the guest at the same path and is the script's
-    working directory; its output goes to workdir/vm-output.log. `env` is
-    exported to the script. The VM is killed after `timeout` seconds.
+    shell command line. `workdir` is shared read-write with the guest at the
+    same path (over 9p: no sockets there; use the VM's /tmp) and is the
+    script's working directory; its output goes to workdir/vm-output.log.
+    `env` is exported to the script, with OVSFOOT_IN_VM=1. One VM runs at a
+    time on this machine: a second caller waits. The VM is killed after
+    `timeout` seconds of running.
     """
     kernel = kernel or ensure_kernel()
     return _boot(script, Path(workdir), timeout, kvm=kvm_works(kernel), kernel=kernel,
@@ -183,7 +183,19 @@ def _boot(script: str | Path, workdir: Path, timeout: float, *, kvm: bool,
             "--memory", memory, "--cpus", str(cpus), "--rwdir", str(work),
             "--cwd", str(work), "--exec", str(wrapper)]
     console = work / "vm-console.log"
-    progress(f"booting {kernel.version} ({'KVM' if kvm else 'TCG'}) for {what!r}; output in {work / OUTPUT_FILE}")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "vm.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress("waiting for another ovsfoot VM to finish (2 VMs would halve each one's speed)")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _spawn(argv, work, console, timeout, f"{kernel.version} "
+                      f"({'KVM' if kvm else 'TCG'}) for {what!r}")
+
+
+def _spawn(argv: list[str], work: Path, console: Path, timeout: float, what: str) -> VmResult:
+    progress(f"booting {what}; output in {work / OUTPUT_FILE}")
     t0 = time.monotonic()
     with open(console, "w") as out:
         path = f"{argv[0].rsplit('/', 1)[0]}:{os.environ.get('PATH', '')}"  # for virtme-run

@@ -77,6 +77,9 @@ export PYTHONPATH=$OVSFOOT_REPO OVS_RUNDIR=/tmp/ovs OVS_DBDIR=/tmp/ovs OVS_LOGDI
 mkdir -p /tmp/ovs $W/ovslog
 modprobe openvswitch
 modprobe nf_conntrack
+# The driver compiles the program (about a minute under TCG) while the rest is set up.
+mkfifo /tmp/ctl
+$OVSFOOT_PY driver.py events.jsonl $INITIAL_BYTES /tmp/ctl >driver.log 2>&1 &
 
 # ctl JSON: send a control step to the driver and wait for its ack
 ctl() {
@@ -130,8 +133,6 @@ ip netns exec ns1 ping -c 1 -W 20 10.0.0.2
 ip netns exec ns2 iperf3 -s -D --logfile $W/iperf3-server.log
 sleep 1
 
-mkfifo /tmp/ctl
-$OVSFOOT_PY driver.py events.jsonl $INITIAL_BYTES /tmp/ctl >driver.log 2>&1 &
 for _ in $(seq 600); do grep -q '"kind": "ready"' events.jsonl 2>/dev/null && break; sleep 0.5; done
 grep -q '"kind": "ready"' events.jsonl
 
@@ -172,7 +173,7 @@ def vm(tmp_path_factory):
     (work / "driver.py").write_text(DRIVER)
     (work / "scenario.sh").write_text(SCENARIO)
     start = time.time_ns()
-    r = run_in_vm(work / "scenario.sh", work, timeout=420,
+    r = run_in_vm(work / "scenario.sh", work, timeout=600,
                   env={"OVSFOOT_REPO": str(REPO), "OVSFOOT_PY": sys.executable,
                        "INITIAL_BYTES": str(INITIAL_BYTES)})
     end = time.time_ns()

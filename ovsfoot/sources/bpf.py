@@ -109,7 +109,7 @@ def _plan(bcc) -> tuple[list[str], list[str]]:
         raise SourceUnavailable("neither fentry (needs BTF and conntrack built in) nor "
                                 "kprobes (CONFIG_KPROBES) are available")
     version = _kernel_version()
-    cflags = [f"-DDESTROY_FN={destroy}", "-Wno-macro-redefined"]
+    cflags = [f"-DDESTROY_FN={destroy}"]
     if version >= (5, 8):
         cflags.append("-DUSE_RINGBUF")
     if _refresh_has_skb(release):
@@ -168,7 +168,7 @@ class BpfSource:
             self._fds = [events.map_fd]
         else:
             events.open_perf_buffer(self._on_event, page_cnt=buffer_pages)
-            self._fds = list(events._open_key_fds.values())
+            self._fds = [fd for fd in events._open_key_fds.values() if fd >= 0]  # -1: CPU offline
         self.set_thresholds(thresholds)   # also sets the namespace: tracking starts here
 
     def set_thresholds(self, thresholds: Thresholds) -> None:
