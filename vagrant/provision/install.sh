@@ -1,0 +1,63 @@
+#!/bin/bash
+# Machine mode: the Debian packages a node of ROLE needs and, on a chassis,
+# ovsfoot from the source tree (the synced folder) in a virtualenv that sees
+# Debian's bcc (python3-bpfcc). Lab nodes use their host's installation.
+USAGE="install.sh [--src DIR] [--venv DIR] [--podman yes|no] central|chassis"
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$(dirname "$0")/common.sh"
+SRC=$(cd "$PROVISION/../.." && pwd) VENV=/opt/ovsfoot PODMAN=no
+parse_args "src venv podman" "$@"
+positional 1
+[ "$MODE" = machine ] || die "install.sh is for machines; lab nodes use the host's packages"
+
+case ${POS[0]} in
+  central) pkgs=(ovn-central) ;;
+  chassis)
+    pkgs=(openvswitch-switch ovn-host python3-venv python3-bpfcc bpfcc-tools
+          iperf3 sockperf conntrack ethtool tcpdump)
+    [ "$PODMAN" = no ] || pkgs+=(podman) ;;
+  *) usage_exit ;;
+esac
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
+apt_install() { apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
+export DEBIAN_FRONTEND=noninteractive
+
+missing=()
+for p in "${pkgs[@]}"; do
+  installed "$p" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  step "packages already installed"
+else
+  step "installing ${missing[*]}"
+  apt-get update -qq
+  apt_install "${missing[@]}"
+fi
+
+[ "${POS[0]}" = chassis ] || exit 0
+# bcc compiles the eBPF program against the running kernel's headers.
+headers=linux-headers-$(uname -r)
+if installed "$headers"; then
+  step "$headers already installed"
+elif apt-cache show "$headers" >/dev/null 2>&1; then
+  step "installing $headers (for bcc)"
+  apt_install "$headers"
+else
+  step "no $headers in the archive: the agent will fall back to ctnetlink"
+fi
+
+if [ -x "$VENV/bin/python" ]; then
+  step "virtualenv $VENV already there"
+else
+  step "virtualenv $VENV (with the system's site packages, for bcc)"
+  python3 -m venv --system-site-packages "$VENV"
+fi
+# Editable: the agent runs the synced tree, and finds bpf/ in it.
+if [ "$VENV/.installed" -nt "$SRC/setup.py" ]; then
+  step "ovsfoot already installed from $SRC"
+else
+  step "installing ovsfoot from $SRC"
+  "$VENV/bin/pip" install --quiet --editable "$SRC"
+  touch "$VENV/.installed"
+fi
