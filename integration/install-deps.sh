@@ -4,7 +4,7 @@ set -e
 PKGS="openvswitch-switch openvswitch-common ovn-central ovn-host python3-venv python3-pip
 python3-bpfcc bpfcc-tools bpftool iperf3 sockperf conntrack nftables iproute2 ethtool
 tcpdump procps psmisc kmod qemu-system-x86 containernetworking-plugins busybox-static
-vagrant vagrant-libvirt shellcheck"
+vagrant vagrant-libvirt shellcheck systemd"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
