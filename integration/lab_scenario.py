@@ -14,6 +14,7 @@ happened.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -64,8 +65,9 @@ class Report:
 
 
 class Lab:
-    def __init__(self, work: Path):
-        self.work = work
+    def __init__(self, work: Path, run_dir: Path = Path("/tmp/ovsfoot-lab")):
+        self.work = work            # shared with the host: reports and logs
+        self.rundir = run_dir       # the VM's own: unix sockets cannot live on 9p
         self.report = Report()
         self.central: OvnCentral | None = None
         self.chassis: dict[str, Ovs] = {}
@@ -80,7 +82,7 @@ class Lab:
             sh("modprobe", mod)
         sh("ip", "link", "add", "underlay", "type", "bridge")
         sh("ip", "link", "set", "underlay", "up")
-        self.central = OvnCentral(self.work / "central").start_all()
+        self.central = OvnCentral(self.rundir / "central").start_all()
         nb = self.central.nbctl
         nb("ls-add", "ls1")
         nb("acl-add", "ls1", "from-lport", "1000", "ip", "allow-related")
@@ -93,7 +95,7 @@ class Lab:
             sh("ip", "-n", hv, "addr", "add", f"{UNDERLAY}.{i}/24", "dev", "ul")
             sh("ip", "-n", hv, "link", "set", "ul", "up")
             sh("ip", "-n", hv, "link", "set", "lo", "up")
-            ovs = Ovs(self.work / hv, bridge="br-int", datapath="system", netns=hv)
+            ovs = Ovs(self.rundir / hv, bridge="br-int", datapath="system", netns=hv)
             ovs.start_db().create_bridge()
             self.chassis[hv] = ovs
         for n, (pod, (hv, lport, role)) in enumerate(PODS.items(), start=1):
@@ -170,9 +172,14 @@ class Lab:
 
     # -- observing -------------------------------------------------------
     def monitor(self, hv: str) -> subprocess.Popen:
-        """An OVSDB monitor client on the chassis' database (integration/monitor.py)."""
-        return subprocess.Popen([sys.executable, "-m", "integration.monitor",
-                                 self.chassis[hv].remote, str(self.work / f"monitor-{hv}.jsonl")])
+        """An OVSDB monitor client on the chassis' database (integration/monitor.py),
+        returned once it has the database's contents."""
+        path = self.work / f"monitor-{hv}.jsonl"
+        p = subprocess.Popen([sys.executable, "-m", "integration.monitor",
+                              self.chassis[hv].remote, str(path)])
+        wait_for(lambda: path.exists() and path.stat().st_size, timeout=120,
+                 what=f"the OVSDB monitor client on {hv}")
+        return p
 
     def monitor_events(self, hv: str) -> list[dict]:
         """Every change of ovsfoot keys the monitor client saw, in order."""
@@ -338,6 +345,10 @@ class Lab:
                 ovs.stop_all()
             if self.central:
                 self.central.stop_all()
+            logs = self.work / "logs"
+            for log in self.rundir.glob("*/*.log"):
+                (logs / log.parent.name).mkdir(parents=True, exist_ok=True)
+                shutil.copy(log, logs / log.parent.name / log.name)
         return self.report
 
 

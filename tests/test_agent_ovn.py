@@ -109,3 +109,15 @@ def test_live_threshold_change(node, agent):
     node.flush_conntrack()
     node.iperf("p1", "p2", seconds=2, port=5202)
     assert agent.json("stats")["elephants_detected"] >= 2
+
+
+def test_auto_source_falls_back_to_ctnetlink_with_a_reason(node):
+    """The host cannot trace conntrack (no kprobes, lockdown, no headers): auto says why."""
+    a = node.agent("--source=auto").start(timeout=120)
+    try:
+        assert a.json("stats")["source"]["source"] == "ctnetlink"
+        reason = [line for line in a.log_text().splitlines()
+                  if "bpf source unavailable" in line]
+        assert len(reason) == 1 and "falling back to ctnetlink" in reason[0]
+    finally:
+        a.stop()

@@ -1,0 +1,89 @@
+"""The lab, for real: OVN over Geneve on the OVS kernel datapath in a VM, with the
+bpf source in each chassis' agent (integration/lab_scenario.py). One run of the lab
+serves all the tests here; they read its report."""
+
+import json
+import sys
+
+import pytest
+
+from integration import lab
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    work = tmp_path_factory.mktemp("lab")
+    rep, output = lab.run(work)
+    sys.stdout.write(output[-4000:])
+    assert rep is not None, f"the lab produced no report:\n{output[-4000:]}"
+    print(lab.render(rep))
+    return rep
+
+
+def check(report, name):
+    found = [c for c in report["checks"] if c["name"] == name]
+    assert found, f"the lab never checked {name!r}"
+    return found[0]
+
+
+def whats(report):
+    return [row["what"] for row in report["timeline"]]
+
+
+def test_lab_runs_to_the_end_with_every_check_passing(report):
+    failed = [c for c in report["checks"] if not c["ok"]]
+    assert not failed, json.dumps(failed, indent=1)
+
+
+def test_elephant_attributed_on_both_chassis_through_geneve(report):
+    rows = {r["what"]: r for r in report["timeline"]}
+    src, sink = rows["elephant detected on hv1"], rows["elephant detected on hv2"]
+    assert src["role"] == "source" and src["workload"] == "lab/elephant-client"
+    assert sink["role"] == "sink" and sink["workload"] == "lab/elephant-server"
+    zones = report["zones"]
+    assert src["zone"] == zones["hv1"][src["port"]]
+    assert sink["zone"] == zones["hv2"][sink["port"]]
+    assert rows["elephant started"]["t"] < src["t"] and rows["elephant started"]["t"] < sink["t"]
+
+
+def test_mice_never_become_elephants(report):
+    assert check(report, "hv1: no other elephant (the mice are not)")["ok"]
+    assert check(report, "hv2: no other elephant (the mice are not)")["ok"]
+    during = report["published"]["during"]
+    assert during["hv1"]["interfaces"]["lab_mice-client-6c8d9f7b5c-p4m2z"][
+        "ovsfoot-footprint"] == "light"
+    assert during["hv2"]["interfaces"]["lab_mice-server-0"]["ovsfoot-footprint"] == "light"
+
+
+def test_keys_published_then_withdrawn(report):
+    during, after = report["published"]["during"], report["published"]["after"]
+    for hv, lport in (("hv1", "lab_elephant-client-5f7d8c9b4d-k2x7q"),
+                      ("hv2", "lab_elephant-server-0")):
+        assert during[hv]["interfaces"][lport]["ovsfoot-footprint"] == "heavy"
+        assert during[hv]["node"]["ovsfoot-elephants"] == "1"
+        assert after[hv]["interfaces"][lport]["ovsfoot-elephants"] == "0"
+        assert after[hv]["node"]["ovsfoot-footprint"] == "light"
+    order = whats(report)
+    for hv in ("hv1", "hv2"):
+        assert order.index(f"published on {hv}") < order.index(f"withdrawn on {hv}")
+
+
+def test_live_threshold_change_reaches_the_kernel(report):
+    assert check(report, "raised threshold honoured in the kernel: no elephant")["ok"]
+    assert check(report, "lowered threshold honoured in the kernel: elephant")["ok"]
+
+
+def test_detection_latency_is_measured(report):
+    latency = report["detection_latency_ms"]
+    assert set(latency) == {"hv1", "hv2"}
+    assert all(0 <= ms < 10_000 for ms in latency.values()), latency
+    print(f"detection latency (threshold crossing -> OVSDB monitor): {latency} ms")
+
+
+def test_ctnetlink_source_agrees_with_bpf(report):
+    assert check(report, "ctnetlink source: same elephant attribution on hv1")["ok"]
+
+
+def test_agents_used_the_kernel_program(report):
+    ready = [r for r in report["timeline"] if r["what"] == "agent ready" and r["source"] == "bpf"]
+    assert len(ready) == 2 and all(r["probe"] in ("kprobe", "fentry") for r in ready), ready
