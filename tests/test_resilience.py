@@ -77,6 +77,8 @@ def test_learned_class_survives_restart_and_reaches_new_port(node):
 
 
 def test_malformed_zones_and_zone_without_port(node, agent):
+    # ovn-controller owns ct-zone-* and would clean these up: pause it meanwhile.
+    node.ovs.stop("ovn-controller")
     node.ovs.vsctl("set", "Bridge", node.ovs.bridge, 'external_ids:ct-zone-bogus="abc"',
                    'external_ids:ct-zone-ghost="4000"')
     try:
@@ -99,6 +101,7 @@ def test_malformed_zones_and_zone_without_port(node, agent):
         node.kp._rules()
         node.ovs.vsctl("remove", "Bridge", node.ovs.bridge, "external_ids", "ct-zone-bogus",
                        "--", "remove", "Bridge", node.ovs.bridge, "external_ids", "ct-zone-ghost")
+        node.ovs.start_controller()
 
 
 def test_missing_bridge(node):
