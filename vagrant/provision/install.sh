@@ -19,7 +19,7 @@ case ${POS[0]} in
   *) usage_exit ;;
 esac
 
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
+installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 apt_install() { apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
 export DEBIAN_FRONTEND=noninteractive
 

@@ -29,7 +29,7 @@ if [ -n "$NETNS" ]; then
 else
   # The userspace datapath leaves tap devices named after its bridges.
   for tap in "$BRIDGE" ovs-netdev; do
-    if ip -d link show "$tap" 2>/dev/null | grep -qw tun; then
+    if [[ $(ip -d link show "$tap" 2>/dev/null) == *" tun "* ]]; then
       step "deleting tap $tap"
       ip link del "$tap"
     fi

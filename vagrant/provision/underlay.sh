@@ -40,7 +40,7 @@ else
   ip -n "$NETNS" link set ul up
 fi
 
-if ip -n "$NETNS" -o addr show dev ul | grep -qw "inet $ADDR"; then
+if [[ $(ip -n "$NETNS" -o addr show dev ul) == *" inet $ADDR "* ]]; then
   step "ul already has $ADDR"
 else
   step "ul address $ADDR"
