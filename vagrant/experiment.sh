@@ -1,0 +1,114 @@
+#!/bin/bash
+# The seed's experiment across hypervisors, once `vagrant up` has finished:
+# the 99th-percentile latency of mice (sockperf ping-pong, UDP) between pods
+#   1. alone, from hv1 to hv2;
+#   2. beside an elephant (iperf3, TCP) from hv1 to hv2, on the same hypervisors;
+#   3. with the elephant still running, between pods on the chassis that
+#      ovsfoot says are light (ovsfoot-footprint and ovsfoot-elephants, which the
+#      agents publish in each chassis' Open_vSwitch external_ids): a scheduler
+#      placing the light workload away from the heavy nodes.
+# Every chassis has a mice-client-hvN and a mice-server-hvN pod; hv1 has the
+# elephant's client, hv2 its server (see the Vagrantfile). Run in vagrant/.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+MICE_SECS=${MICE_SECS:-15}          # each latency measurement
+MICE_MPS=${MICE_MPS:-1000}          # mice messages per second
+ELEPHANT_SECS=$((2 * MICE_SECS + 60))
+
+step() { printf '[experiment] %s\n' "$*"; }
+
+# Runs a command as root on a VM (the ssh configuration comes from Vagrant
+# once: a `vagrant ssh -c` per command would spend seconds starting Vagrant).
+TMP=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
+vagrant ssh-config >"$TMP/ssh_config"
+on() {
+  local node=$1
+  shift
+  ssh -F "$TMP/ssh_config" -q "$node" sudo "$@"
+}
+
+# Starts a server in a pod, detached; it exits by itself after SECS.
+serve() {
+  local node=$1 pod=$2 secs=$3
+  shift 3
+  on "$node" setsid -f ip netns exec "$pod" timeout "$secs" "$@" '>/dev/null' '2>&1'
+}
+
+pod_ip() {
+  on "$1" ip -n "$2" -4 -o addr show eth0 | awk '{ sub("/.*", "", $4); print $4 }'
+}
+
+# The chassis' node footprint, as "light 0" or "heavy 1" (footprint, elephants).
+footprint() {
+  local ids
+  ids=$(on "$1" ovs-vsctl get Open_vSwitch . external_ids)
+  printf '%s %s\n' \
+    "$(grep -o 'ovsfoot-footprint=[a-z]*' <<<"$ids" | cut -d= -f2)" \
+    "$(grep -o 'ovsfoot-elephants="[0-9]*"' <<<"$ids" | tr -dc 0-9)"
+}
+
+# mice CLIENT_NODE SERVER_NODE PORT: prints the p99 latency in microseconds.
+mice() {
+  local ip
+  ip=$(pod_ip "$2" "mice-server-$2")
+  serve "$2" "mice-server-$2" $((MICE_SECS + 30)) sockperf server -i "$ip" -p "$3"
+  sleep 1
+  on "$1" ip netns exec "mice-client-$1" \
+    sockperf ping-pong -i "$ip" -p "$3" -t "$MICE_SECS" --mps "$MICE_MPS" 2>&1 |
+    awk '/percentile 99.000/ { print $NF }'
+}
+
+mapfile -t CHASSIS < <(vagrant status --machine-readable |
+  awk -F, '$3 == "state" && $4 == "running" && $2 ~ /^hv/ { print $2 }')
+[ ${#CHASSIS[@]} -ge 2 ] || { echo "experiment: needs hv1 and hv2 running (vagrant up)" >&2; exit 1; }
+step "chassis: ${CHASSIS[*]}"
+rows=()
+
+step "1/3 mice alone, hv1 -> hv2 (${MICE_SECS} s)"
+p99=$(mice hv1 hv2 11111) || true
+rows+=("alone|hv1 -> hv2|$p99|")
+
+step "2/3 elephant hv1 -> hv2 (${ELEPHANT_SECS} s), mice beside it"
+server_ip=$(pod_ip hv2 elephant-server)
+serve hv2 elephant-server $((ELEPHANT_SECS + 30)) iperf3 -s -1 -B "$server_ip"
+sleep 1
+on hv1 ip netns exec elephant-client iperf3 -c "$server_ip" -t "$ELEPHANT_SECS" \
+  >"$TMP/iperf" 2>&1 &
+elephant=$!
+for _ in $(seq 30); do
+  [[ $(footprint hv1) == heavy* ]] && break
+  sleep 1
+done
+step "ovsfoot on hv1: $(footprint hv1)"
+p99=$(mice hv1 hv2 11112) || true
+rows+=("beside the elephant|hv1 -> hv2|$p99|")
+
+step "3/3 placing the mice by the published footprints"
+light=()
+for hv in "${CHASSIS[@]}"; do
+  fp=$(footprint "$hv")
+  step "  $hv: ovsfoot-footprint=${fp% *} ovsfoot-elephants=${fp#* }"
+  [ "${fp% *}" = light ] && light+=("$hv")
+done
+p99="" note=""
+case ${#light[@]} in
+  0) where="-" note="every chassis is heavy: try OVSFOOT_CHASSIS=4" ;;
+  1) where="${light[0]} -> ${light[0]}" note="one light chassis: no Geneve hop" ;;
+  *) where="${light[0]} -> ${light[1]}" ;;
+esac
+if [ ${#light[@]} -gt 0 ]; then
+  p99=$(mice "${light[0]}" "${light[1]:-${light[0]}}" 11113) || true
+fi
+rows+=("placed by ovsfoot|$where|$p99|$note")
+
+wait "$elephant" || true
+throughput=$(awk '/receiver/ { print $(NF-2), $(NF-1) }' "$TMP/iperf")
+echo
+printf '%-22s %-14s %12s  %s\n' "mice (sockperf)" "client -> server" "p99 (usec)" "note"
+for row in "${rows[@]}"; do
+  IFS='|' read -r what where p99 note <<<"$row"
+  printf '%-22s %-14s %12s  %s\n' "$what" "$where" "${p99:--}" "$note"
+done
+echo "elephant (iperf3 hv1 -> hv2): ${throughput:-?}"
