@@ -20,7 +20,8 @@ if [ -z "$MAC" ]; then                   # like ovn-kubernetes: 0a:58 and the IP
 fi
 IMAGE=${PODMAN_IMAGE:-docker.io/library/debian:bookworm-slim}
 
-nbctl() { in_ns ovn-nbctl --db="tcp:$CENTRAL_IP:6641" "$@"; }
+# Waits for the central node (it may still be coming up), but not forever.
+nbctl() { in_ns ovn-nbctl --db="tcp:$CENTRAL_IP:6641" --timeout=120 "$@"; }
 
 step "logical switch $SWITCH, allow-related ACLs both ways"
 nbctl --may-exist ls-add "$SWITCH"
