@@ -13,29 +13,32 @@ if [ "$MODE" = machine ]; then
   systemctl enable --now --quiet ovn-central
   wait_file /var/run/ovn/ovnsb_db.sock
 else
-  # Each database also serves the connections listed in it (set below),
-  # as ovn-ctl starts them.
-  for db in nb sb; do
-    name=ovn${db}_db
-    create_db "$RUNDIR/$name.db" "/usr/share/ovn/ovn-$db.ovsschema"
-    schema=$(ovsdb-tool db-name "$RUNDIR/$name.db")
-    table=$(tr '[:lower:]' '[:upper:]' <<<"$db")_Global
+  # As ovn-ctl starts them: each database also serves the connections
+  # listed in its own NB_Global or SB_Global row (set below).
+  start_db() {
+    local name=$1 schema=$2 global=$3
+    create_db "$RUNDIR/$name.db" "$schema"
     start_daemon "$name" in_ns ovsdb-server "$RUNDIR/$name.db" \
-      --remote="punix:$RUNDIR/$name.sock" --remote="db:$schema,$table,connections" \
+      --remote="punix:$RUNDIR/$name.sock" --remote="db:$global,connections" \
       --unixctl="$RUNDIR/$name.ctl"
     wait_file "$RUNDIR/$name.sock"
-  done
+  }
+  start_db ovnnb_db /usr/share/ovn/ovn-nb.ovsschema OVN_Northbound,NB_Global
+  start_db ovnsb_db /usr/share/ovn/ovn-sb.ovsschema OVN_Southbound,SB_Global
   start_daemon ovn-northd in_ns ovn-northd
 fi
 
+# listen nb|sb PORT: the database serves the chassis and the CMS on IP:PORT.
+listen() {
+  local ctl=ovn-${1}ctl target=ptcp:$2:$IP
+  if [ "$($ctl get-connection | awk '{print $NF}')" = "$target" ]; then
+    step "$1 already listening on $target"
+  else
+    step "$1 listening on $target"
+    $ctl set-connection "$target"
+  fi
+}
 ovn-nbctl init
 ovn-sbctl init
-for db in nb:6641 sb:6642; do
-  target="ptcp:${db#*:}:$IP"
-  if [ "$(ovn-"${db%:*}"ctl get-connection | awk '{print $NF}')" = "$target" ]; then
-    step "${db%:*} already listening on $target"
-  else
-    step "${db%:*} listening on $target"
-    ovn-"${db%:*}"ctl set-connection "$target"
-  fi
-done
+listen nb 6641
+listen sb 6642
