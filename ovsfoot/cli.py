@@ -132,6 +132,11 @@ def cmd_lab(args) -> int:
     return lab_main(args)
 
 
+def cmd_scheduler_extender(args) -> int:
+    from ovsfoot.scheduler.server import serve
+    return serve(args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ovsfoot", description=__doc__)
     p.add_argument("--version", action="version", version=f"ovsfoot {__version__}")
@@ -165,6 +170,21 @@ def parser() -> argparse.ArgumentParser:
     lab.add_argument("--report", default="lab-report.json", help="JSON report to write")
     lab.add_argument("-v", "--verbose", action="count", default=0)
     lab.set_defaults(func=cmd_lab, log_file=None)
+
+    x = sub.add_parser("scheduler-extender", help="kube-scheduler extender over the "
+                       "footprints the agents publish in the OVN Southbound database")
+    x.add_argument("--listen", default="127.0.0.1:8899",
+                   help="HOST:PORT to serve HTTP on (default %(default)s; port 0: any)")
+    x.add_argument("--sb", required=True,
+                   help="OVN Southbound database: REMOTE[,REMOTE...] (any cluster member)")
+    x.add_argument("--node-key", choices=["hostname", "name"], default="hostname",
+                   help="Kubernetes node name = Chassis hostname, or Chassis name "
+                        "(system-id) (default hostname)")
+    x.add_argument("--filter-heavy", action="store_true",
+                   help="filter: drop heavy nodes for light pods (never all of them)")
+    x.add_argument("--log-file", help="also log to this file")
+    x.add_argument("-v", "--verbose", action="count", default=0)
+    x.set_defaults(func=cmd_scheduler_extender)
     return p
 
 

@@ -1,0 +1,219 @@
+"""Placement logic of the scheduler extender, free of I/O: pod class, node facts, scores.
+
+A pod's class, first match wins: the annotation, then the label
+`ovsfoot.io/footprint: light|heavy`; the class its workload learned on any node
+(`ovsfoot-class-<namespace>/<owner>` in the cluster view); else light.
+
+Scores are 0-10, `round(10 * 2 / (2 + load))`: 10 on a quiet node, 7 at load 1,
+5 at load 2, 3 at load 4. A light pod's load is the node's active elephants plus
+its heavy ports (queues it would share); a heavy pod's load is the node's heavy
+ports plus half its elephants, so heavy pods spread away from each other. A node
+the cluster view does not know (no chassis, or no agent publishing) gets 5.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ovsfoot.attribution import workload_of
+
+LABEL = "ovsfoot.io/footprint"
+CLASSES = ("light", "heavy")
+MAX_SCORE = 10
+UNKNOWN_SCORE = 5
+CLASS_PREFIX = "ovsfoot-class-"
+
+# pod-template-hash of a ReplicaSet's name (the alphabet of Kubernetes' SafeEncodeString)
+_K8S_ALNUM = "[bcdfghjklmnpqrstvwxz2456789]"
+_RS_HASH = re.compile(rf"^(.+)-{_K8S_ALNUM}{{6,10}}$")
+
+
+class BadRequest(ValueError):
+    """The request does not have the shape of the extender API (HTTP 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    """What one chassis' agent published in the Southbound database."""
+
+    chassis: str                    # Chassis name (system-id)
+    hostname: str
+    footprint: str | None           # heavy|light; None: no agent publishes here
+    elephants: int = 0
+    heavy_ports: int = 0
+    updated_ms: int | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.footprint is not None
+
+    def as_dict(self) -> dict:
+        return {"chassis": self.chassis, "hostname": self.hostname,
+                "footprint": self.footprint, "elephants": self.elephants,
+                "heavy_ports": self.heavy_ports, "ts": self.updated_ms}
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """Node facts by Kubernetes node name key, and learned workload classes."""
+
+    by_key: dict[str, NodeFacts] = field(default_factory=dict)
+    classes: dict[str, str] = field(default_factory=dict)
+    synced: bool = False            # the Southbound database was read at least once
+
+    def node(self, name: str) -> NodeFacts | None:
+        facts = self.by_key.get(name)
+        if facts is not None:
+            return facts
+        # node "a" vs hostname "a.example.com", or the other way round, if unique
+        short = name.split(".", 1)[0]
+        hits = [f for k, f in self.by_key.items() if k.split(".", 1)[0] == short]
+        return hits[0] if len(hits) == 1 else None
+
+
+# -- requests -----------------------------------------------------------------
+def _strings(obj, where: str) -> dict[str, str]:
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                            for k, v in obj.items()):
+        raise BadRequest(f"{where} must be an object of strings")
+    return obj
+
+
+@dataclass(frozen=True, slots=True)
+class PodInfo:
+    name: str
+    namespace: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    owners: list[dict]
+
+    @classmethod
+    def parse(cls, pod) -> "PodInfo":
+        if not isinstance(pod, dict):
+            raise BadRequest("Pod must be an object (a v1.Pod)")
+        meta = pod.get("metadata")
+        if not isinstance(meta, dict):
+            raise BadRequest("Pod.metadata must be an object")
+        name = meta.get("name") or meta.get("generateName")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("Pod.metadata.name must be a non-empty string")
+        namespace = meta.get("namespace") or "default"
+        if not isinstance(namespace, str):
+            raise BadRequest("Pod.metadata.namespace must be a string")
+        owners = meta.get("ownerReferences") or []
+        if not isinstance(owners, list) or not all(
+                isinstance(o, dict) and isinstance(o.get("name", ""), str)
+                and isinstance(o.get("kind", ""), str) for o in owners):
+            raise BadRequest("Pod.metadata.ownerReferences must be a list of objects")
+        return cls(name, namespace, _strings(meta.get("labels"), "Pod.metadata.labels"),
+                   _strings(meta.get("annotations"), "Pod.metadata.annotations"), owners)
+
+    @property
+    def workload(self) -> str:
+        """`<namespace>/<owner>` as the agents name it (Deployment, not ReplicaSet)."""
+        owner = next((o for o in self.owners if o.get("controller")), None) or \
+            (self.owners[0] if self.owners else None)
+        if owner and owner.get("name"):
+            name = owner["name"]
+            if owner.get("kind") == "ReplicaSet":
+                h = self.labels.get("pod-template-hash")
+                if h and name.endswith(f"-{h}"):
+                    name = name[:-len(h) - 1]
+                elif m := _RS_HASH.match(name):
+                    name = m.group(1)
+            return f"{self.namespace}/{name}"
+        # no owner given: the pod name with its controller suffix stripped, as the agents do
+        lport = f"{self.namespace}_{self.name}"
+        derived = workload_of(lport, {})
+        return derived if derived != lport else f"{self.namespace}/{self.name}"
+
+
+def pod_class(pod: PodInfo, view: ClusterView) -> tuple[str, str]:
+    """(class, why) of the pod."""
+    for where, values in (("annotation", pod.annotations), ("label", pod.labels)):
+        v = values.get(LABEL)
+        if v is not None:
+            v = v.strip().lower()
+            if v in CLASSES:
+                return v, f"{where} {LABEL}"
+    learned = view.classes.get(pod.workload)
+    if learned:
+        return learned, f"workload {pod.workload} learned {learned}"
+    return "light", "default"
+
+
+def candidate_names(args: dict) -> tuple[list[str], bool]:
+    """The candidate node names, and whether they came as a NodeList (`Nodes`)."""
+    nodes = args.get("Nodes")
+    if nodes is not None:
+        if not isinstance(nodes, dict) or not isinstance(nodes.get("items") or [], list):
+            raise BadRequest("Nodes must be a v1.NodeList with an items list")
+        names = []
+        for item in nodes.get("items") or []:
+            meta = item.get("metadata") if isinstance(item, dict) else None
+            if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) \
+                    or not meta["name"]:
+                raise BadRequest("every Nodes.items[] needs metadata.name")
+            names.append(meta["name"])
+        return names, True
+    names = args.get("NodeNames")
+    if names is None:
+        raise BadRequest("ExtenderArgs needs Nodes (a NodeList) or NodeNames "
+                         "(nodeCacheCapable)")
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise BadRequest("NodeNames must be a list of node names")
+    return list(names), False
+
+
+def parse_args(body: bytes) -> tuple[PodInfo, list[str], bool, dict]:
+    """ExtenderArgs: (pod, candidate names, came as NodeList, the raw args)."""
+    import json
+    try:
+        args = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"body is not JSON: {e}") from None
+    if not isinstance(args, dict):
+        raise BadRequest("body must be a JSON object (ExtenderArgs)")
+    if args.get("Pod") is None:
+        raise BadRequest("ExtenderArgs has no Pod")
+    pod = PodInfo.parse(args["Pod"])
+    names, as_list = candidate_names(args)
+    return pod, names, as_list, args
+
+
+# -- scoring ------------------------------------------------------------------
+def load(facts: NodeFacts, klass: str) -> float:
+    if klass == "heavy":
+        return facts.heavy_ports + 0.5 * facts.elephants
+    return facts.elephants + facts.heavy_ports
+
+
+def score(facts: NodeFacts | None, klass: str) -> int:
+    if facts is None or not facts.known:
+        return UNKNOWN_SCORE
+    return max(0, min(MAX_SCORE, round(MAX_SCORE * 2 / (2 + load(facts, klass)))))
+
+
+def prioritize(pod: PodInfo, names: list[str], view: ClusterView) -> list[dict]:
+    klass, _ = pod_class(pod, view)
+    return [{"Host": n, "Score": score(view.node(n), klass)} for n in names]
+
+
+def filter_nodes(pod: PodInfo, names: list[str], view: ClusterView,
+                 filter_heavy: bool) -> tuple[list[str], dict[str, str]]:
+    """(nodes kept, {node: why it failed}); drops nothing unless `filter_heavy`."""
+    klass, _ = pod_class(pod, view)
+    if not filter_heavy or klass != "light":
+        return names, {}
+    failed = {}
+    for n in names:
+        f = view.node(n)
+        if f is not None and f.footprint == "heavy":
+            failed[n] = (f"ovsfoot: node carries heavy traffic ({f.elephants} elephants, "
+                         f"{f.heavy_ports} heavy ports) and the pod is light")
+    if len(failed) == len(names):
+        return names, {}            # never filter out every node
+    return [n for n in names if n not in failed], failed
