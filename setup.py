@@ -10,5 +10,5 @@ setup(
     # --system-site-packages so that it sees it.
     install_requires=["ovs>=3.1", "pyroute2>=0.9", "msgpack>=1.0"],
     extras_require={"test": ["pytest>=7"], "lab": ["virtme-ng>=1.42"]},
-    entry_points={"console_scripts": ["ovsfoot=ovsfoot.cli:main"]},
+    entry_points={"console_scripts": ["ovsfoot=ovsfoot.cli:main", "ovsfoot-cni=ovsfoot.cni:main"]},
 )

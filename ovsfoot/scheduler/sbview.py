@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import ovs.db.idl
 import ovs.poller
@@ -164,9 +163,3 @@ class SbView:
         finally:
             idl.close()
 
-
-def wait_synced(view: SbView, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not view.view.synced and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return view.view.synced

@@ -1,0 +1,327 @@
+"""`ovsfoot-cni`: a chained CNI plugin (spec 1.0.0) that tags a pod's OVS port with its workload.
+
+Put it after the plugin that plugs the pod into OVS (ovn-kubernetes, ovs-cni, ...):
+
+    {"cniVersion": "1.0.0", "name": "podnet", "plugins": [
+        {"type": "ovn-k8s-cni-overlay", ...},
+        {"type": "ovsfoot-cni", "ovsdb": "unix:/var/run/openvswitch/db.sock",
+         "logFile": "/var/log/ovsfoot-cni.log"}]}
+
+ADD finds the pod's OVS Interface (the host-side interfaces of `prevResult`, the
+iface-id `<namespace>_<pod>` as ovn-kubernetes names it, `external_ids:sandbox`,
+or a MAC), sets `external_ids:ovsfoot-workload` and the marker `ovsfoot-cni=<container
+id>`, and prints `prevResult` unchanged. The running agent re-reads the Interface at
+once and publishes the workload's learned class before the pod sends a byte.
+DEL removes the two keys where the marker is this container's. CHECK verifies them.
+
+The workload, first match wins: `runtimeConfig.ovsfoot.workload`; CNI_ARGS
+`OVSFOOT_WORKLOAD`; an owner name (`runtimeConfig.ovsfoot.owner` or CNI_ARGS
+`OVSFOOT_OWNER`) as `<namespace>/<owner>`; `<K8S_POD_NAMESPACE>/<K8S_POD_NAME>` with
+the ReplicaSet / DaemonSet / StatefulSet suffix stripped (the agent's own rule); the
+network config's `workload`.
+
+ovsfoot trouble (no OVSDB, no Interface found, a timeout) never fails a pod: it is
+logged (stderr and `logFile`) and the result passed through. Only malformed input
+gets a CNI error object on stdout and exit status 1, with code 1 (incompatible
+version), 4 (invalid environment variables), 6 (undecodable stdin), 7 (invalid network
+config) or 100 (CHECK: the tag is missing or different).
+
+Network config keys (all optional): `ovsdb` (remote; default unix:$OVS_RUNDIR/db.sock),
+`timeout` (seconds for OVSDB, default 2), `logFile`, `waitForClass` (seconds ADD may
+wait for the agent's class, only to log it; default 0), `workload`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+
+CURRENT = "1.0.0"
+SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]
+
+E_INCOMPATIBLE = 1
+E_ENV = 4
+E_DECODE = 6
+E_CONFIG = 7
+E_CHECK = 100
+
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_CONTAINER_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+
+log = logging.getLogger("ovsfoot.cni")
+
+
+class CniError(Exception):
+    def __init__(self, code: int, msg: str, details: str = ""):
+        super().__init__(msg)
+        self.code, self.msg, self.details = code, msg, details
+
+
+def _setup_logging(log_file: str | None) -> None:
+    fmt = logging.Formatter("%(asctime)s|ovsfoot-cni[%(process)d]|%(levelname)s|%(message)s")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        try:
+            handlers.append(logging.FileHandler(log_file))
+        except OSError as e:
+            print(f"ovsfoot-cni: cannot open log file {log_file}: {e}", file=sys.stderr)
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+
+
+def parse_cni_args(text: str) -> dict[str, str]:
+    """CNI_ARGS: `K=V;K=V` (CNI_ERROR 4 if malformed)."""
+    out = {}
+    for item in filter(None, text.split(";")):
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise CniError(E_ENV, "invalid CNI_ARGS", f"{item!r} is not KEY=VALUE")
+        out[k] = v
+    return out
+
+
+def parse_config(raw: str) -> dict:
+    try:
+        cfg = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CniError(E_DECODE, "cannot decode the network configuration", str(e)) from None
+    if not isinstance(cfg, dict):
+        raise CniError(E_DECODE, "cannot decode the network configuration",
+                       f"stdin is a JSON {type(cfg).__name__}, not an object")
+    version = cfg.get("cniVersion")
+    if not isinstance(version, str) or not version:
+        raise CniError(E_CONFIG, "invalid network configuration", "cniVersion is missing")
+    if version not in SUPPORTED:
+        raise CniError(E_INCOMPATIBLE, f"incompatible CNI version {version}",
+                       f"ovsfoot-cni supports {', '.join(SUPPORTED)}")
+    name = cfg.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise CniError(E_CONFIG, "invalid network configuration",
+                       "name is missing or not a valid network name")
+    types = {"ovsdb": str, "logFile": str, "workload": str, "timeout": (int, float),
+             "waitForClass": (int, float), "prevResult": dict, "runtimeConfig": dict}
+    for key, kind in types.items():
+        if key in cfg and not isinstance(cfg[key], kind) or isinstance(cfg.get(key), bool):
+            raise CniError(E_CONFIG, "invalid network configuration", f"{key} has the wrong type")
+    if cfg.get("timeout", 1) <= 0 or cfg.get("waitForClass", 0) < 0:
+        raise CniError(E_CONFIG, "invalid network configuration",
+                       "timeout must be > 0 and waitForClass >= 0")
+    rc = cfg.get("runtimeConfig", {}).get("ovsfoot", {})
+    if not isinstance(rc, dict) or any(not isinstance(rc.get(k, ""), str)
+                                       for k in ("workload", "owner")):
+        raise CniError(E_CONFIG, "invalid network configuration",
+                       "runtimeConfig.ovsfoot must be an object with string workload/owner")
+    return cfg
+
+
+def _need(env, *names: str) -> None:
+    for n in names:
+        if not env.get(n):
+            raise CniError(E_ENV, f"{n} is missing", f"{env.get('CNI_COMMAND')} needs {n}")
+    cid = env.get("CNI_CONTAINERID")
+    if cid is not None and "CNI_CONTAINERID" in names and not _CONTAINER_RE.match(cid):
+        raise CniError(E_ENV, "invalid CNI_CONTAINERID", repr(cid))
+
+
+def workload_for(cfg: dict, args: dict[str, str]) -> str | None:
+    """The pod's workload identity (see the module doc), validated."""
+    from ovsfoot.api import MalformedValue, validate_workload
+    from ovsfoot.attribution import workload_of
+
+    rc = cfg.get("runtimeConfig", {}).get("ovsfoot", {})
+    ns, pod = args.get("K8S_POD_NAMESPACE", ""), args.get("K8S_POD_NAME", "")
+    candidates = [(rc.get("workload"), E_CONFIG, "runtimeConfig.ovsfoot.workload"),
+                  (args.get("OVSFOOT_WORKLOAD"), E_ENV, "CNI_ARGS OVSFOOT_WORKLOAD")]
+    for owner, code, where in ((rc.get("owner"), E_CONFIG, "runtimeConfig.ovsfoot.owner"),
+                               (args.get("OVSFOOT_OWNER"), E_ENV, "CNI_ARGS OVSFOOT_OWNER")):
+        if owner:
+            candidates.append((f"{ns}/{owner}" if ns else owner, code, where))
+    if ns and pod:
+        derived = workload_of(f"{ns}_{pod}", {})
+        candidates.append((derived if derived != f"{ns}_{pod}" else f"{ns}/{pod}",
+                           E_ENV, "K8S_POD_NAMESPACE/K8S_POD_NAME"))
+    candidates.append((cfg.get("workload"), E_CONFIG, "workload"))
+    for value, code, where in candidates:
+        if value:
+            try:
+                return validate_workload(value)
+            except MalformedValue as e:
+                raise CniError(code, f"invalid workload from {where}", str(e)) from None
+    return None
+
+
+def locate(node, prev: dict, env, args: dict[str, str]) -> tuple[str, str] | None:
+    """(Interface name, how it was found) of the pod's OVS port, or None."""
+    infos = node.interfaces()
+    ifaces = [i for i in prev.get("interfaces") or [] if isinstance(i, dict)]
+    host = [i for i in ifaces if not i.get("sandbox")]
+    guest = [i for i in ifaces if i.get("sandbox") and i.get("name") == env.get("CNI_IFNAME")]
+    ns, pod = args.get("K8S_POD_NAMESPACE"), args.get("K8S_POD_NAME")
+
+    def norm(m):
+        return str(m).strip().lower()
+    host_macs = {norm(i["mac"]) for i in host if i.get("mac")}
+    guest_macs = {norm(i["mac"]) for i in guest if i.get("mac")}
+    tries = [
+        ("prevResult host interface", lambda i: i.name in {h.get("name") for h in host}),
+        ("iface-id", lambda i: bool(ns and pod) and i.iface_id == f"{ns}_{pod}"),
+        ("external_ids:sandbox", lambda i: i.external_ids.get("sandbox")
+         == env.get("CNI_CONTAINERID")),
+        ("host-side MAC", lambda i: bool(i.mac_in_use) and norm(i.mac_in_use) in host_macs),
+        ("pod MAC", lambda i: any(norm(i.external_ids.get(k, "")) in guest_macs
+                                  for k in ("attached-mac", "attached_mac"))),
+    ]
+    for how, match in tries:
+        found = [i.name for i in infos if match(i)]
+        if len(found) == 1:
+            return found[0], how
+        if found:
+            log.warning("%d Interfaces match by %s (%s): trying the next way",
+                        len(found), how, ", ".join(found))
+    return None
+
+
+def _open_node(cfg: dict):
+    from ovsfoot import api
+    return api.Node(cfg.get("ovsdb"), timeout=float(cfg.get("timeout", 2.0)))
+
+
+def cmd_add(cfg: dict, env, args: dict[str, str]) -> dict:
+    from ovsfoot import api
+
+    _need(env, "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")
+    if "prevResult" not in cfg:
+        raise CniError(E_CONFIG, "invalid network configuration",
+                       "ovsfoot-cni is a chained plugin: ADD needs prevResult")
+    prev = cfg["prevResult"]
+    cid = env["CNI_CONTAINERID"]
+    workload = workload_for(cfg, args)
+    pod = f"{args.get('K8S_POD_NAMESPACE', '?')}/{args.get('K8S_POD_NAME', '?')}"
+    if workload is None:
+        log.warning("ADD %s: no pod namespace/name or owner given: nothing to tag", cid)
+        return prev
+    try:
+        with _open_node(cfg) as node:
+            found = locate(node, prev, env, args)
+            if found is None:
+                log.warning("ADD %s (pod %s): no OVS Interface found for it "
+                            "(prevResult interfaces, iface-id, sandbox, MAC): not tagged",
+                            cid, pod)
+                return prev
+            iface, how = found
+            before = node.interface(iface).workload
+            since = time.time_ns() // 1_000_000
+            node.set_keys(iface, {api.WORKLOAD_KEY: workload, api.CNI_MARKER_KEY: cid})
+            klass = None
+            wait = float(cfg.get("waitForClass", 0))
+            if wait:
+                klass = node.wait_class(iface, None if before == workload else since,
+                                        wait).workload_class
+            log.info("ADD %s (pod %s): Interface %s (found by %s) tagged %s=%s%s", cid, pod,
+                     iface, how, api.WORKLOAD_KEY, workload,
+                     f", learned class {klass}" if klass else "")
+    except Exception as e:             # ovsfoot trouble never fails a pod
+        log.warning("ADD %s (pod %s): not tagged, passing the result through: %s",
+                    cid, pod, e, exc_info=not isinstance(e, api.Error))
+    return prev
+
+
+def cmd_del(cfg: dict, env, args: dict[str, str]) -> None:
+    from ovsfoot import api
+
+    _need(env, "CNI_CONTAINERID", "CNI_IFNAME")
+    cid = env["CNI_CONTAINERID"]
+    try:
+        with _open_node(cfg) as node:
+            mine = [i.name for i in node.interfaces()
+                    if i.external_ids.get(api.CNI_MARKER_KEY) == cid]
+            for iface in mine:
+                node.set_keys(iface, drop=[api.WORKLOAD_KEY, api.CNI_MARKER_KEY])
+                log.info("DEL %s: removed %s from Interface %s", cid, api.WORKLOAD_KEY, iface)
+            if not mine:
+                log.info("DEL %s: no Interface tagged for it (already gone)", cid)
+    except Exception as e:
+        log.warning("DEL %s: could not clean up (%s); nothing to do for the pod", cid, e,
+                    exc_info=not isinstance(e, api.Error))
+
+
+def cmd_check(cfg: dict, env, args: dict[str, str]) -> None:
+    from ovsfoot import api
+
+    _need(env, "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")
+    if "prevResult" not in cfg:
+        raise CniError(E_CONFIG, "invalid network configuration", "CHECK needs prevResult")
+    cid = env["CNI_CONTAINERID"]
+    workload = workload_for(cfg, args)
+    try:
+        node = _open_node(cfg)
+    except api.Error as e:
+        log.warning("CHECK %s: cannot verify (%s)", cid, e)
+        return
+    with node:
+        found = locate(node, cfg["prevResult"], env, args)
+        if found is None:
+            log.warning("CHECK %s: no OVS Interface found for it: cannot verify", cid)
+            return
+        ids = node.interface(found[0]).external_ids
+    have = (ids.get(api.WORKLOAD_KEY), ids.get(api.CNI_MARKER_KEY))
+    if workload is not None and have != (workload, cid):
+        raise CniError(E_CHECK, f"Interface {found[0]} is not tagged as ADD left it",
+                       f"expected {api.WORKLOAD_KEY}={workload} {api.CNI_MARKER_KEY}={cid}, "
+                       f"found {have[0]!r} {have[1]!r}")
+
+
+def run(raw: str, env) -> tuple[int, dict | None]:
+    """(exit status, JSON to print) for one invocation."""
+    command = env.get("CNI_COMMAND")
+    version = CURRENT
+    try:
+        if not command:
+            raise CniError(E_ENV, "CNI_COMMAND is missing")
+        if command == "VERSION":
+            return 0, {"cniVersion": CURRENT, "supportedVersions": SUPPORTED}
+        if command not in ("ADD", "DEL", "CHECK"):
+            raise CniError(E_ENV, f"unknown CNI_COMMAND {command!r}",
+                           "expected ADD, DEL, CHECK or VERSION")
+        cfg = parse_config(raw)
+        version = cfg["cniVersion"]
+        _setup_logging(cfg.get("logFile") or env.get("OVSFOOT_CNI_LOG"))
+        args = parse_cni_args(env.get("CNI_ARGS", ""))
+        if command == "ADD":
+            return 0, cmd_add(cfg, env, args)
+        if command == "DEL":
+            cmd_del(cfg, env, args)
+        else:
+            if version in ("0.3.0", "0.3.1"):
+                raise CniError(E_INCOMPATIBLE, f"CHECK is not defined for cniVersion {version}")
+            cmd_check(cfg, env, args)
+        return 0, None
+    except CniError as e:
+        log.error("%s: %s%s", command or "?", e.msg, f" ({e.details})" if e.details else "")
+        return 1, {"cniVersion": version, "code": e.code, "msg": e.msg, "details": e.details}
+
+
+def main() -> int:
+    _setup_logging(os.environ.get("OVSFOOT_CNI_LOG"))
+    try:
+        raw = sys.stdin.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raw = f"\0{e}"
+    status, out = run(raw, os.environ)
+    if out is not None:
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
