@@ -279,3 +279,34 @@ def test_filter_heavy_by_system_id(sb):
         assert scores["hv-a"] == 10 and scores["node-a"] == 5    # by name, node-a is unknown
     finally:
         e.stop()
+
+
+def test_sb_down_at_start_then_up_with_several_remotes(tmp_path):
+    """No SB yet: every node scores 5 and nothing is filtered (the extender is never a
+    reason not to schedule); once a listed SB member comes up, its view is used."""
+    late = Sb(tmp_path / "late")
+    late.remote = f"unix:{tmp_path}/dead.sock,{late.remote}"
+    e = Extender.__new__(Extender)
+    e.proc = subprocess.Popen(
+        [sys.executable, "-m", "ovsfoot", "scheduler-extender", "--listen=127.0.0.1:0",
+         f"--sb={late.remote}", "--filter-heavy"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        e.url = e.proc.stdout.readline().split()[-1]
+        assert e.get("/healthz")["synced"] is False
+        assert e.scores(pod("a-0"), ["node-a", "node-b"]) == {"node-a": 5, "node-b": 5}
+        status, out = e.post("/filter", args(pod("a-0"), ["node-a"], cache=True))
+        assert status == 200 and out["NodeNames"] == ["node-a"]
+        late.remote = f"unix:{late.dir / 'sb.sock'}"
+        late.start_db()
+        late.sbctl("chassis-add", "hv-a", "geneve", "192.0.2.1")
+        late.sbctl("set", "Chassis", "hv-a", "hostname=node-a")
+        late.sbctl("create", "Chassis_Private", "name=hv-a")
+        late.set_keys("hv-a", {"ovsfoot-footprint": "heavy", "ovsfoot-elephants": "3",
+                               "ovsfoot-heavy-ports": "1"})
+        wait_for(lambda: e.scores(pod("a-0"), ["node-a", "node-b"]) ==
+                 {"node-a": 3, "node-b": 5}, timeout=15, what="the late SB's view")
+        assert e.get("/healthz")["connected"]
+    finally:
+        e.stop()
+        late.stop_all()
