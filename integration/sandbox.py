@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -102,20 +103,59 @@ def _ovsdb(d: Daemons, name: str, schema: str, sock: str) -> None:
     wait_for(lambda: (d.dir / sock).exists(), what=f"{name} socket")
 
 
-class OvnCentral(Daemons):
-    """NB and SB databases and ovn-northd."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    def __init__(self, workdir: Path):
+
+class OvnCentral(Daemons):
+    """NB and SB databases and ovn-northd; SB clustered (raft) with `sb_members` > 1."""
+
+    def __init__(self, workdir: Path, sb_members: int = 1):
         super().__init__(workdir, {"OVN_RUNDIR": str(workdir), "OVS_RUNDIR": str(workdir),
                                    "OVN_LOGDIR": str(workdir), "OVS_LOGDIR": str(workdir)})
         self.nb = f"unix:{self.dir / 'nb.sock'}"
         self.sb = f"unix:{self.dir / 'sb.sock'}"
+        self.sb_members: list[tuple[str, int, int]] = []    # (name, client port, raft port)
+        if sb_members > 1:
+            self.sb_members = [(f"sb{i}", free_port(), free_port())
+                               for i in range(1, sb_members + 1)]
+            # Clients use unix sockets, reachable from any network namespace.
+            self.sb = ",".join(f"unix:{self.dir / n}.sock" for n, _, _ in self.sb_members)
 
     def start_all(self) -> "OvnCentral":
         _ovsdb(self, "nb", NB_SCHEMA, "nb.sock")
-        _ovsdb(self, "sb", SB_SCHEMA, "sb.sock")
+        if self.sb_members:
+            first = f"tcp:127.0.0.1:{self.sb_members[0][2]}"
+            for i, (name, _, raft) in enumerate(self.sb_members):
+                db = self.dir / f"{name}.db"
+                if i == 0:
+                    sh("ovsdb-tool", "create-cluster", str(db), SB_SCHEMA, first)
+                else:
+                    sh("ovsdb-tool", "join-cluster", str(db), "OVN_Southbound",
+                       f"tcp:127.0.0.1:{raft}", first)
+                self.start_sb_member(name)
+            wait_for(lambda: self.sb_leader(), timeout=60, what="an SB cluster leader")
+        else:
+            _ovsdb(self, "sb", SB_SCHEMA, "sb.sock")
         self.start("ovn-northd", "ovn-northd", f"--ovnnb-db={self.nb}", f"--ovnsb-db={self.sb}")
         return self
+
+    def start_sb_member(self, name: str) -> None:
+        client = next(c for n, c, _ in self.sb_members if n == name)
+        self.start(name, "ovsdb-server", str(self.dir / f"{name}.db"),
+                   f"--remote=ptcp:{client}:127.0.0.1", f"--remote=punix:{self.dir / name}.sock",
+                   f"--unixctl={self.dir / name}.ctl")
+
+    def sb_leader(self) -> str | None:
+        """The SB cluster member that is leader now, if any."""
+        for name, _, _ in self.sb_members:
+            out = sh("ovs-appctl", "-t", str(self.dir / f"{name}.ctl"), "cluster/status",
+                     "OVN_Southbound", env=self.env, check=False)
+            if "Role: leader" in out:
+                return name
+        return None
 
     def nbctl(self, *args: str) -> str:
         return sh("ovn-nbctl", f"--db={self.nb}", *args, env=self.env)

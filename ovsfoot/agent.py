@@ -18,6 +18,7 @@ from ovsfoot.footprints import Footprints
 from ovsfoot.learning import Learner, StateFile
 from ovsfoot.ovsdb import LocalDb
 from ovsfoot.publishers.ovsdb import OvsdbPublisher
+from ovsfoot.publishers.southbound import Southbound
 from ovsfoot.sources import Source
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class Config:
     heavy_at: float = 3.0
     half_life: float = 6 * 3600
     publish_interval: float = 0.1
+    sb: str = "auto"                    # OVN Southbound remote; auto: ovn-remote; none: off
 
 
 class Agent:
@@ -48,6 +50,7 @@ class Agent:
         self.learner = Learner(cfg.heavy_at, cfg.half_life)
         self.footprints = Footprints(self.learner)
         self.publisher = OvsdbPublisher(self.db, cfg.publish_interval)
+        self.southbound: Southbound | None = None
         self.state = StateFile(cfg.state) if cfg.state else None
         if self.state:
             self.learner.load(self.state.load())
@@ -81,12 +84,35 @@ class Agent:
                 ports[lport] = Port(lport, iface.name, workload_of(lport, ids),
                                     port_addresses(ids))
         for lport in ports.keys() - self.attributor.ports.keys():
-            klass = self.learner.klass(ports[lport].workload)
+            klass = self.klass(ports[lport].workload)
             log.info("port %s appeared (workload %s%s)", lport, ports[lport].workload,
                      f", learned {klass}" if klass else "")
         self.attributor.ports = ports
+        self._follow_southbound()
         self._synced = True
         self._generation = None         # republish
+
+    def _follow_southbound(self) -> None:
+        """Connects the cluster view to the SB this chassis uses (or --sb)."""
+        if self.cfg.sb == "none":
+            return
+        root = self.db.root()
+        ids = dict(root.external_ids) if root is not None else {}
+        remote = ids.get("ovn-remote") if self.cfg.sb == "auto" else self.cfg.sb
+        chassis = ids.get("system-id")
+        sb = self.southbound
+        if sb is not None and (sb.remote, sb.chassis) == (remote, chassis):
+            return
+        if sb is not None:
+            sb.close()
+        self.southbound = Southbound(remote, chassis) if remote and chassis else None
+
+    def klass(self, workload: str) -> str | None:
+        """The learned class of `workload`: here, else on another chassis."""
+        mine = self.learner.klass(workload)
+        if mine or self.southbound is None:
+            return mine
+        return self.southbound.classes.get(workload)
 
     # -- events -----------------------------------------------------------
     def handle(self, events: list[FlowEvent]) -> None:
@@ -130,7 +156,7 @@ class Agent:
         for lport, port in self.attributor.ports.items():
             fp = ports.get(lport)
             elephants = fp.elephants if fp else 0
-            learned = self.learner.klass(port.workload)
+            learned = self.klass(port.workload)
             klass = "heavy" if elephants or learned == "heavy" else "light"
             heavy += klass == "heavy"
             kv = {"ovsfoot-footprint": klass, "ovsfoot-elephants": str(elephants)}
@@ -156,11 +182,17 @@ class Agent:
         if mono >= self._next_tick:
             self.learner.tick(now)
             self._next_tick = mono + TICK_EVERY_S
+        if self.southbound is not None and self.southbound.run():
+            self._generation = None         # another chassis learned something
         gen = (self.footprints.generation, len(self.learner.records),
                sum(r.heavy for r in self.learner.records.values()))
         if gen != self._generation:
             self._generation = gen
-            self.publisher.want(*self.desired())
+            interfaces, node = self.desired()
+            self.publisher.publish(interfaces, node)
+            if self.southbound is not None:
+                self.southbound.publish(node, {w: r.klass for w, r in
+                                               self.learner.records.items()})
         self.publisher.run()
         if self.state and self.learner.dirty and mono >= self._next_save:
             self.save_state()
@@ -177,6 +209,8 @@ class Agent:
             return
         self.source.wait(poller)
         self.publisher.wait(poller)
+        if self.southbound is not None:
+            self.southbound.wait(poller)
         expiry = self.detector.next_expiry()
         if expiry is not None:
             poller.timer_wait(max(0, (expiry - time.time_ns()) // 1_000_000) + 1)
@@ -201,5 +235,7 @@ class Agent:
         self.save_state()
         if withdraw:
             self.publisher.withdraw()
+        if self.southbound is not None:
+            self.southbound.close()
         self.source.close()
         self.db.idl.close()

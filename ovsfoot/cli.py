@@ -87,7 +87,7 @@ def cmd_agent(args) -> int:
     ovs.daemon.daemonize_start()
     source = _open(args, thresholds)
     cfg = Config(db=args.db, bridge=args.bridge, thresholds=thresholds, state=state,
-                 heavy_at=args.heavy_at, half_life=args.half_life)
+                 heavy_at=args.heavy_at, half_life=args.half_life, sb=args.sb)
     agent = Agent(cfg, source)
     control = Control(agent, args.unixctl)
     ovs.daemon.daemonize_complete()
@@ -151,6 +151,9 @@ def parser() -> argparse.ArgumentParser:
                    help="elephants (decayed) that make a workload heavy (default 3)")
     a.add_argument("--half-life", type=_positive(float), default=6 * 3600.0,
                    help="seconds for a workload's elephant score to halve (default 6 h)")
+    a.add_argument("--sb", default="auto",
+                   help="OVN Southbound for the cluster view: REMOTE[,REMOTE...], auto "
+                        "(the chassis' ovn-remote, default) or none")
     a.add_argument("--unixctl", help="control socket (default: $OVS_RUNDIR/ovsfoot.PID.ctl)")
     a.add_argument("--log-file", help="also log to this file")
     a.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")

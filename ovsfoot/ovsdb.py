@@ -30,9 +30,23 @@ def default_remote() -> str:
     return "unix:" + os.path.join(os.environ.get("OVS_RUNDIR", ovs.dirs.RUNDIR), "db.sock")
 
 
-def fetch_schema(remote: str, db: str) -> dict:
-    """The schema of `db` as the server at `remote` has it (raises OSError)."""
-    err, stream = ovs.stream.Stream.open_block(ovs.stream.Stream.open(remote), 5000)
+def fetch_schema(remote: str, db: str, timeout_ms: int = 5000) -> dict:
+    """The schema of `db` as the server at `remote` has it (raises OSError).
+
+    `remote` may list several servers (a cluster), separated by commas.
+    """
+    errors = []
+    for one in remote.split(","):
+        try:
+            return _fetch_schema(one, db, timeout_ms)
+        except OSError as e:
+            errors.append(e)
+    raise errors[-1] if len(errors) == 1 else OSError(
+        0, "; ".join(str(e.strerror or e) for e in errors))
+
+
+def _fetch_schema(remote: str, db: str, timeout_ms: int) -> dict:
+    err, stream = ovs.stream.Stream.open_block(ovs.stream.Stream.open(remote), timeout_ms)
     if err:
         raise OSError(err, f"cannot connect to {remote}: {os.strerror(err)}")
     rpc = ovs.jsonrpc.Connection(stream)
@@ -49,15 +63,17 @@ def fetch_schema(remote: str, db: str) -> dict:
 
 def open_idl(remote: str, db: str, tables: dict[str, list[str]],
              retry: float = 1.0, timeout: float | None = None) -> ovs.db.idl.Idl:
-    """An IDL for `tables` of `db`, waiting for the server to come up."""
+    """An IDL for `tables` of `db`, waiting for the server to come up
+    (`timeout` 0: one try only)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     warned = False
     while True:
         try:
-            schema = fetch_schema(remote, db)
+            schema = fetch_schema(remote, db, 5000 if timeout is None else
+                                  max(500, int(timeout * 1000)))
             break
         except OSError as e:
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 raise
             if not warned:
                 log.warning("waiting for ovsdb-server: %s (is it running? set --db or "

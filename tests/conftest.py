@@ -96,19 +96,42 @@ class Node:
                             "--interval=0.2", *THRESHOLDS, *args, **kw)
 
 
-def make_node(tmp: Path, tag: str) -> Node:
-    prefix = f"of{os.getpid() % 10000}{tag}-"
-    central = OvnCentral(tmp / "central").start_all()
-    ovs = Ovs(tmp / "hv1", bridge=f"br-{prefix[:-1]}"[:15]).start_all()
-    ovs.join_ovn(central, f"hv-{prefix}")
+def make_central(tmp: Path, sb_members: int = 1) -> OvnCentral:
+    central = OvnCentral(tmp / "central", sb_members).start_all()
     central.nbctl("ls-add", "ls1")
     central.nbctl("acl-add", "ls1", "from-lport", "1000", "ip", "allow-related")
     central.nbctl("acl-add", "ls1", "to-lport", "1000", "ip", "allow-related")
+    return central
+
+
+def make_node(tmp: Path, tag: str, central: OvnCentral | None = None, pods=PODS,
+              own_netns: bool = False, encap_ip: str = "127.0.0.1") -> Node:
+    """A chassis (own OVS, own bridge, own kernel path) with `pods` bound to OVN.
+
+    A second userspace datapath in one namespace clashes with the first on its
+    tap devices: chassis that share a central get `own_netns`, and their own
+    `encap_ip` (SB allows one chassis per tunnel address)."""
+    prefix = f"of{os.getpid() % 10000}{tag}-"
+    central = central or make_central(tmp)
+    netns = None
+    if own_netns:
+        netns = f"{prefix}ovs"
+        sh("ip", "netns", "add", netns)
+        sh("ip", "-n", netns, "link", "set", "lo", "up")
+    ovs = Ovs(tmp / f"hv-{tag}", bridge=f"br-{prefix[:-1]}"[:15], netns=netns).start_all()
+    ovs.join_ovn(central, f"hv-{prefix}", encap_ip=encap_ip)
     kp = KernelPath(f"{prefix}dp").create()
     node = Node(central, ovs, kp, prefix)
-    for i, (name, (lport, ids, workload)) in enumerate(PODS.items(), start=1):
+    for i, (name, (lport, ids, workload)) in enumerate(pods.items(), start=1):
         node.add_pod(name, lport, ids, workload, i)
     return node
+
+
+def destroy_node(node: Node) -> None:
+    node.ovs.stop_all()
+    node.kp.destroy()
+    if node.ovs.netns:
+        sh("ip", "netns", "del", node.ovs.netns, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +140,8 @@ def node(tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("node")
     n = make_node(tmp, tag)
     yield n
-    n.ovs.stop_all()
+    destroy_node(n)
     n.central.stop_all()
-    n.kp.destroy()
 
 
 @pytest.fixture

@@ -102,7 +102,7 @@ class Control:
         for lport, port in sorted(a.attributor.ports.items()):
             fp = ports[lport]
             klass = interfaces[port.interface]["ovsfoot-footprint"]
-            learned = a.learner.klass(port.workload)
+            learned = a.klass(port.workload)
             data["ports"][lport] = {**fp.as_dict(), "class": klass, "learned": learned,
                                     "interface": port.interface, "workload": port.workload}
             lines.append(f"  {lport} ({port.interface}, workload {port.workload}): {klass}, "
@@ -141,11 +141,13 @@ class Control:
     def workloads(self):
         a = self.agent
         present = {p.workload for p in a.attributor.ports.values()}
-        fps = a.footprints.workloads(present)
+        cluster = a.southbound.classes if a.southbound else {}
+        fps = a.footprints.workloads(present | cluster.keys())
         data, lines = {}, []
         for name, fp in sorted(fps.items()):
             r = a.learner.records.get(name)
             data[name] = {**fp.as_dict(), "present": name in present,
+                          "cluster": cluster.get(name),
                           "score": round(r.score, 3) if r else 0.0,
                           "elephants_seen": r.elephants if r else 0}
             lines.append(f"{name}: {fp.klass}, {fp.elephants} elephants now, learned "
