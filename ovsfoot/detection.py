@@ -19,7 +19,6 @@ class Elephant:
     event: FlowEvent        # latest counters
     detected_at: int        # ns since the epoch
     last_change: int        # ns since the epoch, when its bytes last grew
-    in_kernel: bool         # decided by a kernel program, which also reports its end
 
 
 class Detector:
@@ -56,19 +55,15 @@ class Detector:
         if ev.kind == Kind.ELEPHANT or self.is_elephant(ev):
             self._idle.pop(ev.key, None)
             out = _with(ev, Kind.ELEPHANT, ev.ts)
-            self.elephants[ev.key] = Elephant(out, ev.ts, ev.ts, ev.kind == Kind.ELEPHANT)
+            self.elephants[ev.key] = Elephant(out, ev.ts, ev.ts)
             self.detected += 1
             return out
         return None
 
     def expire(self, now: int) -> list[FlowEvent]:
-        """END events for elephants idle longer than `thresholds.idle_seconds`.
-
-        Elephants a kernel program decided end only when it says so.
-        """
+        """END events for elephants idle longer than `thresholds.idle_seconds`."""
         limit = self.thresholds.idle_seconds * 1e9
-        gone = [k for k, e in self.elephants.items()
-                if not e.in_kernel and now - e.last_change > limit]
+        gone = [k for k, e in self.elephants.items() if now - e.last_change > limit]
         out = [self.feed(FlowEvent(Kind.END, k, now, 0)) for k in gone]
         for ev in out:
             self._idle[ev.key] = ev.bytes
@@ -76,10 +71,9 @@ class Detector:
 
     def next_expiry(self) -> int | None:
         """When the next idle elephant expires (ns since the epoch), if any."""
-        polled = [e.last_change for e in self.elephants.values() if not e.in_kernel]
-        if not polled:
+        if not self.elephants:
             return None
-        oldest = min(polled)
+        oldest = min(e.last_change for e in self.elephants.values())
         return oldest + int(self.thresholds.idle_seconds * 1e9)
 
 

@@ -39,10 +39,13 @@ def test_detector_idle_end_and_no_rebirth_without_bytes():
     assert d.feed(ev(ts=15 * S, bo=7000)).kind == Kind.ELEPHANT   # it carries again
 
 
-def test_detector_takes_kernel_decisions_and_leaves_their_end_to_the_kernel():
+def test_detector_takes_kernel_decisions_as_they_are():
     d = Detector(Thresholds(bytes=10**12, seconds=100, idle_seconds=1))
     assert d.feed(ev(Kind.ELEPHANT, bo=10)).kind == Kind.ELEPHANT
-    assert d.expire(100 * S) == [] and d.next_expiry() is None
+    assert d.feed(ev(ts=10 * S + S // 2, bo=20)).kind == Kind.UPDATE    # counters read back
+    assert d.expire(11 * S) == []
+    [end] = d.expire(12 * S)                                           # then idle
+    assert end.kind == Kind.END and end.bytes == 20
 
 
 def test_live_threshold_change_applies_to_next_decision():

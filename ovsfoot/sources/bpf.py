@@ -3,7 +3,8 @@
 The program counts every packet of every committed flow in the kernel and
 sends user space one ELEPHANT event when a flow passes the thresholds and one
 END event when that flow's conntrack entry is deleted; mice never leave the
-kernel. It is compiled with bcc when the source opens. Everything that would
+kernel. Each second the elephants' counters are read back from the map as
+UPDATE events, so that an elephant that has gone quiet ends on time. It is compiled with bcc when the source opens. Everything that would
 keep it from running is checked first and reported as SourceUnavailable.
 """
 
@@ -33,6 +34,7 @@ COUNTERS = ("started", "late_starts", "ended", "elephants", "dropped", "map_full
 # struct event in the C file
 EVENT = struct.Struct("<QQQ2Q2Q16s16sIIHH2s2sBB6x")
 PORT_PROTOS = {6, 17, 33, 132, 136}   # TCP, UDP, DCCP, SCTP, UDP-Lite
+REFRESH_S = 1.0     # how often active elephants' counters are read back
 HOOKS = ("__nf_conntrack_confirm", "__nf_ct_refresh_acct", "nf_ct_delete")
 DESTROY_FNS = ("nf_ct_destroy", "destroy_conntrack")   # 5.19+, older
 
@@ -160,7 +162,9 @@ class BpfSource:
             raise SourceUnavailable("cannot load the eBPF program: " + "; ".join(reasons))
         self._pending: list[FlowEvent] = []
         self._offset = _clock_offset()
-        self._reported: dict[int, int] = {}   # elephant entry address -> its first_seen
+        # elephant entry address -> (its kernel first_seen, its ELEPHANT event)
+        self._reported: dict[int, tuple[int, FlowEvent]] = {}
+        self._next_refresh = 0.0
         self.events = 0
         events = self._bpf["events"]
         if self.ringbuf:
@@ -186,9 +190,8 @@ class BpfSource:
         (flow, ts, first, bo, br, po, pr, src, dst, netns, ifindex, zone, family,
          sport, dport, proto, kind) = EVENT.unpack(ctypes.string_at(data, EVENT.size))
         if kind == Kind.ELEPHANT:
-            if self._reported.get(flow) == first:
+            if self._reported.get(flow, (None,))[0] == first:
                 return              # the same crossing reported by two CPUs
-            self._reported[flow] = first
         else:
             self._reported.pop(flow, None)
         if family == socket.AF_INET:
@@ -198,9 +201,28 @@ class BpfSource:
         ports = ((int.from_bytes(sport, "big"), int.from_bytes(dport, "big"))
                  if proto in PORT_PROTOS else (0, 0))
         key = FlowKey(netns, zone, proto, str(src), str(dst), *ports)
-        self._pending.append(FlowEvent(Kind(kind), key, ts + self._offset, first + self._offset,
-                                       bo, br, po, pr, ifindex))
+        ev = FlowEvent(Kind(kind), key, ts + self._offset, first + self._offset,
+                       bo, br, po, pr, ifindex)
+        if kind == Kind.ELEPHANT:
+            self._reported[flow] = (first, ev)
+        self._pending.append(ev)
         self.events += 1
+
+    def _refresh(self) -> list[FlowEvent]:
+        """UPDATE events with the counters of the elephants still in the map, END for
+        those gone from it, so that user space can tell when one has gone idle
+        (a closed TCP flow keeps its conntrack entry for minutes)."""
+        flows, now, out = self._bpf["flows"], time.time_ns(), []
+        for addr, (_, ev) in list(self._reported.items()):
+            try:
+                f = flows[flows.Key(addr)]
+            except KeyError:            # evicted, or its END was lost
+                del self._reported[addr]
+                out.append(FlowEvent(Kind.END, ev.key, now, ev.first_seen))
+                continue
+            out.append(FlowEvent(Kind.UPDATE, ev.key, now, ev.first_seen, f.bytes[0],
+                                 f.bytes[1], f.packets[0], f.packets[1], ev.ifindex))
+        return out
 
     def run(self) -> list[FlowEvent]:
         offset = _clock_offset()
@@ -211,12 +233,17 @@ class BpfSource:
         else:
             self._bpf.perf_buffer_poll(0)
         events, self._pending = self._pending, []
+        if self._reported and time.monotonic() >= self._next_refresh:
+            self._next_refresh = time.monotonic() + REFRESH_S
+            events += self._refresh()
         return events
 
     def wait(self, poller) -> None:
         import ovs.poller
         for fd in self._fds:
             poller.fd_wait(fd, ovs.poller.POLLIN)
+        if self._reported:
+            poller.timer_wait(max(0, int((self._next_refresh - time.monotonic()) * 1000)))
 
     def stats(self) -> dict:
         counters = self._bpf["counters"]
