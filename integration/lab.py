@@ -59,12 +59,26 @@ def render(report: dict) -> str:
             if label == "during" and snap.get("footprint_show"):
                 lines.append(f"  {hv} $ ovs-appctl -t ovsfoot footprint/show")
                 lines += [f"    {x}" for x in snap["footprint_show"].splitlines()]
+    exp = report.get("experiment")
+    if exp:
+        lines.append("")
+        lines.append(f"== the experiment: mice p99 (sockperf ping-pong), bottleneck "
+                     f"{exp['bottleneck']} ==")
+        lines.append(f"  {'':28} {'here':>10}   {'seed (LPC 2019)':>15}")
+        for i, (case, ms) in enumerate(exp["p99_ms"].items()):
+            seed = exp["seed_p99_ms"].get(case)
+            where = f"   on {exp['placed_on']}" if case == "placed by ovsfoot" else ""
+            lines.append(f"  ({'abc'[i]}) {case:24} {_ms(ms):>10}   {_ms(seed):>15}{where}")
     lines.append("")
     lines.append("== checks ==")
     for c in report["checks"]:
         lines.append(f"  {'PASS' if c['ok'] else 'FAIL'}  {c['name']}"
                      + ("" if c["ok"] else f"  {c['detail']}"))
     return "\n".join(lines)
+
+
+def _ms(v) -> str:
+    return "-" if v is None else f"{v:.2f} ms"
 
 
 def main(args) -> int:

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,15 +27,21 @@ from integration.sandbox import Ovs, OvnCentral, sh, wait_for
 
 UNDERLAY = "10.99.0"
 SUBNET = "10.0.0"
+CHASSIS = ("hv1", "hv2", "hv3")
 # pod -> (chassis, logical port, role in the scenario)
 PODS = {
     "pod1": ("hv1", "lab_elephant-client-5f7d8c9b4d-k2x7q", "elephant source"),
     "pod2": ("hv1", "lab_mice-client-6c8d9f7b5c-p4m2z", "mice"),
     "pod3": ("hv2", "lab_elephant-server-0", "elephant sink"),
     "pod4": ("hv2", "lab_mice-server-0", "mice"),
+    "pod5": ("hv3", "lab_mice-client-6c8d9f7b5c-x9z8w", "mice, placed by ovsfoot"),
 }
 WORKLOADS = {"pod1": "lab/elephant-client", "pod2": "lab/mice-client",
-             "pod3": "lab/elephant-server", "pod4": "lab/mice-server"}
+             "pod3": "lab/elephant-server", "pod4": "lab/mice-server",
+             "pod5": "lab/mice-client"}
+# The seed's measurement (LPC 2019): sockperf p99 of mice, in ms.
+SEED_P99_MS = {"alone": 0.28, "beside the elephant": 14.04}
+BOTTLENECK = ["tbf", "rate", "40mbit", "burst", "16kb", "latency", "100ms"]   # a FIFO
 THRESHOLDS = ["--elephant-bytes=10000000", "--elephant-seconds=1", "--idle-seconds=2",
               "--interval=1"]
 
@@ -88,7 +95,7 @@ class Lab:
         nb("acl-add", "ls1", "from-lport", "1000", "ip", "allow-related")
         nb("acl-add", "ls1", "to-lport", "1000", "ip", "allow-related")
         r.event("central up", nb=self.central.nb, sb=self.central.sb)
-        for i, hv in enumerate(("hv1", "hv2"), start=1):
+        for i, hv in enumerate(CHASSIS, start=1):
             sh("ip", "netns", "add", hv)
             sh("ip", "link", "add", f"ul-{hv}", "type", "veth", "peer", "name", "ul", "netns", hv)
             sh("ip", "link", "set", f"ul-{hv}", "master", "underlay", "up")
@@ -156,12 +163,22 @@ class Lab:
         return self.bg("pod1", "iperf3", "-c", self.pods["pod3"]["ip"], "-p", str(port),
                        "-t", str(seconds), "-b", rate, "-J")
 
-    def mice(self, seconds: int) -> subprocess.Popen:
+    def mice(self, seconds: int, client: str = "pod2") -> subprocess.Popen:
         self.bg("pod4", "sockperf", "server", "-i", self.pods["pod4"]["ip"], "-p", "11111")
         wait_for(lambda: "11111" in sh("ip", "netns", "exec", "pod4", "ss", "-lun"),
                  what="sockperf server")
-        return self.bg("pod2", "sockperf", "ping-pong", "-i", self.pods["pod4"]["ip"],
+        return self.bg(client, "sockperf", "ping-pong", "-i", self.pods["pod4"]["ip"],
                        "-p", "11111", "-t", str(seconds), "--mps", "200")
+
+    def mice_p99(self, client: str, seconds: int = 6) -> float | None:
+        """sockperf ping-pong p99 (ms) from `client` to pod4."""
+        p = self.mice(seconds, client)
+        out = p.communicate(timeout=seconds + 60)[0]
+        self.kill_traffic()
+        for line in out.splitlines():
+            if "percentile 99.000" in line:
+                return round(float(line.rsplit("=", 1)[1]) / 1000, 3)
+        return None
 
     def kill_traffic(self) -> None:
         for p in self.procs:
@@ -309,6 +326,73 @@ class Lab:
         r.check("lowered threshold honoured in the kernel: elephant", ok)
         hv1.appctl("threshold/set", "bytes=10000000")
 
+    def experiment_phase(self) -> None:
+        """The seed's experiment: mice p99 (a) alone, (b) beside an elephant on the
+        same chassis and tunnel, (c) on the node the scheduler extender ranks best
+        given the footprints ovsfoot published. A rate limit with a FIFO queue on
+        hv1's underlay makes queueing, not emulation, dominate."""
+        r = self.report
+        sh("ip", "netns", "exec", "hv1", "tc", "qdisc", "replace", "dev", "ul", "root",
+           *BOTTLENECK)
+        r.event("bottleneck on hv1's underlay", qdisc=" ".join(BOTTLENECK))
+        p99 = {"alone": self.mice_p99("pod2")}
+        r.event("mice alone", p99_ms=p99["alone"], path="pod2@hv1 -> pod4@hv2")
+        elephant = self.iperf(40, 5205, rate="100M")
+        _try_wait(lambda: self.elephants("hv1"), 30)
+        p99["beside the elephant"] = self.mice_p99("pod2")
+        r.event("mice beside the elephant", p99_ms=p99["beside the elephant"])
+        best, scores = self.extender_pick(["hv1", "hv3"])
+        r.event("scheduler extender ranks nodes for a light mice pod", scores=json.dumps(scores),
+                best=best)
+        client = next(p for p, v in self.pods.items() if v["chassis"] == best
+                      and v["workload"] == "lab/mice-client")
+        p99["placed by ovsfoot"] = self.mice_p99(client)
+        r.event("mice placed by ovsfoot", p99_ms=p99["placed by ovsfoot"], node=best)
+        elephant.kill()
+        self.kill_traffic()
+        sh("ip", "netns", "exec", "hv1", "tc", "qdisc", "del", "dev", "ul", "root", check=False)
+        r.data["experiment"] = {"p99_ms": p99, "seed_p99_ms": SEED_P99_MS, "placed_on": best,
+                                "scores": scores, "bottleneck": " ".join(BOTTLENECK)}
+        a, b, c = (p99[k] for k in ("alone", "beside the elephant", "placed by ovsfoot"))
+        r.check("experiment: mice p99 measured three times", None not in (a, b, c), json.dumps(p99))
+        if None in (a, b, c):
+            return
+        r.check("experiment: extender places the light pod away from the heavy node",
+                best == "hv3", json.dumps(scores))
+        r.check("experiment: (b) beside the elephant is clearly above (a) alone", b > 3 * a,
+                f"{b} ms vs {a} ms")
+        r.check("experiment: (c) placed by ovsfoot is back near (a)", c < 2 * a + 0.5 and c < b / 3,
+                f"{c} ms vs {a} ms")
+
+    def extender_pick(self, nodes: list[str]) -> tuple[str, dict]:
+        """Asks a real `ovsfoot scheduler-extender` on the SB to rank `nodes`."""
+        ext = subprocess.Popen([sys.executable, "-m", "ovsfoot", "scheduler-extender",
+                                "--listen", "127.0.0.1:0", "--sb", self.central.sb,
+                                "--node-key", "name"], stdout=subprocess.PIPE, text=True)
+        try:
+            url = ext.stdout.readline().rsplit(" ", 1)[1].strip()
+            pod = {"metadata": {"name": "mice-client-6c8d9f7b5c-new01", "namespace": "lab",
+                                "labels": {"pod-template-hash": "6c8d9f7b5c"},
+                                "ownerReferences": [{"kind": "ReplicaSet",
+                                                     "name": "mice-client-6c8d9f7b5c"}]}}
+            body = json.dumps({"Pod": pod, "NodeNames": nodes}).encode()
+
+            def ask():
+                req = urllib.request.Request(f"{url}/prioritize", body,
+                                             {"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    scores = {h["Host"]: h["Score"] for h in json.load(resp)}
+                return scores if len(set(scores.values())) > 1 else None
+            try:
+                scores = wait_for(ask, timeout=30, interval=1, what="footprints in SB")
+            except TimeoutError:
+                scores = {n: None for n in nodes}
+            best = max(nodes, key=lambda n: scores[n] or 0)
+            return best, scores
+        finally:
+            ext.terminate()
+            ext.wait()
+
     def ctnetlink_phase(self) -> None:
         """The ctnetlink source on the same chassis attributes the same kind of elephant."""
         r = self.report
@@ -331,8 +415,10 @@ class Lab:
         try:
             self.build()
             self.start_agents("bpf")
+            self.start_agents("ctnetlink", hvs=("hv3",))   # hv3 only hosts placed mice
             self.elephant_phase()
             self.threshold_phase()
+            self.experiment_phase()
             self.ctnetlink_phase()
         except Exception as e:          # the report says what went wrong
             self.report.check("lab ran to the end", False, f"{type(e).__name__}: {e}")

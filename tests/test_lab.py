@@ -87,3 +87,11 @@ def test_ctnetlink_source_agrees_with_bpf(report):
 def test_agents_used_the_kernel_program(report):
     ready = [r for r in report["timeline"] if r["what"] == "agent ready" and r["source"] == "bpf"]
     assert len(ready) == 2 and all(r["probe"] in ("kprobe", "fentry") for r in ready), ready
+
+
+def test_experiment_mice_latency_alone_beside_and_placed(report):
+    exp = report["experiment"]
+    a, b, c = (exp["p99_ms"][k] for k in ("alone", "beside the elephant", "placed by ovsfoot"))
+    assert exp["placed_on"] == "hv3", exp["scores"]
+    assert b > 3 * a, exp                     # (b) clearly above (a)
+    assert c < 2 * a + 0.5 and c < b / 3, exp  # (c) back near (a)
