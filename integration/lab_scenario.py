@@ -337,7 +337,7 @@ class Lab:
         r.event("bottleneck on hv1's underlay", qdisc=" ".join(BOTTLENECK))
         p99 = {"alone": self.mice_p99("pod2")}
         r.event("mice alone", p99_ms=p99["alone"], path="pod2@hv1 -> pod4@hv2")
-        elephant = self.iperf(40, 5205, rate="100M")
+        elephant = self.iperf(300, 5205, rate="100M")     # killed when the phase ends
         _try_wait(lambda: self.elephants("hv1"), 30)
         p99["beside the elephant"] = self.mice_p99("pod2")
         r.event("mice beside the elephant", p99_ms=p99["beside the elephant"])
@@ -384,9 +384,14 @@ class Lab:
                     scores = {h["Host"]: h["Score"] for h in json.load(resp)}
                 return scores if len(set(scores.values())) > 1 else None
             try:
-                scores = wait_for(ask, timeout=30, interval=1, what="footprints in SB")
+                scores = wait_for(ask, timeout=60, interval=1, what="footprints in SB")
             except TimeoutError:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=10) as resp:
+                    health = json.load(resp)
+                sb = sh("ovn-sbctl", f"--db={self.central.sb}", "--columns=name,external_ids",
+                        "list", "Chassis_Private")
                 scores = {n: None for n in nodes}
+                scores["why"] = f"extender {health}; SB: {sb}"
             best = max(nodes, key=lambda n: scores[n] or 0)
             return best, scores
         finally:
