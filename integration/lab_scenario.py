@@ -1,8 +1,10 @@
 """The lab's scenario, run inside the VM (see integration/lab.py).
 
-A central node (NB/SB databases, ovn-northd) and two chassis, each in its own
+A central node (NB/SB databases, ovn-northd) and three chassis, each in its own
 network namespace with its own ovsdb-server, ovs-vswitchd on the kernel
 datapath and ovn-controller, joined by an underlay bridge, tunnels in Geneve.
+The nodes and pods are provisioned by vagrant/provision/, the scripts that
+provision real hypervisors.
 One logical switch with allow-related ACLs (so traffic goes through
 conntrack) and four pods, two per chassis. An iperf3 elephant crosses from
 hv1 to hv2 while sockperf mice ping-pong between the other two pods, with an
@@ -23,9 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from integration.agentproc import AgentProcess
-from integration.sandbox import Ovs, OvnCentral, sh, wait_for
+from integration.sandbox import Ovs, sh, wait_for
 
+PROVISION = Path(__file__).resolve().parents[1] / "vagrant" / "provision"
 UNDERLAY = "10.99.0"
+UNDERLAY_LINK = "ovsfoot-ul"
+CENTRAL_IP = f"{UNDERLAY}.10"
 SUBNET = "10.0.0"
 CHASSIS = ("hv1", "hv2", "hv3")
 # pod -> (chassis, logical port, role in the scenario)
@@ -76,56 +81,61 @@ class Lab:
         self.work = work            # shared with the host: reports and logs
         self.rundir = run_dir       # the VM's own: unix sockets cannot live on 9p
         self.report = Report()
-        self.central: OvnCentral | None = None
+        self.sb = ""                # the central's SB, for the scheduler extender
         self.chassis: dict[str, Ovs] = {}
         self.pods: dict[str, dict] = {}
         self.agents: dict[str, AgentProcess] = {}
         self.procs: list[subprocess.Popen] = []
 
     # -- building --------------------------------------------------------
+    def provision(self, script: str, *args: str) -> None:
+        """Runs a vagrant/provision script, the same ones real hypervisors run."""
+        p = subprocess.run(["bash", str(PROVISION / script), *args], capture_output=True,
+                           text=True, timeout=600)
+        for line in (p.stdout + p.stderr).splitlines():
+            print(f"    {script}: {line}", flush=True)
+        if p.returncode:
+            raise RuntimeError(f"{script} {' '.join(args)} failed ({p.returncode})")
+
     def build(self) -> None:
         r = self.report
         for mod in ("openvswitch", "geneve", "nf_conntrack"):
             sh("modprobe", mod)
-        sh("ip", "link", "add", "underlay", "type", "bridge")
-        sh("ip", "link", "set", "underlay", "up")
-        self.central = OvnCentral(self.rundir / "central").start_all()
-        nb = self.central.nbctl
-        nb("ls-add", "ls1")
-        nb("acl-add", "ls1", "from-lport", "1000", "ip", "allow-related")
-        nb("acl-add", "ls1", "to-lport", "1000", "ip", "allow-related")
-        r.event("central up", nb=self.central.nb, sb=self.central.sb)
+        central = self.rundir / "central"
+        self.provision("underlay.sh", "--rundir", str(central), "--netns", "central",
+                       "--link", UNDERLAY_LINK, f"{CENTRAL_IP}/24")
+        self.provision("central.sh", "--rundir", str(central), "--netns", "central", CENTRAL_IP)
+        # The VM itself is the management host on the underlay (agents reach SB from here).
+        sh("ip", "addr", "replace", f"{UNDERLAY}.254/24", "dev", UNDERLAY_LINK)
+        self.sb = f"unix:{central}/ovnsb_db.sock"
+        r.event("central up (provision/central.sh)", nb=f"tcp:{CENTRAL_IP}:6641",
+                sb=f"tcp:{CENTRAL_IP}:6642")
         for i, hv in enumerate(CHASSIS, start=1):
-            sh("ip", "netns", "add", hv)
-            sh("ip", "link", "add", f"ul-{hv}", "type", "veth", "peer", "name", "ul", "netns", hv)
-            sh("ip", "link", "set", f"ul-{hv}", "master", "underlay", "up")
-            sh("ip", "-n", hv, "addr", "add", f"{UNDERLAY}.{i}/24", "dev", "ul")
-            sh("ip", "-n", hv, "link", "set", "ul", "up")
-            sh("ip", "-n", hv, "link", "set", "lo", "up")
-            ovs = Ovs(self.rundir / hv, bridge="br-int", datapath="system", netns=hv)
-            ovs.start_db().create_bridge()
+            rundir, ip = self.rundir / hv, f"{UNDERLAY}.{i}"
+            self.provision("underlay.sh", "--rundir", str(rundir), "--netns", hv,
+                           "--link", UNDERLAY_LINK, f"{ip}/24")
+            self.provision("chassis.sh", "--rundir", str(rundir), "--netns", hv,
+                           "--datapath", "system", hv, ip, CENTRAL_IP)
+            ovs = Ovs(rundir, bridge="br-int", datapath="system", netns=hv)
+            ovs.vswitchd_running = True
             self.chassis[hv] = ovs
+            r.event("chassis up (provision/chassis.sh)", chassis=hv, encap=f"geneve {ip}")
         for n, (pod, (hv, lport, role)) in enumerate(PODS.items(), start=1):
             ip, mac = f"{SUBNET}.{n + 10}", f"0a:00:00:00:00:{n:02x}"
-            nb("lsp-add", "ls1", lport, "--", "lsp-set-addresses", lport, f"{mac} {ip}")
-            self.chassis[hv].add_pod(pod, lport, ip, mac=mac, prefixlen=24, mtu=1400,
-                                     extra_ids={"ip_addresses": f"{ip}/24"})
+            self.provision("workloads.sh", "--rundir", str(self.rundir / hv), "--netns", hv,
+                           "--switch", "ls1", "--lport", lport, "--mac", mac,
+                           CENTRAL_IP, pod, f"{ip}/24")
             self.pods[pod] = {"chassis": hv, "lport": lport, "ip": ip, "role": role,
-                              "ns": pod, "workload": WORKLOADS[pod],
-                              "interface": self.chassis[hv].pods[pod].interface}
-        for i, (hv, ovs) in enumerate(self.chassis.items(), start=1):
-            ovs.start_vswitchd()
-            ovs.join_ovn(self.central, hv, encap_ip=f"{UNDERLAY}.{i}")
-            r.event("chassis up", chassis=hv, encap=f"geneve {UNDERLAY}.{i}")
-        for pod, p in self.pods.items():
-            ovs = self.chassis[p["chassis"]]
-            wait_for(lambda: ovs.external_ids("Interface", p["interface"]).get("ovn-installed"),
-                     timeout=120, what=f"{pod} bound by ovn-controller")
-        r.event("pods bound", pods=",".join(self.pods))
+                              "ns": pod, "workload": WORKLOADS[pod], "interface": pod[:15]}
+        r.event("pods bound (provision/workloads.sh)", pods=",".join(self.pods))
         wait_for(lambda: self.ping("pod1", "pod3") and self.ping("pod2", "pod4"),
                  timeout=120, interval=1, what="pods reachable across Geneve")
         r.event("pods reach each other across the Geneve tunnel")
         self.report.data["zones"] = {hv: ovs.zones() for hv, ovs in self.chassis.items()}
+
+    def teardown(self) -> None:
+        for node in (*self.chassis, "central"):
+            self.provision("teardown.sh", "--rundir", str(self.rundir / node), "--netns", node)
 
     def ping(self, a: str, b: str) -> bool:
         p = subprocess.run(["ip", "netns", "exec", a, "ping", "-c1", "-W1", self.pods[b]["ip"]],
@@ -333,7 +343,7 @@ class Lab:
         hv1's underlay makes queueing, not emulation, dominate."""
         r = self.report
         sh("ip", "netns", "exec", "hv1", "tc", "qdisc", "replace", "dev", "ul", "root",
-           *BOTTLENECK)
+           *BOTTLENECK)     # ul: the chassis' end of the underlay (provision/underlay.sh)
         r.event("bottleneck on hv1's underlay", qdisc=" ".join(BOTTLENECK))
         p99 = {"alone": self.mice_p99("pod2")}
         r.event("mice alone", p99_ms=p99["alone"], path="pod2@hv1 -> pod4@hv2")
@@ -367,7 +377,7 @@ class Lab:
     def extender_pick(self, nodes: list[str]) -> tuple[str, dict]:
         """Asks a real `ovsfoot scheduler-extender` on the SB to rank `nodes`."""
         ext = subprocess.Popen([sys.executable, "-m", "ovsfoot", "scheduler-extender",
-                                "--listen", "127.0.0.1:0", "--sb", self.central.sb,
+                                "--listen", "127.0.0.1:0", "--sb", self.sb,
                                 "--node-key", "name"], stdout=subprocess.PIPE, text=True)
         try:
             url = ext.stdout.readline().rsplit(" ", 1)[1].strip()
@@ -388,7 +398,7 @@ class Lab:
             except TimeoutError:
                 with urllib.request.urlopen(f"{url}/healthz", timeout=10) as resp:
                     health = json.load(resp)
-                sb = sh("ovn-sbctl", f"--db={self.central.sb}", "--columns=name,external_ids",
+                sb = sh("ovn-sbctl", f"--db={self.sb}", "--columns=name,external_ids",
                         "list", "Chassis_Private")
                 scores = {n: None for n in nodes}
                 scores["why"] = f"extender {health}; SB: {sb}"
@@ -432,10 +442,7 @@ class Lab:
         finally:
             self.kill_traffic()
             self.stop_agents()
-            for ovs in self.chassis.values():
-                ovs.stop_all()
-            if self.central:
-                self.central.stop_all()
+            self.teardown()
             logs = self.work / "logs"
             for log in self.rundir.glob("*/*.log"):
                 (logs / log.parent.name).mkdir(parents=True, exist_ok=True)
