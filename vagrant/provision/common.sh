@@ -67,10 +67,17 @@ in_ns() {
 
 vsctl() { ovs-vsctl --timeout=30 --no-wait "$@"; }
 
+# Is process PID alive? Not if it is a zombie: the init of a VM lab may never
+# reap the daemons it inherits.
+alive() {
+  local state
+  state=$(ps -o stat= -p "$1") && [[ $state != Z* ]]
+}
+
 # Lab mode: is the daemon with pidfile $RUNDIR/NAME.pid alive?
 running() {
   local pid
-  pid=$(cat "$RUNDIR/$1.pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null
+  pid=$(cat "$RUNDIR/$1.pid" 2>/dev/null) && alive "$pid"
 }
 
 # Lab mode: start_daemon NAME CMD... starts an OVS-style daemon detached, with
@@ -98,7 +105,7 @@ stop_daemon() {
   step "stopping $1 ($pid)"
   kill "$pid" 2>/dev/null || return 0
   for _ in $(seq 50); do
-    kill -0 "$pid" 2>/dev/null || return 0
+    alive "$pid" || return 0
     sleep 0.1
   done
   kill -9 "$pid" 2>/dev/null || true

@@ -21,6 +21,20 @@ if [ -e "$RUNDIR/pods" ]; then
   rm "$RUNDIR/pods"
 fi
 
+# The veth first: a namespace's links go some time after the namespace.
+if [ -e "$RUNDIR/underlay" ]; then
+  read -r link port <"$RUNDIR/underlay"
+  rm "$RUNDIR/underlay"
+  if ip link show "$port" >/dev/null 2>&1; then
+    step "unplugging $port from $link"
+    ip link del "$port"
+  fi
+  if ip link show "$link" >/dev/null 2>&1 && [ -z "$(ip link show master "$link")" ]; then
+    step "deleting underlay bridge $link, now empty"
+    ip link del "$link"
+  fi
+fi
+
 if [ -n "$NETNS" ]; then
   if [ -e "/run/netns/$NETNS" ]; then
     step "deleting namespace $NETNS"
@@ -34,13 +48,4 @@ else
       ip link del "$tap"
     fi
   done
-fi
-
-if [ -e "$RUNDIR/underlay" ]; then
-  link=$(cat "$RUNDIR/underlay")
-  rm "$RUNDIR/underlay"
-  if ip link show "$link" >/dev/null 2>&1 && [ -z "$(ip link show master "$link")" ]; then
-    step "deleting underlay bridge $link, now empty"
-    ip link del "$link"
-  fi
 fi

@@ -21,7 +21,7 @@ else
   ip link add "$LINK" type bridge
   ip link set "$LINK" up
 fi
-echo "$LINK" >"$RUNDIR/underlay"        # for teardown.sh
+echo "$LINK $host_end" >"$RUNDIR/underlay"        # for teardown.sh
 
 if [ -e "/run/netns/$NETNS" ]; then
   step "namespace $NETNS already there"
