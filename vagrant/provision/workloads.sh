@@ -37,7 +37,9 @@ else
   step "pod $POD: network namespace"
   ip netns add "$POD"
   ip -n "$POD" link set lo up
-  [ "$MODE" = lab ] && echo "$POD" >>"$RUNDIR/pods"     # for teardown.sh
+  if [ "$MODE" = lab ]; then
+    echo "$POD" >>"$RUNDIR/pods"                         # for teardown.sh
+  fi
 fi
 if [ "$MODE" = machine ] && command -v podman >/dev/null; then
   if podman container exists "$POD"; then
