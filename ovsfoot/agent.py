@@ -175,7 +175,7 @@ class Agent:
         if not self._synced:
             return                  # attribute nothing before the zones are known
         self.handle(self.source.run())
-        now = time.time_ns()
+        now = self.source.clock()
         for ev in self.detector.expire(now):
             self._elephant_event(ev)
         mono = time.monotonic()
@@ -212,7 +212,7 @@ class Agent:
         if self.southbound is not None:
             self.southbound.wait(poller)
         expiry = self.detector.next_expiry()
-        if expiry is not None:
+        if expiry is not None and self.source.clock is time.time_ns:   # live, not replayed
             poller.timer_wait(max(0, (expiry - time.time_ns()) // 1_000_000) + 1)
         if self.state and self.learner.dirty:
             poller.timer_wait(int(SAVE_EVERY_S * 1000))

@@ -175,6 +175,8 @@ class BpfSource:
             self._fds = [fd for fd in events._open_key_fds.values() if fd >= 0]  # -1: CPU offline
         self.set_thresholds(thresholds)   # also sets the namespace: tracking starts here
 
+    clock = staticmethod(time.time_ns)
+
     def set_thresholds(self, thresholds: Thresholds) -> None:
         """Write the thresholds to the kernel's config map; applies to the next packet."""
         thresholds.validate()

@@ -86,6 +86,8 @@ class CtnetlinkSource:
         self.polls = 0
         self.entries = 0
 
+    clock = staticmethod(time.time_ns)
+
     def set_thresholds(self, thresholds: Thresholds) -> None:
         self.min_bytes = thresholds.bytes
 

@@ -62,6 +62,7 @@ class ReplaySource:
         self.events = 0
         self.errors = 0
         self._pending: FlowEvent | None = None
+        self._now = 0
         self._t0: tuple[float, int] | None = None    # (monotonic at start, first event ts)
 
     def _next_record(self):
@@ -105,6 +106,7 @@ class ReplaySource:
                 self._pending = ev
                 break
             out.append(ev)
+            self._now = ev.ts
             self.events += 1
         return out
 
@@ -117,6 +119,10 @@ class ReplaySource:
         start, ts0 = self._t0
         due = start + (self._pending.ts - ts0) / 1e9 / self.speed
         poller.timer_wait(max(0, int((due - time.monotonic()) * 1000)))
+
+    def clock(self) -> int:
+        """The recording's time: that of the last event played."""
+        return self._now
 
     def set_thresholds(self, thresholds) -> None:
         pass
