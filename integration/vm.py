@@ -39,6 +39,7 @@ class KernelInfo:
     vmlinuz: Path
     modules: Path
     headers: Path
+    headers_tar: Path  # the headers (and their -common part) in one tar, for the guest's tmpfs
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def ensure_kernel() -> KernelInfo:
     """
     ver = kernel_version()
     k = KernelInfo(ver, Path(f"/boot/vmlinuz-{ver}"), Path(f"/lib/modules/{ver}"),
-                   Path(f"/usr/src/linux-headers-{ver}"))
+                   Path(f"/usr/src/linux-headers-{ver}"), CACHE / f"headers-{ver}.tar")
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / "kernel.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -91,6 +92,11 @@ def ensure_kernel() -> KernelInfo:
             progress(f"installing linux-headers-{ver}")
             _run("apt-get", "install", "-y", "-qq", "--no-install-recommends",
                  f"linux-headers-{ver}", env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+            k.headers_tar.unlink(missing_ok=True)
+        if not k.headers_tar.exists():
+            common = Path(os.path.realpath(k.modules / "source"))
+            _run("tar", "-C", "/usr/src", "-cf", f"{k.headers_tar}.tmp", k.headers.name, common.name)
+            os.replace(f"{k.headers_tar}.tmp", k.headers_tar)
     return k
 
 
@@ -170,11 +176,20 @@ def _boot(script: str | Path, workdir: Path, timeout: float, *, kvm: bool,
         (work / "vm-script.sh").write_text(script)
         cmd, what = "bash vm-script.sh", script.strip().splitlines()[0][:60]
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in (env or {}).items())
+    headers = work / ".vm-headers.tar"
+    headers.unlink(missing_ok=True)
+    try:
+        os.link(kernel.headers_tar, headers)
+    except OSError:
+        shutil.copy(kernel.headers_tar, headers)
     wrapper = work / "vm-run.sh"
     wrapper.write_text(
         "#!/bin/bash\n"
         f"cd {shlex.quote(str(work))} || exit 1\n"
         f"export PYTHONDONTWRITEBYTECODE=1 OVSFOOT_IN_VM=1\n{exports}"
+        # bcc's clang reads ~1000 kernel headers: from tmpfs, not 9p (30 s less under TCG)
+        "mkdir -p /run/headers && tar -C /run/headers -xf .vm-headers.tar && rm .vm-headers.tar"
+        " && for d in /run/headers/*; do mount --bind $d /usr/src/${d##*/}; done\n"
         f"( echo \"vm: kernel $(uname -r), $(nproc) cpus\"; {cmd} ) >{OUTPUT_FILE} 2>&1 </dev/null\n"
         f"echo $? >{RC_FILE}.tmp && mv {RC_FILE}.tmp {RC_FILE}\n"
         "sync\n")
@@ -190,8 +205,10 @@ def _boot(script: str | Path, workdir: Path, timeout: float, *, kvm: bool,
         except BlockingIOError:
             progress("waiting for another ovsfoot VM to finish (2 VMs would halve each one's speed)")
             fcntl.flock(lock, fcntl.LOCK_EX)
-        return _spawn(argv, work, console, timeout, f"{kernel.version} "
-                      f"({'KVM' if kvm else 'TCG'}) for {what!r}")
+        r = _spawn(argv, work, console, timeout, f"{kernel.version} "
+                   f"({'KVM' if kvm else 'TCG'}) for {what!r}")
+    headers.unlink(missing_ok=True)
+    return r
 
 
 def _spawn(argv: list[str], work: Path, console: Path, timeout: float, what: str) -> VmResult:
