@@ -1,0 +1,256 @@
+"""The VM half of the benchmarks (run by bench/vmbench.py inside one VM boot).
+
+    python bench/vmguest.py WORKDIR
+
+One OVS kernel-datapath bridge br0 with two pods (network namespaces pod1
+10.0.0.1, pod2 10.0.0.2) whose IP traffic is committed with ct(zone=1) for
+pod1 and ct(zone=2) for pod2, as OVN's per-port zones do (each packet passes
+the sender's zone, then the receiver's). The bridge carries the zone map an
+ovn-controller would write (ct-zone-lp1=1, ct-zone-lp2=2) and the Interfaces
+their iface-id, so real `ovsfoot agent` processes attribute without OVN.
+An OVSDB monitor client (integration/monitor.py) logs every change of the
+ovsfoot keys with its arrival time, throughout.
+
+Phases, results appended to WORKDIR/vm-results.json after each:
+  latency-bpf     agent --source bpf: N paced elephants one after another
+  churn-bpf       the same agent under connect/reset churn
+  datapath        bench/vmdriver.py: iperf3 without / with the tracer
+  latency-ctnetlink, churn-ctnetlink   the same with --source ctnetlink (1 s polls)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+
+from bench.common import proc_cpu_s  # noqa: E402
+from integration.agentproc import AgentProcess  # noqa: E402
+from integration.sandbox import Ovs, sh, wait_for  # noqa: E402
+
+PY = sys.executable
+FLOWS = str(BENCH / "vmflows.py")
+RUN = Path("/tmp/ovsb")             # sockets cannot live on the shared 9p directory
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+N_ELEPHANTS = int(os.environ.get("BENCH_ELEPHANTS", "10" if QUICK else "20"))
+PAIRS = int(os.environ.get("BENCH_PAIRS", "3" if QUICK else "5"))
+IPERF_S = 2 if QUICK else 3
+CHURN_S = 5 if QUICK else 10
+ELEPHANT_BYTES, ELEPHANT_S, IDLE_S = 100_000, 1.0, 1.0
+RATE = 2_500_000                    # bytes/s of a paced elephant (20 Mbit/s)
+FLOW_S = 2.0                        # how long each paced elephant sends
+THRESHOLDS = [f"--elephant-bytes={ELEPHANT_BYTES}", f"--elephant-seconds={ELEPHANT_S}",
+              f"--idle-seconds={IDLE_S}", "--sb=none"]
+IFACES = {1: "pod1-ovs", 2: "pod2-ovs"}          # zone -> Interface
+
+
+def log(msg: str) -> None:
+    print(f"[guest {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Results:
+    def __init__(self, path: Path):
+        self.path, self.data = path, {"quick": QUICK}
+
+    def put(self, key: str, value) -> None:
+        self.data[key] = value
+        self.path.write_text(json.dumps(self.data, indent=1))
+
+
+class Monitor:
+    """Follows integration/monitor.py's log: the ovsfoot-elephants value per Interface."""
+
+    def __init__(self, path: Path):
+        self.path, self.pos, self.lines = path, 0, []
+        self.state: dict[str, int] = {}
+
+    def poll(self) -> None:
+        try:
+            with open(self.path) as f:
+                f.seek(self.pos)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        end = chunk.rfind("\n") + 1
+        self.pos += len(chunk[:end].encode())
+        for line in chunk[:end].splitlines():
+            rec = json.loads(line)
+            if rec["table"] == "Interface":
+                v = rec["ids"].get("ovsfoot-elephants")
+                n = int(v) if v is not None else None       # None: not published
+                self.state[rec["name"]] = n
+                self.lines.append((rec["t"], rec["name"], n))
+
+    def first_seen(self, iface: str, after: float) -> float | None:
+        return next((t for t, name, n in self.lines if name == iface and t >= after and n),
+                    None)
+
+    def wait(self, pred, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.poll()
+            if pred(self):
+                return True
+            time.sleep(0.05)
+        return False
+
+
+def setup(work: Path) -> tuple[Ovs, subprocess.Popen]:
+    for m in ("openvswitch", "nf_conntrack"):
+        sh("modprobe", m)
+    for k in ("net.netfilter.nf_conntrack_acct=1", "net.netfilter.nf_conntrack_timestamp=1"):
+        sh("sysctl", "-qw", k)
+    shutil.rmtree(RUN, ignore_errors=True)
+    ovs = Ovs(RUN, bridge="br0", datapath="system")
+    ovs.start_db().create_bridge()
+    for i in (1, 2):
+        ovs.add_pod(f"pod{i}", f"lp{i}", f"10.0.0.{i}", prefixlen=24,
+                    extra_ids={"ip_addresses": f"10.0.0.{i}/24"})
+        ovs.vsctl("set", "Interface", f"pod{i}-ovs", f"ofport_request={i}")
+        ovs.vsctl("br-set-external-id", "br0", f"ct-zone-lp{i}", str(i))
+    # The tracer for the datapath phase compiles while the rest is set up.
+    driver = subprocess.Popen([PY, str(BENCH / "vmdriver.py"), str(work), str(PAIRS),
+                               str(IPERF_S)], stdout=open(work / "driver.log", "w"),
+                              stderr=subprocess.STDOUT, cwd=str(BENCH.parent))
+    # Bridge and ports exist before ovs-vswitchd starts (OVS 3.1 + 6.1 lose upcalls otherwise).
+    ovs.start_vswitchd()
+    wait_for(lambda: ovs.vsctl("get", "Interface", "pod2-ovs", "ofport") == "2", timeout=120,
+             what="ofport of pod2-ovs")
+    wait_for(lambda: sh("ovs-ofctl", "show", "br0", env=ovs.env, check=False), timeout=60,
+             what="ovs-ofctl show br0")
+    sh("ovs-ofctl", "add-flows", "br0", "-", input="""\
+table=0,priority=0,actions=NORMAL
+table=0,priority=10,ip,in_port=1,actions=ct(commit,zone=1,table=1)
+table=0,priority=10,ip,in_port=2,actions=ct(commit,zone=2,table=1)
+table=1,priority=10,ip,nw_dst=10.0.0.1,actions=ct(commit,zone=1,table=2)
+table=1,priority=10,ip,nw_dst=10.0.0.2,actions=ct(commit,zone=2,table=2)
+table=2,priority=0,actions=NORMAL
+""", env=ovs.env)
+    sh("ip", "netns", "exec", "pod1", "ping", "-c", "1", "-W", "20", "10.0.0.2", timeout=60)
+    subprocess.Popen(["ip", "netns", "exec", "pod2", PY, FLOWS, "sink", "5001", "5002"],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sh("ip", "netns", "exec", "pod2", "iperf3", "-s", "-D")
+    sh("ip", "netns", "exec", "pod1", "sysctl", "-qw", "net.ipv4.ip_local_port_range=10000 65000")
+    monitor = subprocess.Popen([PY, "-m", "integration.monitor", ovs.remote,
+                                str(RUN / "monitor.jsonl")], cwd=str(BENCH.parent),
+                               stdout=subprocess.DEVNULL, stderr=open(work / "monitor.err", "w"))
+    wait_for(lambda: (RUN / "monitor.jsonl").exists(), timeout=60, what="monitor client")
+    return ovs, driver
+
+
+def latency(agent: AgentProcess, mon: Monitor, work: Path, label: str) -> list[dict]:
+    """N paced elephants pod1 -> pod2, one at a time; per conntrack entry (zone),
+    when it crossed the thresholds and when the monitor saw its port's key change."""
+    out = []
+    for i in range(N_ELEPHANTS):
+        # quiet: this agent has published 0 elephants for both ports
+        if not mon.wait(lambda m: all(m.state.get(n) == 0 for n in IFACES.values()), 15):
+            log(f"{label}: elephants still published before flow {i}: {mon.state}")
+        t_start = time.time()
+        res = work / f"send-{label}-{i}.json"
+        p = subprocess.Popen(["ip", "netns", "exec", "pod1", PY, FLOWS, "send", "10.0.0.2",
+                              "5001", str(RATE), str(FLOW_S), str(res)])
+        seen = mon.wait(lambda m: all(m.first_seen(n, t_start) for n in IFACES.values()),
+                        FLOW_S + 10)
+        rows = []
+        if seen:
+            rows = [r for r in agent.json("elephant/list") if r["dport"] == 5001]
+        p.wait(60)
+        flow = json.loads(res.read_text()) if res.exists() else {}
+        for zone, iface in IFACES.items():
+            row = next((r for r in rows if r["zone"] == zone and r["sport"] == flow.get("sport")),
+                       None)
+            out.append({"flow": i, "zone": zone, "t_start": t_start, **flow,
+                        "visible": mon.first_seen(iface, t_start),
+                        "first_seen_ns": row and row["first_seen_ns"],
+                        "detected_ns": row and row["detected_ns"],
+                        "bytes": row and row["bytes_orig"] + row["bytes_reply"],
+                        "port": row and row["port"]})
+        log(f"{label}: elephant {i}: " + ", ".join(
+            f"zone {o['zone']} {1000 * (o['visible'] - o['detected_ns'] / 1e9):.0f} ms after detection"
+            if o["visible"] and o["detected_ns"] else f"zone {o['zone']} not seen"
+            for o in out[-2:]))
+    return out
+
+
+def churn(agent: AgentProcess, label: str, work: Path) -> dict:
+    """Two connect/reset loops pod1 -> pod2 for CHURN_S; the agent's counters and CPU."""
+    sh("conntrack", "-F", check=False)
+    time.sleep(1)
+    before = agent.json("stats")
+    cpu0, t0 = proc_cpu_s(agent.proc.pid), time.monotonic()
+    procs = [subprocess.Popen(["ip", "netns", "exec", "pod1", PY, FLOWS, "churn", "10.0.0.2",
+                               "5002", str(CHURN_S), "200000", str(work / f"churn-{label}-{k}.json")])
+             for k in range(2)]
+    counts = []
+    while any(p.poll() is None for p in procs) and time.monotonic() - t0 < CHURN_S + 30:
+        counts.append(int(Path("/proc/sys/net/netfilter/nf_conntrack_count").read_text()))
+        time.sleep(0.5)
+    wall = time.monotonic() - t0
+    cpu = proc_cpu_s(agent.proc.pid) - cpu0
+    time.sleep(2)                       # let the agent catch up before reading counters
+    after = agent.json("stats")
+    clients = [json.loads((work / f"churn-{label}-{k}.json").read_text()) for k in range(2)]
+    sh("conntrack", "-F", check=False)
+    return {"wall_s": wall, "agent_cpu_s": cpu, "clients": clients, "before": before,
+            "after": after, "conntrack_count_peak": max(counts or [0])}
+
+
+def main() -> int:
+    work = Path(sys.argv[1]).resolve()
+    res = Results(work / "vm-results.json")
+    ovs, driver = setup(work)
+    mon = Monitor(RUN / "monitor.jsonl")
+    try:
+        sh("conntrack", "-F", check=False)
+        log("starting the bpf agent (compiles the program)")
+        t = time.monotonic()
+        agent = AgentProcess(ovs, "--source=bpf", *THRESHOLDS, name="agent-bpf")
+        agent.start(timeout=600)
+        res.put("bpf_agent_start_s", time.monotonic() - t)
+        res.put("bpf_stats_start", agent.json("stats"))
+        res.put("latency_bpf", latency(agent, mon, work, "bpf"))
+        log("churn with the bpf agent")
+        res.put("churn_bpf", churn(agent, "bpf", work))
+        agent.stop()
+
+        log("datapath: waiting for the driver")
+        wait_for(lambda: (work / "driver-ready.json").exists() or driver.poll() is not None,
+                 timeout=600, interval=0.5, what="the datapath driver to load")
+        (work / "driver-go").write_text("go")
+        driver.wait(PAIRS * 2 * (IPERF_S + 30) + 60)
+        if (work / "datapath.json").exists():
+            res.put("datapath", json.loads((work / "datapath.json").read_text()))
+
+        # the iperf3 runs' entries (elephants, in TIME_WAIT) must not be the next agent's
+        sh("conntrack", "-F", check=False)
+        log("starting the ctnetlink agent")
+        agent = AgentProcess(ovs, "--source=ctnetlink", "--interval=1", *THRESHOLDS,
+                             name="agent-ctnetlink")
+        agent.start(timeout=120)
+        res.put("latency_ctnetlink", latency(agent, mon, work, "ctnetlink"))
+        log("churn with the ctnetlink agent")
+        res.put("churn_ctnetlink", churn(agent, "ctnetlink", work))
+        agent.stop()
+        res.put("done", True)
+        log("done")
+        return 0
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        for f in RUN.glob("*.log"):
+            shutil.copy(f, work / f.name)
+        if (RUN / "monitor.jsonl").exists():
+            shutil.copy(RUN / "monitor.jsonl", work / "monitor.jsonl")
+        ovs.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
