@@ -173,18 +173,21 @@ class Lab:
         return self.bg("pod1", "iperf3", "-c", self.pods["pod3"]["ip"], "-p", str(port),
                        "-t", str(seconds), "-b", rate, "-J")
 
-    def mice(self, seconds: int, client: str = "pod2") -> subprocess.Popen:
-        self.bg("pod4", "sockperf", "server", "-i", self.pods["pod4"]["ip"], "-p", "11111")
+    def mice(self, seconds: int, client: str = "pod2") -> tuple[subprocess.Popen, subprocess.Popen]:
+        """A sockperf server on pod4 and a ping-pong client on `client`."""
+        server = self.bg("pod4", "sockperf", "server", "-i", self.pods["pod4"]["ip"],
+                         "-p", "11111")
         wait_for(lambda: "11111" in sh("ip", "netns", "exec", "pod4", "ss", "-lun"),
                  what="sockperf server")
-        return self.bg(client, "sockperf", "ping-pong", "-i", self.pods["pod4"]["ip"],
-                       "-p", "11111", "-t", str(seconds), "--mps", "200")
+        return server, self.bg(client, "sockperf", "ping-pong", "-i", self.pods["pod4"]["ip"],
+                               "-p", "11111", "-t", str(seconds), "--mps", "200")
 
     def mice_p99(self, client: str, seconds: int = 6) -> float | None:
         """sockperf ping-pong p99 (ms) from `client` to pod4."""
-        p = self.mice(seconds, client)
+        server, p = self.mice(seconds, client)
         out = p.communicate(timeout=seconds + 60)[0]
-        self.kill_traffic()
+        server.kill()       # only the mice: an elephant may be running
+        server.wait()
         for line in out.splitlines():
             if "percentile 99.000" in line:
                 return round(float(line.rsplit("=", 1)[1]) / 1000, 3)
@@ -232,7 +235,7 @@ class Lab:
     def elephant_phase(self) -> None:
         r = self.report
         mon = {hv: self.monitor(hv) for hv in self.chassis}
-        mice = self.mice(14)
+        _, mice = self.mice(14)
         started = time.time()
         client = self.iperf(8, 5201)
         r.event("elephant started", src="pod1@hv1", dst="pod3@hv2", flow="iperf3 200 Mbit/s 8 s")
