@@ -88,45 +88,60 @@ class Lab:
         self.procs: list[subprocess.Popen] = []
 
     # -- building --------------------------------------------------------
-    def provision(self, script: str, *args: str) -> None:
-        """Runs a vagrant/provision script, the same ones real hypervisors run."""
-        p = subprocess.run(["bash", str(PROVISION / script), *args], capture_output=True,
-                           text=True, timeout=600)
-        for line in (p.stdout + p.stderr).splitlines():
-            print(f"    {script}: {line}", flush=True)
-        if p.returncode:
-            raise RuntimeError(f"{script} {' '.join(args)} failed ({p.returncode})")
+    def provision(self, *calls: tuple[str, ...]) -> None:
+        """Runs vagrant/provision scripts, the ones real hypervisors run; each call is
+        (script, args...), and the calls run side by side."""
+        procs = [(c, subprocess.Popen(["bash", str(PROVISION / c[0]), *c[1:]], text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+                 for c in calls]
+        failed = []
+        for call, p in procs:
+            out = p.communicate(timeout=600)[0]
+            for line in out.splitlines():
+                print(f"    {call[0]}: {line}", flush=True)
+            if p.returncode:
+                failed.append(" ".join(call))
+        if failed:
+            raise RuntimeError(f"provisioning failed: {'; '.join(failed)}")
 
     def build(self) -> None:
         r = self.report
         for mod in ("openvswitch", "geneve", "nf_conntrack"):
             sh("modprobe", mod)
         central = self.rundir / "central"
-        self.provision("underlay.sh", "--rundir", str(central), "--netns", "central",
-                       "--link", UNDERLAY_LINK, f"{CENTRAL_IP}/24")
-        self.provision("central.sh", "--rundir", str(central), "--netns", "central", CENTRAL_IP)
+        self.provision(("underlay.sh", "--rundir", str(central), "--netns", "central",
+                        "--link", UNDERLAY_LINK, f"{CENTRAL_IP}/24"))
+        self.provision(("central.sh", "--rundir", str(central), "--netns", "central",
+                        CENTRAL_IP))
         # The VM itself is the management host on the underlay (agents reach SB from here).
         sh("ip", "addr", "replace", f"{UNDERLAY}.254/24", "dev", UNDERLAY_LINK)
         self.sb = f"unix:{central}/ovnsb_db.sock"
         r.event("central up (provision/central.sh)", nb=f"tcp:{CENTRAL_IP}:6641",
                 sb=f"tcp:{CENTRAL_IP}:6642")
-        for i, hv in enumerate(CHASSIS, start=1):
-            rundir, ip = self.rundir / hv, f"{UNDERLAY}.{i}"
-            self.provision("underlay.sh", "--rundir", str(rundir), "--netns", hv,
-                           "--link", UNDERLAY_LINK, f"{ip}/24")
-            self.provision("chassis.sh", "--rundir", str(rundir), "--netns", hv,
-                           "--datapath", "system", hv, ip, CENTRAL_IP)
-            ovs = Ovs(rundir, bridge="br-int", datapath="system", netns=hv)
+        encap = {hv: f"{UNDERLAY}.{i}" for i, hv in enumerate(CHASSIS, start=1)}
+        for hv, ip in encap.items():
+            self.provision(("underlay.sh", "--rundir", str(self.rundir / hv), "--netns", hv,
+                            "--link", UNDERLAY_LINK, f"{ip}/24"))
+        self.provision(*[("chassis.sh", "--rundir", str(self.rundir / hv), "--netns", hv,
+                          "--datapath", "system", hv, ip, CENTRAL_IP)
+                         for hv, ip in encap.items()])
+        for hv, ip in encap.items():
+            ovs = Ovs(self.rundir / hv, bridge="br-int", datapath="system", netns=hv)
             ovs.vswitchd_running = True
             self.chassis[hv] = ovs
             r.event("chassis up (provision/chassis.sh)", chassis=hv, encap=f"geneve {ip}")
+        # The agents compile their eBPF program meanwhile (slow under emulation).
+        self.spawn_agents("bpf", ("hv1", "hv2"))
+        self.spawn_agents("ctnetlink", ("hv3",))          # hv3 only hosts placed mice
+        calls = []
         for n, (pod, (hv, lport, role)) in enumerate(PODS.items(), start=1):
             ip, mac = f"{SUBNET}.{n + 10}", f"0a:00:00:00:00:{n:02x}"
-            self.provision("workloads.sh", "--rundir", str(self.rundir / hv), "--netns", hv,
-                           "--switch", "ls1", "--lport", lport, "--mac", mac,
-                           CENTRAL_IP, pod, f"{ip}/24")
+            calls.append(("workloads.sh", "--rundir", str(self.rundir / hv), "--netns", hv,
+                          "--switch", "ls1", "--lport", lport, "--mac", mac,
+                          CENTRAL_IP, pod, f"{ip}/24"))
             self.pods[pod] = {"chassis": hv, "lport": lport, "ip": ip, "role": role,
                               "ns": pod, "workload": WORKLOADS[pod], "interface": pod[:15]}
+        self.provision(*calls)
         r.event("pods bound (provision/workloads.sh)", pods=",".join(self.pods))
         wait_for(lambda: self.ping("pod1", "pod3") and self.ping("pod2", "pod4"),
                  timeout=120, interval=1, what="pods reachable across Geneve")
@@ -135,24 +150,27 @@ class Lab:
 
     def teardown(self) -> None:
         for node in (*self.chassis, "central"):
-            self.provision("teardown.sh", "--rundir", str(self.rundir / node), "--netns", node)
+            self.provision(("teardown.sh", "--rundir", str(self.rundir / node),
+                            "--netns", node))
 
     def ping(self, a: str, b: str) -> bool:
         p = subprocess.run(["ip", "netns", "exec", a, "ping", "-c1", "-W1", self.pods[b]["ip"]],
                            capture_output=True)
         return p.returncode == 0
 
-    def start_agents(self, source: str, hvs=("hv1", "hv2")) -> None:
+    def spawn_agents(self, source: str, hvs) -> None:
         for hv in hvs:
-            ovs = self.chassis[hv]
-            a = AgentProcess(ovs, f"--source={source}", f"--netns={hv}", *THRESHOLDS,
-                             name=f"ovsfoot-{source}")
+            a = AgentProcess(self.chassis[hv], f"--source={source}", f"--netns={hv}",
+                             *THRESHOLDS, name=f"ovsfoot-{source}")
             a.spawn()
             self.agents[hv] = a
-        for hv in hvs:
-            self.agents[hv].wait_ready(timeout=600)
-            self.report.event("agent ready", chassis=hv, source=source,
-                              probe=self.agents[hv].json("stats")["source"].get("probe", "-"))
+
+    def agents_ready(self) -> None:
+        for hv, a in self.agents.items():
+            a.wait_ready(timeout=600)
+            source = a.json("stats")["source"]
+            self.report.event("agent ready", chassis=hv, source=source["source"],
+                              probe=source.get("probe", "-"))
 
     def stop_agents(self) -> None:
         for a in self.agents.values():
@@ -416,7 +434,8 @@ class Lab:
         r = self.report
         self.stop_agents()
         sh("ip", "netns", "exec", "hv1", "conntrack", "-F", check=False)
-        self.start_agents("ctnetlink", hvs=("hv1",))
+        self.spawn_agents("ctnetlink", ("hv1",))
+        self.agents_ready()
         client = self.iperf(5, 5204)
         rows = []
         _try_wait(lambda: rows.extend(self.elephants("hv1")) or rows, 30)
@@ -432,8 +451,7 @@ class Lab:
     def run(self) -> Report:
         try:
             self.build()
-            self.start_agents("bpf")
-            self.start_agents("ctnetlink", hvs=("hv3",))   # hv3 only hosts placed mice
+            self.agents_ready()
             self.elephant_phase()
             self.threshold_phase()
             self.experiment_phase()
