@@ -31,6 +31,7 @@ class PacedSource:
     """ELEPHANT and END events at RATE each per second, for `seconds`."""
 
     name = "bench-paced"
+    clock = staticmethod(time.time_ns)     # live events: idle expiry on wall time
 
     def __init__(self, seconds: float, seed: int = 6):
         from ovsfoot.events import FlowKey
