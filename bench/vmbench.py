@@ -54,6 +54,17 @@ def _latencies(rows: list[dict], source: str, age_s: float) -> tuple[list[float]
         if source == "bpf":
             skew.append(1000 * (r["detected_ns"] / 1e9 - by_age))
     detail = {"n": len(ms), "missing": missing, "samples_ms": [round(x, 1) for x in ms]}
+    # A flow's two entries (zones) usually cross on the same packet and are published in
+    # one transaction; when they cross a few ms apart, the second waits for the
+    # publisher's min_interval (0.1 s).
+    flows: dict[int, list[dict]] = {}
+    for r in rows:
+        if r.get("visible") and r.get("detected_ns"):
+            flows.setdefault(r["flow"], []).append(r)
+    apart = [(1000 * abs(a["visible"] - b["visible"]), abs(a["detected_ns"] - b["detected_ns"]) / 1e6)
+             for a, b in (v for v in flows.values() if len(v) == 2)]
+    detail["flows_zones_visible_apart_ms"] = [round(v) for v, _ in apart if v > 50]
+    detail["their_kernel_crossings_apart_ms"] = [round(k, 1) for v, k in apart if v > 50]
     if skew:
         detail["kernel_crossing_minus_start_plus_age_ms_max"] = round(max(skew), 2)
     return ms, detail
