@@ -141,7 +141,8 @@ class Lab:
                           CENTRAL_IP, pod, f"{ip}/24"))
             self.pods[pod] = {"chassis": hv, "lport": lport, "ip": ip, "role": role,
                               "ns": pod, "workload": WORKLOADS[pod], "interface": pod[:15]}
-        self.provision(*calls)
+        self.provision(calls[0])    # makes the logical switch: --may-exist does not lock
+        self.provision(*calls[1:])
         r.event("pods bound (provision/workloads.sh)", pods=",".join(self.pods))
         wait_for(lambda: self.ping("pod1", "pod3") and self.ping("pod2", "pod4"),
                  timeout=120, interval=1, what="pods reachable across Geneve")
