@@ -58,10 +58,10 @@ while True:
         pass
     while b"\n" in buf:
         line, buf = buf.split(b"\n", 1)
-        cmd = json.loads(line)
+        cmd, wall = json.loads(line), time.time_ns()
         if cmd["cmd"] == "thresholds":
             src.set_thresholds(Thresholds(bytes=cmd["bytes"], seconds=cmd["seconds"]))
-        log(kind="ack", wall=time.time_ns(), stats=src.stats(), **cmd)
+        log(kind="ack", wall=wall, stats=src.stats(), **cmd)
         if cmd["cmd"] == "quit":
             sys.exit(0)
     poller = ovs.poller.Poller()
@@ -264,7 +264,8 @@ def test_live_threshold_change(vm):
     got = [e for e in elephants(ph["lower"]) if e["key"]["sport"] == port]
     assert sorted(e["key"]["zone"] for e in got) == [1, 2], got
     lowered = next(r for r in records if r.get("id") == "lower")
-    # the same running flow, detected right after the change, without a reload
+    # the same running flow, detected right after the change (the ack's wall
+    # time is from just before it), without a reload
     assert all(e["first_seen"] < lowered["wall"] < e["ts"] for e in got)
     assert all(e["bytes_orig"] + e["bytes_reply"] >= 1_000_000 for e in got)
 
