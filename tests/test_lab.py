@@ -94,4 +94,4 @@ def test_experiment_mice_latency_alone_beside_and_placed(report):
     a, b, c = (exp["p99_ms"][k] for k in ("alone", "beside the elephant", "placed by ovsfoot"))
     assert exp["placed_on"] == "hv3", exp["scores"]
     assert b > 3 * a, exp                     # (b) clearly above (a)
-    assert c < 2 * a + 0.5 and c < b / 3, exp  # (c) back near (a)
+    assert c - a < (b - a) / 3, exp           # (c) back near (a): 2/3 of the cost recovered
