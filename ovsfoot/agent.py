@@ -62,7 +62,6 @@ class Agent:
         self._synced = False
         self._generation = None
         self._next_save = self._next_tick = 0.0
-        self.on_change = []             # callables(event, attribution) for the lab/tests
 
     # -- topology ---------------------------------------------------------
     def refresh_topology(self) -> None:
@@ -134,11 +133,8 @@ class Agent:
                 self.unattributed += 1
                 log.info("elephant %s: not attributed (%s)", ev.key, attribution.reason)
         elif ev.kind == Kind.END and ev.key in self.footprints.active:
-            attribution = self.footprints.active[ev.key].attribution
             log.info("elephant %s ended after %d bytes", ev.key, ev.bytes)
         self.footprints.apply(ev, attribution)
-        for cb in self.on_change:
-            cb(ev, attribution)
 
     def set_thresholds(self, t: Thresholds) -> None:
         t.validate()
