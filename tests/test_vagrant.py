@@ -15,11 +15,11 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from integration.sandbox import wait_for
 from ovsfoot.cli import parser as ovsfoot_parser
 
 VAGRANT = Path(__file__).resolve().parents[1] / "vagrant"
@@ -35,15 +35,6 @@ def run(*cmd, env=None, cwd=None, timeout=120, check=True) -> subprocess.Complet
         raise AssertionError(f"{shlex.join(p.args)} failed ({p.returncode}):\n"
                              f"{p.stdout}\n{p.stderr}")
     return p
-
-
-def wait_for(pred, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not (v := pred()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
-    return v
 
 
 # -- Vagrantfile, unit, scripts ------------------------------------------------
