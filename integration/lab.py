@@ -94,11 +94,14 @@ def main(args) -> int:
     print(render(report))
     Path(args.report).write_text(json.dumps(report, indent=1))
     failed = [c for c in report["checks"] if not c["ok"]]
-    print(f"\nreport: {args.report}; logs: {workdir}")
     if failed:
+        print(f"\nreport: {args.report}; logs: {workdir}")
         print(f"ovsfoot lab: {len(failed)} check(s) failed; agent and daemon logs are in "
               f"{workdir}", file=sys.stderr)
         return 1
-    if not args.workdir:
+    if args.workdir:
+        print(f"\nreport: {args.report}; logs: {workdir}")
+    else:
         shutil.rmtree(workdir, ignore_errors=True)
+        print(f"\nreport: {args.report} (keep the logs with --workdir DIR)")
     return 0
