@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -293,7 +292,3 @@ class Ovs(Daemons):
         # The userspace datapath leaves tap devices named after its bridges.
         for dev in (self.bridge, "ovs-netdev"):
             sh(*self._in_ns("ip", "link", "del", dev), check=False)
-
-
-def cleanup_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
