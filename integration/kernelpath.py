@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from integration.programs import require
 from integration.sandbox import sh
 
 LOOP_NET = "10.77.250"
@@ -28,6 +29,7 @@ class KernelPath:
     pods: dict[str, tuple[str, int, str]] = field(default_factory=dict)  # ns -> ip, zone, dev
 
     def create(self) -> "KernelPath":
+        require("ip", "sysctl", "nft")
         ns = self.netns
         sh("ip", "netns", "add", ns)
         run = lambda *c: sh("ip", "netns", "exec", ns, *c)   # noqa: E731

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from integration.agentproc import AgentProcess
+from integration.programs import require
 from integration.sandbox import Ovs, sh, wait_for
 
 PROVISION = Path(__file__).resolve().parents[1] / "vagrant" / "provision"
@@ -44,6 +45,10 @@ PODS = {
 WORKLOADS = {"pod1": "lab/elephant-client", "pod2": "lab/mice-client",
              "pod3": "lab/elephant-server", "pod4": "lab/mice-server",
              "pod5": "lab/mice-client"}
+# What the scenario and the provision scripts it runs start (integration/programs.py).
+PROGRAMS = ("bash", "ip", "ss", "tc", "ping", "iperf3", "sockperf", "conntrack", "modprobe",
+            "ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-appctl",
+            "ovn-northd", "ovn-controller", "ovn-nbctl", "ovn-sbctl")
 # The seed's measurement (LPC 2019): sockperf p99 of mice, in ms.
 SEED_P99_MS = {"alone": 0.28, "beside the elephant": 14.04}
 BOTTLENECK = ["tbf", "rate", "40mbit", "burst", "16kb", "latency", "100ms"]   # a FIFO
@@ -105,6 +110,7 @@ class Lab:
             raise RuntimeError(f"provisioning failed: {'; '.join(failed)}")
 
     def build(self) -> None:
+        require(*PROGRAMS)          # a missing one fails here, not as a timeout later
         r = self.report
         for mod in ("openvswitch", "geneve", "nf_conntrack"):
             sh("modprobe", mod)
@@ -155,8 +161,12 @@ class Lab:
                             "--netns", node))
 
     def ping(self, a: str, b: str) -> bool:
+        """Does pod `a` reach pod `b`? An error, not False, if ping cannot run."""
+        require("ip", "ping")
         p = subprocess.run(["ip", "netns", "exec", a, "ping", "-c1", "-W1", self.pods[b]["ip"]],
-                           capture_output=True)
+                           capture_output=True, text=True)
+        if p.returncode and 'exec of "ping" failed' in p.stderr:  # from ip netns exec
+            raise RuntimeError(f"ip netns exec {a} ping: {p.stderr.strip()}")
         return p.returncode == 0
 
     def spawn_agents(self, source: str, hvs) -> None:

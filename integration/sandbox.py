@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from integration.programs import require
+
 OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 NB_SCHEMA = "/usr/share/ovn/ovn-nb.ovsschema"
 SB_SCHEMA = "/usr/share/ovn/ovn-sb.ovsschema"
@@ -124,6 +126,8 @@ class OvnCentral(Daemons):
             self.sb = ",".join(f"unix:{self.dir / n}.sock" for n, _, _ in self.sb_members)
 
     def start_all(self) -> "OvnCentral":
+        require("ovsdb-tool", "ovsdb-server", "ovn-northd", "ovn-nbctl", "ovn-sbctl",
+                "ovs-appctl")
         _ovsdb(self, "nb", NB_SCHEMA, "nb.sock")
         if self.sb_members:
             first = f"tcp:127.0.0.1:{self.sb_members[0][2]}"
@@ -193,6 +197,7 @@ class Ovs(Daemons):
         return super().start(name, *self._in_ns(*args))
 
     def start_db(self) -> "Ovs":
+        require("ovsdb-tool", "ovsdb-server", "ovs-vsctl", "ovs-appctl", "ip")
         _ovsdb(self, "ovsdb-server", OVS_SCHEMA, "db.sock")
         self.vsctl("init")
         return self
@@ -206,6 +211,7 @@ class Ovs(Daemons):
         return self
 
     def start_vswitchd(self) -> "Ovs":
+        require("ovs-vswitchd")
         self.vswitchd_running = True
         args = ["ovs-vswitchd", self.remote]
         if self.datapath == "netdev":
@@ -245,6 +251,7 @@ class Ovs(Daemons):
         return self
 
     def start_controller(self) -> None:
+        require("ovn-controller")
         self.start("ovn-controller", "ovn-controller", self.remote)
 
     def zones(self) -> dict[str, int]:

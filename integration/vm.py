@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from integration.programs import require
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("OVSFOOT_CACHE", "/var/cache/ovsfoot"))
 RC_FILE = "vm-rc"          # the guest writes its script's exit status here
@@ -80,6 +82,7 @@ def ensure_kernel() -> KernelInfo:
     The image package's postinst fails on these machines, so the package is
     unpacked and copied in by hand rather than installed with dpkg -i.
     """
+    require("apt-cache", "apt-get", "dpkg-deb", "depmod", "tar")
     ver = kernel_version()
     k = KernelInfo(ver, Path(f"/boot/vmlinuz-{ver}"), Path(f"/lib/modules/{ver}"),
                    Path(f"/usr/src/linux-headers-{ver}"), CACHE / f"headers-{ver}.tar")
@@ -164,6 +167,7 @@ def run_in_vm(script: str | Path, workdir: str | Path, timeout: float = 900, *,
 def _boot(script: str | Path, workdir: Path, timeout: float, *, kvm: bool,
           kernel: KernelInfo, env: dict[str, str] | None = None, memory: str = "4G",
           cpus: int = 2) -> VmResult:
+    require("qemu-system-x86_64", "busybox", "bash")    # vng runs qemu; its initramfs, busybox
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     for f in (RC_FILE, OUTPUT_FILE):
