@@ -33,6 +33,7 @@ sys.path.insert(0, str(BENCH.parent))
 
 from bench.common import proc_cpu_s  # noqa: E402
 from integration.agentproc import AgentProcess  # noqa: E402
+from integration.programs import require  # noqa: E402
 from integration.sandbox import Ovs, sh, wait_for  # noqa: E402
 
 PY = sys.executable
@@ -103,6 +104,8 @@ class Monitor:
 
 
 def setup(work: Path) -> tuple[Ovs, subprocess.Popen]:
+    # this and bench/vmdriver.py
+    require("modprobe", "sysctl", "ip", "ping", "iperf3", "conntrack", "ovs-ofctl", "bpftool")
     for m in ("openvswitch", "nf_conntrack"):
         sh("modprobe", m)
     for k in ("net.netfilter.nf_conntrack_acct=1", "net.netfilter.nf_conntrack_timestamp=1"):

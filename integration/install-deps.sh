@@ -1,10 +1,12 @@
 #!/bin/sh
 # Installs the Debian packages ovsfoot, its tests and its lab need. Idempotent.
 set -e
-PKGS="openvswitch-switch openvswitch-common ovn-central ovn-host python3-venv python3-pip
-python3-bpfcc bpfcc-tools bpftool iperf3 sockperf conntrack nftables iproute2 ethtool
-tcpdump procps psmisc kmod qemu-system-x86 containernetworking-plugins busybox-static
-vagrant vagrant-libvirt shellcheck systemd"
+# Every package whose programs the code runs and a fresh machine lacks (the map of
+# program -> package is integration/programs.py; ../shared/tools/deps-check checks).
+PKGS="openvswitch-switch openvswitch-common ovn-central ovn-host ovn-common python3-venv
+python3-pip python3-bpfcc bpfcc-tools bpftool iperf3 sockperf iputils-ping conntrack
+nftables iproute2 ethtool tcpdump procps psmisc kmod qemu-system-x86
+containernetworking-plugins busybox-static vagrant vagrant-libvirt shellcheck systemd"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

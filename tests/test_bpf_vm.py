@@ -25,6 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from integration.programs import PACKAGES, require  # noqa: E402
 from integration.vm import ensure_kernel, run_in_vm  # noqa: E402
 from ovsfoot.events import Thresholds  # noqa: E402
 from ovsfoot.sources import SourceUnavailable  # noqa: E402
@@ -70,7 +71,16 @@ while True:
     poller.block()
 '''
 
+# Programs SCENARIO runs (integration/programs.py): checked on the host before the
+# VM boots (it shares the host's root filesystem) and again where the script starts.
+PROGRAMS = ("ip", "ping", "iperf3", "nft", "conntrack", "modprobe", "mkfifo", "ovsdb-tool",
+            "ovsdb-server", "ovs-vsctl", "ovs-vswitchd", "ovs-ofctl", "ovs-appctl")
+
 SCENARIO = r'''
+for need in @PROGRAMS@; do        # program:Debian package
+    command -v "${need%%:*}" >/dev/null || { echo "scenario: program '${need%%:*}' not found:" \
+        "install the Debian package ${need#*:} (or run \`make deps\`)"; exit 1; }
+done
 set -eux
 W=$PWD
 export PYTHONPATH=$OVSFOOT_REPO OVS_RUNDIR=/tmp/ovs OVS_DBDIR=/tmp/ovs OVS_LOGDIR=$W/ovslog
@@ -162,12 +172,13 @@ conntrack -L >conntrack.txt 2>&1 || true
 ctl '{"cmd": "quit", "id": "quit"}'
 ovs-appctl dpctl/show -s >dpctl.txt
 echo scenario-ok
-'''
+'''.replace("@PROGRAMS@", " ".join(f"{p}:{PACKAGES[p]}" for p in PROGRAMS))
 
 
 @pytest.fixture(scope="module")
 def vm(tmp_path_factory):
     """Runs SCENARIO in one VM boot; returns (workdir, records, host wall-clock window)."""
+    require(*PROGRAMS)
     ensure_kernel()
     work = tmp_path_factory.mktemp("bpf-vm")
     (work / "driver.py").write_text(DRIVER)
