@@ -137,6 +137,11 @@ def cmd_scheduler_extender(args) -> int:
     return serve(args)
 
 
+def cmd_cluster_db(args) -> int:
+    from ovsfoot import clusterdb
+    return clusterdb.run(args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ovsfoot", description=__doc__)
     p.add_argument("--version", action="version", version=f"ovsfoot {__version__}")
@@ -188,6 +193,9 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--log-file", help="also log to this file")
     x.add_argument("-v", "--verbose", action="count", default=0)
     x.set_defaults(func=cmd_scheduler_extender)
+
+    from ovsfoot import clusterdb
+    clusterdb.add_parser(sub).set_defaults(func=cmd_cluster_db)
     return p
 
 
