@@ -5,6 +5,9 @@ setup(
     version="0.1.0",
     description="Per-node elephant-flow footprints for Open vSwitch / OVN hosts",
     packages=find_packages(include=["ovsfoot", "ovsfoot.*", "integration", "integration.*"]),
+    # The cluster view's OVSDB schema, for `ovsfoot cluster-db start` (importlib.resources).
+    package_data={"ovsfoot": ["cluster.ovsschema"]},
+    include_package_data=True,
     python_requires=">=3.11",
     # bcc comes from Debian's python3-bpfcc: the virtualenv is made with
     # --system-site-packages so that it sees it.
