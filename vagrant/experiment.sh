@@ -18,6 +18,30 @@ ELEPHANT_SECS=$((2 * MICE_SECS + 60))
 
 step() { printf '[experiment] %s\n' "$*"; }
 
+# need [NODE] PROGRAM:PACKAGE...: fails at once, naming the program and the
+# Debian package that ships it, unless every PROGRAM is on this machine's PATH,
+# or with NODE (an hvN), on that VM's.
+need() {
+  local node="" p found=""
+  if [[ $1 != *:* ]]; then
+    node=$1
+    shift
+    found=$(on "$node" sh -c "'which ${*%%:*}; echo which-done'" 2>&1) || true
+    [[ $found == *which-done* ]] || { echo "experiment: cannot run commands on $node: $found" >&2; exit 1; }
+  fi
+  for p in "$@"; do
+    if [ -z "$node" ]; then
+      command -v "${p%%:*}" >/dev/null && continue
+    elif [[ $'\n'$found$'\n' == *"/${p%%:*}"$'\n'* ]]; then
+      continue
+    fi
+    echo "experiment: program '${p%%:*}' not found${node:+ on $node}:" \
+      "install the Debian package ${p#*:}" >&2
+    exit 1
+  done
+}
+need vagrant:vagrant ssh:openssh-client awk:mawk mktemp:coreutils
+
 # Runs a command as root on a VM (the ssh configuration comes from Vagrant
 # once: a `vagrant ssh -c` per command would spend seconds starting Vagrant).
 TMP=$(mktemp -d)
@@ -64,6 +88,10 @@ mapfile -t CHASSIS < <(vagrant status --machine-readable |
   awk -F, '$3 == "state" && $4 == "running" && $2 ~ /^hv/ { print $2 }')
 [ ${#CHASSIS[@]} -ge 2 ] || { echo "experiment: needs hv1 and hv2 running (vagrant up)" >&2; exit 1; }
 step "chassis: ${CHASSIS[*]}"
+for hv in "${CHASSIS[@]}"; do
+  need "$hv" ip:iproute2 ovs-vsctl:openvswitch-switch sockperf:sockperf iperf3:iperf3 \
+    setsid:util-linux timeout:coreutils
+done
 rows=()
 
 step "1/3 mice alone, hv1 -> hv2 (${MICE_SECS} s)"

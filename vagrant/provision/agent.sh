@@ -11,6 +11,7 @@ USAGE="agent.sh [--rundir DIR] [--netns NS] [--bridge NAME] \
 SOURCE=auto OVSFOOT=""
 parse_args "source ovsfoot" "$@"
 positional 0
+if [ "$MODE" = machine ]; then need systemctl:systemd; else need ip:iproute2 ps:procps; fi
 opts=(--source="$SOURCE" --bridge="$BRIDGE" "${EXTRA[@]}")
 
 if [ "$MODE" = machine ]; then

@@ -7,6 +7,12 @@ USAGE="central.sh [--rundir DIR] [--netns NS] IP"
 parse_args "" "$@"
 positional 1
 IP=${POS[0]}
+if [ "$MODE" = machine ]; then
+  need systemctl:systemd
+else
+  need ip:iproute2 ps:procps ovsdb-tool:openvswitch-common ovsdb-server:openvswitch-common \
+    ovn-northd:ovn-central
+fi
 
 if [ "$MODE" = machine ]; then
   step "enabling ovn-central (NB, SB, ovn-northd)"

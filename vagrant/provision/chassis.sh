@@ -8,6 +8,13 @@ NAME ENCAP_IP CENTRAL_IP"
 parse_args "" "$@"
 positional 3
 NAME=${POS[0]} ENCAP_IP=${POS[1]} CENTRAL_IP=${POS[2]}
+need ovs-vsctl:openvswitch-switch
+if [ "$MODE" = machine ]; then
+  need systemctl:systemd
+else
+  need ip:iproute2 ps:procps modprobe:kmod ovsdb-tool:openvswitch-common \
+    ovsdb-server:openvswitch-common ovs-vswitchd:openvswitch-switch ovn-controller:ovn-host
+fi
 
 if [ "$MODE" = machine ]; then
   # ovs-ctl sets system-id from this file whenever ovsdb-server starts.

@@ -25,6 +25,18 @@ step() { printf '[%s%s] %s\n' "$SCRIPT" "${NETNS:+ $NETNS}" "$*"; }
 die() { printf '[%s] error: %s\n' "$SCRIPT" "$*" >&2; exit 1; }
 usage_exit() { printf 'usage: %s\n' "$USAGE" >&2; exit 2; }
 
+# need PROGRAM:PACKAGE...: where a script starts, fails at once, naming the
+# program and the Debian package that ships it, unless every PROGRAM is on PATH
+# (rather than failing later, or reading "cannot run" as "not there").
+need() {
+  local p hint=""
+  if [ "${MODE:-}" = lab ]; then hint=" (or run \`make deps\`)"; fi
+  for p in "$@"; do
+    command -v "${p%%:*}" >/dev/null ||
+      die "program '${p%%:*}' not found: install the Debian package ${p#*:}$hint"
+  done
+}
+
 # parse_args "OWN OPTIONS" "$@": every option takes one value, and --foo-bar V
 # sets FOO_BAR=V. Other words land in POS, anything after "--" in EXTRA.
 parse_args() {

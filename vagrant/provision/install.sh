@@ -9,6 +9,7 @@ SRC=$(cd "$PROVISION/../.." && pwd) VENV=/opt/ovsfoot PODMAN=no
 parse_args "src venv podman" "$@"
 positional 1
 [ "$MODE" = machine ] || die "install.sh is for machines; lab nodes use the host's packages"
+need apt-get:apt apt-cache:apt dpkg-query:dpkg
 
 case ${POS[0]} in
   central) pkgs=(ovn-central) ;;

@@ -7,6 +7,7 @@ USAGE="teardown.sh --rundir DIR [--netns NS] [--bridge NAME]"
 parse_args "" "$@"
 positional 0
 [ "$MODE" = lab ] || usage_exit
+need ip:iproute2 ps:procps
 
 for daemon in ovsfoot ovn-controller ovs-vswitchd ovsdb-server ovn-northd ovnsb_db ovnnb_db; do
   stop_daemon "$daemon"

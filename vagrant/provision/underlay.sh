@@ -11,6 +11,7 @@ parse_args "link" "$@"
 positional 1
 ADDR=${POS[0]}
 if [ -z "$RUNDIR" ] || [ -z "$NETNS" ]; then usage_exit; fi
+need ip:iproute2
 host_end=ul-$NETNS
 host_end=${host_end:0:15}
 

@@ -11,6 +11,7 @@ SWITCH=demo LPORT="" MAC="" MTU=1400    # 1400: room for Geneve on a 1500 underl
 parse_args "switch lport mac mtu" "$@"
 positional 3
 CENTRAL_IP=${POS[0]} POD=${POS[1]} CIDR=${POS[2]}
+need ip:iproute2 ovn-nbctl:ovn-common ovs-vsctl:openvswitch-switch ethtool:ethtool
 IP=${CIDR%/*}
 LPORT=${LPORT:-$POD}
 IFACE=${POD:0:15}                        # the bridge's end of the veth
