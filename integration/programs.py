@@ -21,7 +21,7 @@ import shutil
 PACKAGES = {
     "ping": "iputils-ping",
     "ip": "iproute2", "ss": "iproute2", "tc": "iproute2",
-    "sysctl": "procps",
+    "sysctl": "procps", "ps": "procps",
     "modprobe": "kmod", "depmod": "kmod",
     "conntrack": "conntrack",
     "nft": "nftables",
@@ -40,13 +40,15 @@ PACKAGES = {
     "qemu-system-x86_64": "qemu-system-x86",
     "busybox": "busybox-static",          # virtme-ng builds the VM's initramfs with it
     "apt-get": "apt", "apt-cache": "apt",
-    "dpkg-deb": "dpkg",
+    "dpkg-deb": "dpkg", "dpkg-query": "dpkg",
     "tar": "tar",
     "bash": "bash",
-    "mkfifo": "coreutils", "timeout": "coreutils",
+    "mkfifo": "coreutils", "timeout": "coreutils", "mktemp": "coreutils",
+    "awk": "mawk",
+    "ssh": "openssh-client",
     "setsid": "util-linux",
     "shellcheck": "shellcheck",
-    "systemd-analyze": "systemd",
+    "systemd-analyze": "systemd", "systemctl": "systemd",
     "vagrant": "vagrant",
 }
 
