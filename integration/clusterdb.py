@@ -250,7 +250,8 @@ class ClusterDbSandbox:
 
     def relay(self, name: str = "relay", port: int | None = None) -> str:
         """Starts an ovsdb-server relay of the cluster (connected as chassis `name`)
-        listening on 127.0.0.1; returns its remote, `tcp:127.0.0.1:PORT`."""
+        listening on 127.0.0.1; returns its remote, `tcp:127.0.0.1:PORT`, once the
+        relay has connected to the cluster."""
         port = port or free_port()
         d = self.workdir / name
         d.mkdir(exist_ok=True)
@@ -264,7 +265,9 @@ class ClusterDbSandbox:
            f"--pidfile={pidfile}", f"--log-file={d / 'ovsdb-server.log'}", "--detach",
            "--no-chdir", *opts)
         self._relays.append(pidfile)
-        return f"tcp:127.0.0.1:{port}"
+        remote = f"tcp:127.0.0.1:{port}"
+        self.client("wait", remote, DB, "connected", timeout=30)
+        return remote
 
     # -- teardown ------------------------------------------------------------
 
