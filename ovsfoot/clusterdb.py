@@ -347,8 +347,10 @@ def start(args) -> int:
         return 0
 
     server = subprocess.Popen(cmd)
+    forwarded = []
 
     def forward(signum, _frame):
+        forwarded.append(signum)
         server.send_signal(signum)
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, forward)
@@ -361,7 +363,8 @@ def start(args) -> int:
         _after_start(args, paths, joins, target)
     except ClusterDbError as e:
         print(f"ovsfoot cluster-db: {e}", file=sys.stderr)
-    return server.wait()
+    rc = server.wait()
+    return 0 if rc < 0 and -rc in forwarded else rc      # stopped by us: a clean exit
 
 
 def _after_start(args, paths: Paths, joins: list[str], target: str) -> None:
