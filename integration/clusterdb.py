@@ -277,4 +277,4 @@ class ClusterDbSandbox:
         for m in self.members:
             kill_pidfile(m.dir / "ovsdb-server.pid")
             self._kill_netns(m.netns)
-        sh("ip", "link", "del", self.bridge, check=False)
+        self.cleanup_leftovers()        # also what a start() that failed half-way made
