@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from integration.programs import require
 from integration.sandbox import free_port, kill_pidfile, sh, wait_for
 
 DB = "OVSFoot_Cluster"
@@ -151,6 +152,7 @@ class ClusterDbSandbox:
     # -- members -------------------------------------------------------------
 
     def start(self) -> "ClusterDbSandbox":
+        require("ip", "ovs-pki", "ovsdb-tool", "ovsdb-server", "ovs-appctl")
         self.cleanup_leftovers()
         self.members.clear()
         self._network()
