@@ -6,19 +6,22 @@ Data flows one way: source -> detector -> attributor -> footprints -> publisher.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 
 import ovs.poller
 
-from ovsfoot.attribution import Attributor, Port, port_addresses, workload_of
+from ovsfoot import contract
+from ovsfoot.attribution import Attributor, Port, port_addresses
 from ovsfoot.detection import Detector
 from ovsfoot.events import FlowEvent, Kind, Thresholds
 from ovsfoot.footprints import Footprints
 from ovsfoot.learning import Learner, StateFile
-from ovsfoot.ovsdb import LocalDb
+from ovsfoot.ovsdb import LocalDb, ssl_ready
+from ovsfoot.publishers.cluster import ClusterPublisher, Lesson
+from ovsfoot.publishers.legacy import SouthboundCleanup
 from ovsfoot.publishers.ovsdb import OvsdbPublisher
-from ovsfoot.publishers.southbound import Southbound
 from ovsfoot.sources import Source
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,8 @@ class Config:
     heavy_at: float = 3.0
     half_life: float = 6 * 3600
     publish_interval: float = 0.1
-    sb: str = "auto"                    # OVN Southbound remote; auto: ovn-remote; none: off
+    cluster_db: str | None = None       # ovsfoot's cluster database; None: no cluster view
+    cluster_interval: float = 1.0       # at most one cluster transaction this often
 
 
 class Agent:
@@ -49,8 +53,9 @@ class Agent:
         self.attributor = Attributor()
         self.learner = Learner(cfg.heavy_at, cfg.half_life)
         self.footprints = Footprints(self.learner)
-        self.publisher = OvsdbPublisher(self.db, cfg.publish_interval)
-        self.southbound: Southbound | None = None
+        self.publisher = OvsdbPublisher(self.db, cfg.bridge, cfg.publish_interval)
+        self.cluster: ClusterPublisher | None = None
+        self.cleanup: SouthboundCleanup | None = None
         self.state = StateFile(cfg.state) if cfg.state else None
         if self.state:
             self.learner.load(self.state.load())
@@ -80,38 +85,48 @@ class Agent:
             ids = dict(iface.external_ids)
             lport = ids.get("iface-id")
             if lport:
-                ports[lport] = Port(lport, iface.name, workload_of(lport, ids),
+                ports[lport] = Port(lport, iface.name, contract.workload_of(lport, ids),
                                     port_addresses(ids))
         for lport in ports.keys() - self.attributor.ports.keys():
             klass = self.klass(ports[lport].workload)
             log.info("port %s appeared (workload %s%s)", lport, ports[lport].workload,
                      f", learned {klass}" if klass else "")
         self.attributor.ports = ports
-        self._follow_southbound()
+        self._follow_cluster()
         self._synced = True
         self._generation = None         # republish
 
-    def _follow_southbound(self) -> None:
-        """Connects the cluster view to the SB this chassis uses (or --sb)."""
-        if self.cfg.sb == "none":
-            return
+    def _follow_cluster(self) -> None:
+        """Connects the cluster view as this chassis (system-id); once, deletes what
+        earlier versions wrote into OVN Southbound."""
         root = self.db.root()
         ids = dict(root.external_ids) if root is not None else {}
-        remote = ids.get("ovn-remote") if self.cfg.sb == "auto" else self.cfg.sb
         chassis = ids.get("system-id")
-        sb = self.southbound
-        if sb is not None and (sb.remote, sb.chassis) == (remote, chassis):
+        if not chassis:
             return
-        if sb is not None:
-            sb.close()
-        self.southbound = Southbound(remote, chassis) if remote and chassis else None
+        if self.cleanup is None and ids.get("ovn-remote"):
+            remote = ids["ovn-remote"]
+            if ssl_ready(remote):
+                self.cleanup = SouthboundCleanup(remote, chassis)
+            else:
+                log.info("not checking OVN Southbound %s for keys of earlier versions: "
+                         "it needs SSL (--private-key, --certificate, --ca-cert)", remote)
+        if not self.cfg.cluster_db:
+            return
+        c = self.cluster
+        if c is not None and c.chassis == chassis:
+            return
+        if c is not None:
+            c.close()
+        hostname = ids.get("hostname") or socket.gethostname()
+        self.cluster = ClusterPublisher(self.cfg.cluster_db, chassis, hostname,
+                                        self.cfg.cluster_interval)
 
     def klass(self, workload: str) -> str | None:
-        """The learned class of `workload`: here, else on another chassis."""
-        mine = self.learner.klass(workload)
-        if mine or self.southbound is None:
-            return mine
-        return self.southbound.classes.get(workload)
+        """The learned class of `workload`, here or on another chassis (heavy wins)."""
+        return contract.merge_classes([self.learner.klass(workload),
+                                       self.cluster.classes.get(workload) if self.cluster
+                                       else None])
 
     # -- events -----------------------------------------------------------
     def handle(self, events: list[FlowEvent]) -> None:
@@ -151,18 +166,10 @@ class Agent:
         interfaces, heavy = {}, 0
         for lport, port in self.attributor.ports.items():
             fp = ports.get(lport)
-            elephants = fp.elephants if fp else 0
-            learned = self.klass(port.workload)
-            klass = "heavy" if elephants or learned == "heavy" else "light"
-            heavy += klass == "heavy"
-            kv = {"ovsfoot-footprint": klass, "ovsfoot-elephants": str(elephants)}
-            if learned:
-                kv["ovsfoot-workload-class"] = learned
+            kv = contract.PortKeys.format(fp.elephants if fp else 0, self.klass(port.workload))
+            heavy += kv[contract.FOOTPRINT] == contract.HEAVY
             interfaces[port.interface] = kv
-        total = len(self.footprints.active)
-        node = {"ovsfoot-footprint": "heavy" if total or heavy else "light",
-                "ovsfoot-elephants": str(total), "ovsfoot-heavy-ports": str(heavy)}
-        return interfaces, node
+        return interfaces, contract.NodeKeys.format(len(self.footprints.active), heavy)
 
     # -- the loop ---------------------------------------------------------
     def run_once(self) -> None:
@@ -178,17 +185,19 @@ class Agent:
         if mono >= self._next_tick:
             self.learner.tick(now)
             self._next_tick = mono + TICK_EVERY_S
-        if self.southbound is not None and self.southbound.run():
+        if self.cleanup is not None:
+            self.cleanup.run()
+        if self.cluster is not None and self.cluster.run():
             self._generation = None         # another chassis learned something
         gen = (self.footprints.generation, len(self.learner.records),
-               sum(r.heavy for r in self.learner.records.values()))
+               sum(r.heavy for r in self.learner.records.values()), self._next_tick)
         if gen != self._generation:
             self._generation = gen
             interfaces, node = self.desired()
             self.publisher.publish(interfaces, node)
-            if self.southbound is not None:
-                self.southbound.publish(node, {w: r.klass for w, r in
-                                               self.learner.records.items()})
+            if self.cluster is not None:
+                self.cluster.publish(node, {w: Lesson(r.klass, r.score)
+                                            for w, r in self.learner.records.items()})
         self.publisher.run()
         if self.state and self.learner.dirty and mono >= self._next_save:
             self.save_state()
@@ -205,8 +214,9 @@ class Agent:
             return
         self.source.wait(poller)
         self.publisher.wait(poller)
-        if self.southbound is not None:
-            self.southbound.wait(poller)
+        for x in (self.cluster, self.cleanup):
+            if x is not None:
+                x.wait(poller)
         expiry = self.detector.next_expiry()
         if expiry is not None and self.source.clock is time.time_ns:   # live, not replayed
             poller.timer_wait(max(0, (expiry - time.time_ns()) // 1_000_000) + 1)
@@ -231,7 +241,9 @@ class Agent:
         self.save_state()
         if withdraw:
             self.publisher.withdraw()
-        if self.southbound is not None:
-            self.southbound.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        if self.cleanup is not None:
+            self.cleanup.close()
         self.source.close()
         self.db.idl.close()

@@ -15,10 +15,10 @@ Writing: only `ovsfoot-workload` (the workload identity, an input of the agent) 
 through the CNI plugin, its marker `ovsfoot-cni`; always with setkey/delkey, so
 other writers' keys are never touched, and never a `ct-zone-*` key.
 
-Reading: the keys the agent publishes (README, "OVSDB keys"): on each Interface
-`ovsfoot-footprint`, `ovsfoot-elephants`, `ovsfoot-workload-class`, `ovsfoot-ts`;
-on the Open_vSwitch row `ovsfoot-footprint`, `ovsfoot-elephants`,
-`ovsfoot-heavy-ports`, `ovsfoot-ts`.
+Reading: the keys the agent publishes (contract.py, README "OVSDB keys"): on
+each Interface `ovsfoot-footprint`, `ovsfoot-elephants`, `ovsfoot-workload-class`,
+`ovsfoot-ts`; on the integration bridge's Bridge row (`ovn-bridge`, default
+br-int) `ovsfoot-footprint`, `ovsfoot-elephants`, `ovsfoot-heavy-ports`, `ovsfoot-ts`.
 
 Errors are `api.Error` subclasses: `DatabaseUnavailable`, `UnknownInterface`,
 `AmbiguousInterface`, `MalformedValue`, `Timeout`.
@@ -27,7 +27,6 @@ Errors are `api.Error` subclasses: `DatabaseUnavailable`, `UnknownInterface`,
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Iterable
@@ -35,7 +34,7 @@ from typing import Iterable
 import ovs.db.idl
 import ovs.poller
 
-from ovsfoot.attribution import workload_of
+from ovsfoot import contract
 from ovsfoot.ovsdb import default_remote, open_idl
 
 log = logging.getLogger(__name__)
@@ -44,14 +43,13 @@ __all__ = ["Node", "PortFootprint", "WorkloadFootprint", "NodeFootprint", "Inter
            "Error", "DatabaseUnavailable", "UnknownInterface", "AmbiguousInterface",
            "MalformedValue", "Timeout", "WORKLOAD_KEY", "CNI_MARKER_KEY", "validate_workload"]
 
-WORKLOAD_KEY = "ovsfoot-workload"       # input: the workload identity of a port
-CNI_MARKER_KEY = "ovsfoot-cni"          # input: the container whose CNI ADD set the identity
+WORKLOAD_KEY = contract.WORKLOAD       # input: the workload identity of a port
+CNI_MARKER_KEY = contract.CNI_MARKER   # input: the container whose CNI ADD set the identity
 _WRITABLE = frozenset({WORKLOAD_KEY, CNI_MARKER_KEY})
-_CLASSES = ("heavy", "light")
-_WORKLOAD_RE = re.compile(r"^[^\s\x00-\x1f\x7f]{1,253}$")
 
 TABLES = {
     "Open_vSwitch": ["external_ids"],
+    "Bridge": ["name", "external_ids"],
     "Interface": ["name", "external_ids", "mac_in_use"],
 }
 
@@ -92,7 +90,7 @@ class InterfaceInfo:
     @property
     def workload(self) -> str | None:
         """The workload identity the agent gives this port (None while it is unbound)."""
-        return workload_of(self.iface_id, self.external_ids) if self.iface_id else None
+        return contract.workload_of(self.iface_id, self.external_ids) if self.iface_id else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +131,7 @@ class WorkloadFootprint:
 
 @dataclass(frozen=True, slots=True)
 class NodeFootprint:
-    """What the agent published on the Open_vSwitch row (None: not published)."""
+    """What the agent published on the integration bridge (None: not published)."""
 
     footprint: str | None
     elephants: int | None
@@ -151,33 +149,17 @@ class NodeFootprint:
 
 def validate_workload(workload: str) -> str:
     """The workload identity stripped; MalformedValue if empty, too long or with spaces."""
-    if not isinstance(workload, str):
-        raise MalformedValue(f"workload must be a string, not {type(workload).__name__}")
-    w = workload.strip()
-    if not _WORKLOAD_RE.match(w):
-        raise MalformedValue(f"invalid workload identity {workload!r}: 1-253 characters, "
-                             "no whitespace or control characters")
-    return w
-
-
-def _int(ids: dict[str, str], key: str, where: str) -> int | None:
-    v = ids.get(key)
-    if v is None:
-        return None
     try:
-        n = int(v)
-        if n < 0:
-            raise ValueError
-        return n
-    except ValueError:
-        raise MalformedValue(f"{where}: {key}={v!r} is not a non-negative integer") from None
+        return contract.validate_workload(workload)
+    except contract.ContractError as e:
+        raise MalformedValue(str(e)) from None
 
 
-def _klass(ids: dict[str, str], key: str, where: str) -> str | None:
-    v = ids.get(key)
-    if v is not None and v not in _CLASSES:
-        raise MalformedValue(f"{where}: {key}={v!r} is neither heavy nor light")
-    return v
+def _parse(keys, ids: dict[str, str], where: str):
+    try:
+        return keys.parse(ids, where)
+    except contract.ContractError as e:
+        raise MalformedValue(str(e)) from None
 
 
 def _norm_mac(mac: str) -> str:
@@ -390,13 +372,11 @@ class Node:
     def port_footprint(self, interface: str) -> PortFootprint:
         """The footprint the agent published on the Interface."""
         info = self.interface(interface)
-        ids, where = info.external_ids, f"Interface {interface}"
+        keys = _parse(contract.PortKeys, info.external_ids, f"Interface {interface}")
         return PortFootprint(
             interface=info.name, iface_id=info.iface_id, workload=info.workload,
-            footprint=_klass(ids, "ovsfoot-footprint", where),
-            elephants=_int(ids, "ovsfoot-elephants", where),
-            workload_class=_klass(ids, "ovsfoot-workload-class", where),
-            updated_ms=_int(ids, "ovsfoot-ts", where))
+            footprint=keys.footprint, elephants=keys.elephants,
+            workload_class=keys.workload_class, updated_ms=keys.updated_ms)
 
     def wait_port(self, interface: str, pred, timeout: float,
                   raise_timeout: bool = True) -> PortFootprint:
@@ -421,20 +401,21 @@ class Node:
         classes = {p.workload_class for p in ports if p.workload_class}
         return WorkloadFootprint(
             workload=workload, ports=ports,
-            footprint=("heavy" if any(p.heavy for p in published) else "light")
+            footprint=contract.classify(heavy_ports=sum(p.heavy for p in published))
             if published else None,
             elephants=sum(p.elephants or 0 for p in ports),
-            workload_class="heavy" if "heavy" in classes else classes.pop() if classes
-            else None)
+            workload_class=contract.merge_classes(classes))
 
     def node_footprint(self) -> NodeFootprint:
-        """The node's footprint (the Open_vSwitch row)."""
+        """The node's footprint (on the integration bridge, `ovn-bridge` or br-int)."""
         self.refresh()
         root = next(iter(self._rows("Open_vSwitch")), None)
         if root is None:
             raise Error(f"{self.remote} has no Open_vSwitch row (ovs-vsctl init?)")
-        ids, where = dict(root.external_ids), "Open_vSwitch"
-        return NodeFootprint(footprint=_klass(ids, "ovsfoot-footprint", where),
-                             elephants=_int(ids, "ovsfoot-elephants", where),
-                             heavy_ports=_int(ids, "ovsfoot-heavy-ports", where),
-                             updated_ms=_int(ids, "ovsfoot-ts", where))
+        name = contract.integration_bridge(dict(root.external_ids))
+        bridge = next((b for b in self._rows("Bridge") if b.name == name), None)
+        if bridge is None:
+            raise Error(f"{self.remote} has no bridge {name} (is ovn-controller running?)")
+        keys = _parse(contract.NodeKeys, dict(bridge.external_ids), f"Bridge {name}")
+        return NodeFootprint(footprint=keys.footprint, elephants=keys.elephants,
+                             heavy_ports=keys.heavy_ports, updated_ms=keys.updated_ms)

@@ -13,51 +13,20 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 from dataclasses import dataclass
 
+from ovsfoot.contract import IP, ZONE_PREFIX
 from ovsfoot.events import FlowEvent
 
 log = logging.getLogger(__name__)
 
-ZONE_PREFIX = "ct-zone-"
 ROUTER_SUFFIXES = ("_dnat", "_snat")
 HISTORY_NS = 3600 * 10**9          # how long a released zone's owner is remembered
-
-# Kubernetes pod names of controllers: <deployment>-<pod-template-hash>-<5>,
-# <daemonset|job>-<5>, <statefulset>-<ordinal>. ovn-kubernetes names the
-# logical port <namespace>_<pod>.
-_K8S_ALNUM = "[bcdfghjklmnpqrstvwxz2456789]"
-_OVNK_IFACE_ID = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)_([a-z0-9]([-.a-z0-9]*[a-z0-9])?)$")
-_POD_SUFFIXES = (re.compile(rf"^(.+)-{_K8S_ALNUM}{{6,10}}-{_K8S_ALNUM}{{5}}$"),
-                 re.compile(rf"^(.+)-{_K8S_ALNUM}{{5}}$"),
-                 re.compile(r"^(.+)-\d+$"))
-
-
-def workload_of(iface_id: str, external_ids: dict[str, str]) -> str:
-    """The workload identity of a port, most explicit source first."""
-    explicit = external_ids.get("ovsfoot-workload", "").strip()
-    if explicit:
-        return explicit
-    m = _OVNK_IFACE_ID.match(iface_id)
-    if m:
-        namespace, pod = m.group(1), m.group(3)
-        for pattern in _POD_SUFFIXES:
-            owner = pattern.match(pod)
-            if owner:
-                pod = owner.group(1)
-                break
-        return f"{namespace}/{pod}"
-    for key in ("vm-id", "vm-uuid"):
-        if external_ids.get(key):
-            return f"vm:{external_ids[key]}"
-    return iface_id
-
 
 def port_addresses(external_ids: dict[str, str]) -> frozenset[str]:
     """IP addresses of a port: `ip_addresses` (ovn-kubernetes) or `ovsfoot-ip`."""
     out = set()
-    for key in ("ip_addresses", "ovsfoot-ip"):
+    for key in ("ip_addresses", IP):
         for item in external_ids.get(key, "").replace(" ", ",").split(","):
             if not item:
                 continue

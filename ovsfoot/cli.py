@@ -52,6 +52,17 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                    help="an elephant idle this long has ended (default %(default)s)")
 
 
+def _cluster_args(p: argparse.ArgumentParser, what: str, required: bool = False) -> None:
+    g = p.add_argument_group("cluster database")
+    g.add_argument("--cluster-db", metavar="REMOTE[,REMOTE...]", required=required,
+                   help=f"ovsfoot's cluster database to {what}; e.g. "
+                        "ssl:10.0.0.11:6644,ssl:10.0.0.12:6644")
+    g.add_argument("-p", "--private-key", metavar="FILE", help="SSL private key")
+    g.add_argument("-c", "--certificate", metavar="FILE",
+                   help="SSL certificate (for an agent, its CN is the chassis name)")
+    g.add_argument("-C", "--ca-cert", metavar="FILE", help="SSL CA certificate")
+
+
 def _logging(args) -> None:
     level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
     fmt = logging.Formatter("%(asctime)s|%(name)s|%(levelname)s|%(message)s")
@@ -87,7 +98,8 @@ def cmd_agent(args) -> int:
     ovs.daemon.daemonize_start()
     source = _open(args, thresholds)
     cfg = Config(db=args.db, bridge=args.bridge, thresholds=thresholds, state=state,
-                 heavy_at=args.heavy_at, half_life=args.half_life, sb=args.sb)
+                 heavy_at=args.heavy_at, half_life=args.half_life,
+                 cluster_db=args.cluster_db)
     agent = Agent(cfg, source)
     control = Control(agent, args.unixctl)
     ovs.daemon.daemonize_complete()
@@ -156,9 +168,8 @@ def parser() -> argparse.ArgumentParser:
                    help="elephants (decayed) that make a workload heavy (default 3)")
     a.add_argument("--half-life", type=_positive(float), default=6 * 3600.0,
                    help="seconds for a workload's elephant score to halve (default 6 h)")
-    a.add_argument("--sb", default="auto",
-                   help="OVN Southbound for the cluster view: REMOTE[,REMOTE...], auto "
-                        "(the chassis' ovn-remote, default) or none")
+    _cluster_args(a, "publish this chassis' summary and learned classes to, and read "
+                     "other chassis' from (default: none, no cluster view)")
     a.add_argument("--unixctl", help="control socket (default: $OVS_RUNDIR/ovsfoot.PID.ctl)")
     a.add_argument("--log-file", help="also log to this file")
     a.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
@@ -180,11 +191,10 @@ def parser() -> argparse.ArgumentParser:
     lab.set_defaults(func=cmd_lab, log_file=None)
 
     x = sub.add_parser("scheduler-extender", help="kube-scheduler extender over the "
-                       "footprints the agents publish in the OVN Southbound database")
+                       "footprints the agents publish in the cluster database")
     x.add_argument("--listen", default="127.0.0.1:8899",
                    help="HOST:PORT to serve HTTP on (default %(default)s; port 0: any)")
-    x.add_argument("--sb", required=True,
-                   help="OVN Southbound database: REMOTE[,REMOTE...] (any cluster member)")
+    _cluster_args(x, "read the cluster view from: any member, or a relay", required=True)
     x.add_argument("--node-key", choices=["hostname", "name"], default="hostname",
                    help="Kubernetes node name = Chassis hostname, or Chassis name "
                         "(system-id) (default hostname)")
@@ -203,6 +213,9 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     _logging(args)
     try:
+        if hasattr(args, "ca_cert"):
+            from ovsfoot.ovsdb import configure_ssl
+            configure_ssl(args.private_key, args.certificate, args.ca_cert)
         return args.func(args)
     except (SourceUnavailable, ValueError, OSError) as e:
         log.error("%s", e)

@@ -134,8 +134,7 @@ def _need(env, *names: str) -> None:
 
 def workload_for(cfg: dict, args: dict[str, str]) -> str | None:
     """The pod's workload identity (see the module doc), validated."""
-    from ovsfoot.api import MalformedValue, validate_workload
-    from ovsfoot.attribution import workload_of
+    from ovsfoot.contract import ContractError, pod_workload, validate_workload
 
     rc = cfg.get("runtimeConfig", {}).get("ovsfoot", {})
     ns, pod = args.get("K8S_POD_NAMESPACE", ""), args.get("K8S_POD_NAME", "")
@@ -146,15 +145,13 @@ def workload_for(cfg: dict, args: dict[str, str]) -> str | None:
         if owner:
             candidates.append((f"{ns}/{owner}" if ns else owner, code, where))
     if ns and pod:
-        derived = workload_of(f"{ns}_{pod}", {})
-        candidates.append((derived if derived != f"{ns}_{pod}" else f"{ns}/{pod}",
-                           E_ENV, "K8S_POD_NAMESPACE/K8S_POD_NAME"))
+        candidates.append((pod_workload(ns, pod), E_ENV, "K8S_POD_NAMESPACE/K8S_POD_NAME"))
     candidates.append((cfg.get("workload"), E_CONFIG, "workload"))
     for value, code, where in candidates:
         if value:
             try:
                 return validate_workload(value)
-            except MalformedValue as e:
+            except ContractError as e:
                 raise CniError(code, f"invalid workload from {where}", str(e)) from None
     return None
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable
 
 from ovsfoot.attribution import Attribution
+from ovsfoot.contract import classify
 from ovsfoot.events import FlowEvent, FlowKey, Kind
 from ovsfoot.learning import Learner
 
@@ -26,7 +28,7 @@ class Footprint:
 
     @property
     def klass(self) -> str:
-        return "heavy" if self.elephants or self.learned == "heavy" else "light"
+        return classify(self.elephants, self.learned)
 
     def as_dict(self) -> dict:
         return {"class": self.klass, "elephants": self.elephants, "bytes": self.bytes,
@@ -70,10 +72,11 @@ class Footprints:
             fp.sinks += a.attribution.role == "sink"
         return out
 
-    def workloads(self, names=()) -> dict[str, Footprint]:
+    def workloads(self, learned: Callable[[str], str | None], names=()) -> dict[str, Footprint]:
+        """Per workload, with the class `learned` gives it (here or on other chassis)."""
         out = self.by("workload", list(names) + list(self.learner.records))
         for name, fp in out.items():
-            fp.learned = self.learner.klass(name)
+            fp.learned = learned(name)
         return out
 
     def node(self) -> Footprint:

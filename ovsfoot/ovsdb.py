@@ -30,6 +30,29 @@ def default_remote() -> str:
     return "unix:" + os.path.join(os.environ.get("OVS_RUNDIR", ovs.dirs.RUNDIR), "db.sock")
 
 
+def configure_ssl(private_key: str | None, certificate: str | None,
+                  ca_cert: str | None) -> None:
+    """Credentials for every ssl: remote of this process, as OVS daemons take them
+    (--private-key, --certificate, --ca-cert); all three or none."""
+    given = [f for f in (private_key, certificate, ca_cert) if f]
+    if not given:
+        return
+    if len(given) != 3:
+        raise ValueError("SSL needs all of --private-key, --certificate and --ca-cert")
+    for f in given:
+        if not os.access(f, os.R_OK):
+            raise ValueError(f"cannot read SSL file {f}")
+    ovs.stream.Stream.ssl_set_private_key_file(private_key)
+    ovs.stream.Stream.ssl_set_certificate_file(certificate)
+    ovs.stream.Stream.ssl_set_ca_cert_file(ca_cert)
+
+
+def ssl_ready(remote: str) -> bool:
+    """False if `remote` names an ssl: server but no SSL credentials are configured."""
+    needs = any(r.strip().startswith("ssl:") for r in remote.split(","))
+    return not needs or bool(ovs.stream.Stream._SSL_ca_cert_file)
+
+
 def fetch_schema(remote: str, db: str, timeout_ms: int = 5000) -> dict:
     """The schema of `db` as the server at `remote` has it (raises OSError).
 

@@ -7,7 +7,6 @@ datapath, which tests/test_lab.py covers in the VM.
 import json
 import subprocess
 
-import pytest
 
 from conftest import wait_elephants
 from integration.sandbox import wait_for
@@ -66,17 +65,18 @@ def test_elephant_attributed_published_and_withdrawn(node, agent):
     for mouse in ("p3", "p4"):
         assert iface_ids(node, mouse)["ovsfoot-footprint"] == "light"
         assert iface_ids(node, mouse)["ovsfoot-elephants"] == "0"
-    root = node.ovs.external_ids("Open_vSwitch", ".")
-    assert root["ovsfoot-elephants"] == "2" and root["ovsfoot-footprint"] == "heavy"
-    assert root["ovsfoot-heavy-ports"] == "2"
+    summary = node.ovs.external_ids("Bridge", node.ovs.bridge)     # the node's summary
+    assert summary["ovsfoot-elephants"] == "2" and summary["ovsfoot-footprint"] == "heavy"
+    assert summary["ovsfoot-heavy-ports"] == "2"
+    assert not any(k.startswith("ovsfoot-") for k in node.ovs.external_ids("Open_vSwitch", "."))
 
     # The flow has stopped: it goes idle, ends, and its keys are withdrawn.
     wait_elephants(agent, lambda rows: not rows, what="the elephant to end")
     ids = wait_for(lambda: (i := iface_ids(node, "p1")).get("ovsfoot-elephants") == "0" and i,
                    what="p1's keys withdrawn")
     assert ids["ovsfoot-footprint"] == "light"
-    root = node.ovs.external_ids("Open_vSwitch", ".")
-    assert root["ovsfoot-elephants"] == "0" and root["ovsfoot-footprint"] == "light"
+    summary = node.ovs.external_ids("Bridge", node.ovs.bridge)
+    assert summary["ovsfoot-elephants"] == "0" and summary["ovsfoot-footprint"] == "light"
     assert node.ovs.zones() == zones_before          # ct-zone-* keys are ovn-controller's
 
 

@@ -3,7 +3,8 @@
 import msgpack
 import pytest
 
-from ovsfoot.attribution import Attributor, Port, ZoneMap, workload_of
+from ovsfoot.attribution import Attributor, Port, ZoneMap
+from ovsfoot.contract import workload_of
 from ovsfoot.detection import Detector
 from ovsfoot.events import FlowEvent, FlowKey, Kind, Thresholds
 from ovsfoot.learning import Learner, StateFile

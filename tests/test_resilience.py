@@ -25,7 +25,7 @@ def test_ovsdb_server_restart(node, agent):
     assert agent.alive()
     wait_for(lambda: agent.json("zone/map"), what="agent to resync")
     elephant_published(node, agent)
-    assert "ovsfoot-elephants" in node.ovs.external_ids("Open_vSwitch", ".")
+    assert "ovsfoot-elephants" in node.ovs.external_ids("Bridge", node.ovs.bridge)
 
 
 def test_ovn_controller_restart_zones_follow(node, agent):

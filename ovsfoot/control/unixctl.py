@@ -12,7 +12,7 @@ import logging
 import ovs.unixctl
 import ovs.unixctl.server
 
-from ovsfoot import __version__
+from ovsfoot import __version__, contract
 from ovsfoot.events import Thresholds
 
 log = logging.getLogger(__name__)
@@ -94,14 +94,14 @@ class Control:
         a = self.agent
         interfaces, node = a.desired()
         ports = a.footprints.by("lport", a.attributor.ports)
-        data = {"node": {**a.footprints.node().as_dict(), "class": node["ovsfoot-footprint"],
-                         "heavy_ports": int(node["ovsfoot-heavy-ports"])},
+        data = {"node": {**a.footprints.node().as_dict(), "class": node[contract.FOOTPRINT],
+                         "heavy_ports": int(node[contract.HEAVY_PORTS])},
                 "ports": {}}
-        lines = [f"node: {node['ovsfoot-footprint']}, {node['ovsfoot-elephants']} elephants, "
-                 f"{node['ovsfoot-heavy-ports']} heavy ports"]
+        lines = [f"node: {node[contract.FOOTPRINT]}, {node[contract.ELEPHANTS]} elephants, "
+                 f"{node[contract.HEAVY_PORTS]} heavy ports"]
         for lport, port in sorted(a.attributor.ports.items()):
             fp = ports[lport]
-            klass = interfaces[port.interface]["ovsfoot-footprint"]
+            klass = interfaces[port.interface][contract.FOOTPRINT]
             learned = a.klass(port.workload)
             data["ports"][lport] = {**fp.as_dict(), "class": klass, "learned": learned,
                                     "interface": port.interface, "workload": port.workload}
@@ -141,8 +141,8 @@ class Control:
     def workloads(self):
         a = self.agent
         present = {p.workload for p in a.attributor.ports.values()}
-        cluster = a.southbound.classes if a.southbound else {}
-        fps = a.footprints.workloads(present | cluster.keys())
+        cluster = a.cluster.classes if a.cluster else {}
+        fps = a.footprints.workloads(a.klass, present | cluster.keys())
         data, lines = {}, []
         for name, fp in sorted(fps.items()):
             r = a.learner.records.get(name)
@@ -167,6 +167,8 @@ class Control:
                 "elephants_ended": a.detector.ended, "elephants_active": len(a.detector.elephants),
                 "unattributed": a.unattributed, "transactions": a.publisher.transactions,
                 "publish_failures": a.publisher.failures,
+                "cluster_transactions": a.cluster.transactions if a.cluster else 0,
+                "cluster_failures": a.cluster.failures if a.cluster else 0,
                 "uptime_s": round((time.time_ns() - a.started) / 1e9, 1),
                 "source": a.source.stats()}
         lines = [f"{k}: {v}" for k, v in data.items() if k != "source"]

@@ -15,9 +15,10 @@ from typing import Callable, Hashable, Iterable
 import ovs.db.idl
 import ovs.poller
 
+from ovsfoot.contract import TS
+
 log = logging.getLogger(__name__)
 
-TS = "ovsfoot-ts"
 Txn = ovs.db.idl.Transaction
 Rows = Callable[[], Iterable[tuple[Hashable, object]]]
 

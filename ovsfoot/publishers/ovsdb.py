@@ -1,31 +1,38 @@
 """Publishes footprints into the local Open_vSwitch database.
 
-The contract (see README "OVSDB keys"):
-  Interface     ovsfoot-footprint, ovsfoot-elephants, ovsfoot-workload-class, ovsfoot-ts
-  Open_vSwitch  ovsfoot-footprint, ovsfoot-elephants, ovsfoot-heavy-ports, ovsfoot-ts
-Other ovsfoot- keys (ovsfoot-workload, ovsfoot-ip) are inputs, never touched.
+The contract (contract.py, README "OVSDB keys"):
+  Interface                ovsfoot-footprint, ovsfoot-elephants, ovsfoot-workload-class, ovsfoot-ts
+  Bridge (the integration  ovsfoot-footprint, ovsfoot-elephants, ovsfoot-heavy-ports, ovsfoot-ts
+  bridge): the node
+Not the Open_vSwitch row: any change of it makes ovn-controller recompute all
+of its flows (tests/test_ovn_cost.py measures it). Keys that earlier versions
+wrote there are deleted once. Inputs (ovsfoot-workload, ovsfoot-ip, ovsfoot-cni)
+are never touched.
 """
 
 from __future__ import annotations
 
+from ovsfoot.contract import OUTPUT_KEYS
 from ovsfoot.ovsdb import LocalDb
-from ovsfoot.publishers.externalids import TS, ExternalIdsPublisher
-
-OUTPUT_KEYS = frozenset({"ovsfoot-footprint", "ovsfoot-elephants", "ovsfoot-workload-class",
-                         "ovsfoot-heavy-ports", TS})
-NODE = ("Open_vSwitch", "")
+from ovsfoot.publishers.externalids import ExternalIdsPublisher
 
 
 class OvsdbPublisher(ExternalIdsPublisher):
-    def __init__(self, db: LocalDb, min_interval: float = 0.1):
+    def __init__(self, db: LocalDb, bridge: str, min_interval: float = 0.1):
+        self.bridge = bridge
+
         def rows():
             for iface in db.rows("Interface"):
                 yield ("Interface", iface.name), iface
+            br = db.bridge(self.bridge)
+            if br is not None:
+                yield ("Bridge", self.bridge), br
             root = db.root()
             if root is not None:
-                yield NODE, root
+                yield ("Open_vSwitch", ""), root        # wants nothing: legacy keys go
         super().__init__(db.idl, rows, OUTPUT_KEYS.__contains__, min_interval, db.remote)
 
     def publish(self, interfaces: dict[str, dict[str, str]], node: dict[str, str]) -> None:
-        """What to publish: keys per Interface name, and for the node (root row)."""
-        self.want({**{("Interface", n): kv for n, kv in interfaces.items()}, NODE: node})
+        """What to publish: keys per Interface name, and for the node (the bridge)."""
+        self.want({**{("Interface", n): kv for n, kv in interfaces.items()},
+                   ("Bridge", self.bridge): node})

@@ -1,12 +1,10 @@
-"""The cluster view: what each chassis' agent published in the OVN Southbound database.
+"""The cluster view: what every chassis' agent published in ovsfoot's cluster database.
 
-A python-ovs IDL in its own thread replicates `Chassis` (name, hostname,
-external_ids) and `Chassis_Private` (name, external_ids) from `--sb` (several
-comma-separated remotes for a clustered SB; any member will do, leader or not),
-and rebuilds an immutable `ClusterView` whenever they change; request handlers
-only read the latest view. Keys read (Chassis_Private wins over Chassis):
-`ovsfoot-footprint` (heavy|light), `ovsfoot-elephants`, `ovsfoot-heavy-ports`,
-`ovsfoot-ts`, and `ovsfoot-class-<workload>` = heavy|light.
+A python-ovs IDL in its own thread replicates `Chassis` and the heavy rows of
+`Workload_Class` from `--cluster-db` (several comma-separated remotes of the
+raft cluster, any member will do, or a relay) and rebuilds an immutable
+`ClusterView` whenever they change; request handlers only read the latest view.
+The schema ships with the package, so nothing blocks on a server that is down.
 """
 
 from __future__ import annotations
@@ -17,77 +15,45 @@ import threading
 import ovs.db.idl
 import ovs.poller
 
-from ovsfoot.ovsdb import fetch_schema
-from ovsfoot.scheduler.scoring import CLASS_PREFIX, CLASSES, ClusterView, NodeFacts
+from ovsfoot import contract
+from ovsfoot.scheduler.scoring import ClusterView, NodeFacts
 
 log = logging.getLogger(__name__)
 
-DB = "OVN_Southbound"
 NODE_KEYS = ("hostname", "name")
 
 
-def _remotes(remote: str) -> list[str]:
-    # the IDL's own splitting: "unix:a,tcp:1.2.3.4:6642" -> two remotes
-    out: list[str] = []
-    for r in remote.split(","):
-        if out and ":" not in r:
-            out[-1] += "," + r
-        elif r:
-            out.append(r)
-    return out
+def _facts(row) -> NodeFacts:
+    """Facts of a Chassis row (the schema has already checked its types and ranges)."""
+    return NodeFacts(row["name"], row["hostname"], row["footprint"], row["elephants"],
+                     row["heavy_ports"], row["updated"])
 
 
-def _facts(chassis: str, hostname: str, ids: dict[str, str]) -> NodeFacts:
-    footprint = ids.get("ovsfoot-footprint")
-    if footprint is None:
-        return NodeFacts(chassis, hostname, None)
-    try:
-        if footprint not in CLASSES:
-            raise ValueError(f"ovsfoot-footprint={footprint!r}")
-        ints = []
-        for key in ("ovsfoot-elephants", "ovsfoot-heavy-ports"):
-            n = int(ids.get(key, "0"))
-            if n < 0:
-                raise ValueError(f"{key}={n}")
-            ints.append(n)
-        ts = int(ids["ovsfoot-ts"]) if "ovsfoot-ts" in ids else None
-    except ValueError as e:
-        log.warning("chassis %s: ignoring malformed ovsfoot keys (%s)", chassis, e)
-        return NodeFacts(chassis, hostname, None)
-    return NodeFacts(chassis, hostname, footprint, ints[0], ints[1], ts)
+def build_view(chassis: list[dict], classes: list[dict], node_key: str) -> ClusterView:
+    """A view from Chassis rows and Workload_Class rows (dicts of their columns)."""
+    by_key: dict[str, NodeFacts] = {}
+    for row in chassis:
+        facts = _facts(row)
+        key = facts.hostname if node_key == "hostname" else facts.chassis
+        if not key:
+            continue
+        if key in by_key:
+            log.warning("two chassis map to node %s (%s, %s): using the first",
+                        key, by_key[key].chassis, facts.chassis)
+        else:
+            by_key[key] = facts
+    merged: dict[str, list[str]] = {}
+    for row in classes:
+        merged.setdefault(row["workload"], []).append(row["class"])
+    return ClusterView(by_key, {w: contract.merge_classes(c) for w, c in merged.items()},
+                       synced=True)
 
 
-def build_view(chassis_rows: list[tuple[str, str, dict]], private_rows: list[tuple[str, dict]],
-               node_key: str) -> ClusterView:
-    """A view from (name, hostname, external_ids) of Chassis and (name, external_ids)
-    of Chassis_Private rows."""
-    merged: dict[str, tuple[str, dict]] = {}
-    for name, hostname, ids in chassis_rows:
-        merged[name] = (hostname, {k: v for k, v in ids.items() if k.startswith("ovsfoot-")})
-    for name, ids in private_rows:
-        hostname, have = merged.get(name, ("", {}))
-        merged[name] = (hostname, {**have, **{k: v for k, v in ids.items()
-                                              if k.startswith("ovsfoot-")}})
-    by_key, classes = {}, {}
-    for name, (hostname, ids) in merged.items():
-        facts = _facts(name, hostname, ids)
-        key = hostname if node_key == "hostname" else name
-        if key:
-            if key in by_key:
-                log.warning("two chassis map to node %s (%s, %s): using the first",
-                            key, by_key[key].chassis, name)
-            else:
-                by_key[key] = facts
-        for k, v in ids.items():
-            if k.startswith(CLASS_PREFIX) and v in CLASSES and len(k) > len(CLASS_PREFIX):
-                workload = k[len(CLASS_PREFIX):]
-                if classes.get(workload) != "heavy":
-                    classes[workload] = v
-    return ClusterView(by_key, classes, synced=True)
+class ClusterDbView:
+    """Keeps a `ClusterView` of the cluster database up to date in a thread."""
 
-
-class SbView:
-    """Keeps a `ClusterView` of the Southbound database up to date in a thread."""
+    CHASSIS = ("name", "hostname", "footprint", "elephants", "heavy_ports", "updated")
+    CLASSES = ("workload", "chassis", "class")
 
     def __init__(self, remote: str, node_key: str = "hostname"):
         if node_key not in NODE_KEYS:
@@ -95,12 +61,11 @@ class SbView:
         self.remote, self.node_key = remote, node_key
         self.view = ClusterView()
         self.connected = False
-        self.chassis = 0
         self.updates = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sb-view", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="cluster-view", daemon=True)
 
-    def start(self) -> "SbView":
+    def start(self) -> "ClusterDbView":
         self._thread.start()
         return self
 
@@ -109,57 +74,38 @@ class SbView:
         self._thread.join(5)
 
     def status(self) -> dict:
-        return {"sb": self.remote, "synced": self.view.synced, "connected": self.connected,
-                "chassis": self.chassis, "updates": self.updates, "node_key": self.node_key,
+        return {"cluster_db": self.remote, "synced": self.view.synced,
+                "connected": self.connected, "chassis": len(self.view.by_key),
+                "updates": self.updates, "node_key": self.node_key,
                 "workload_classes": len(self.view.classes)}
 
-    def _schema(self) -> dict | None:
-        warned = False
-        while not self._stop.is_set():
-            errors = []
-            for r in _remotes(self.remote):
-                try:
-                    return fetch_schema(r, DB)
-                except OSError as e:
-                    errors.append(f"{r}: {e.strerror or e}")
-            if not warned:
-                log.warning("waiting for the Southbound database (%s); nodes score as "
-                            "unknown meanwhile", "; ".join(errors))
-                warned = True
-            self._stop.wait(1.0)
-        return None
-
     def _run(self) -> None:
-        schema = self._schema()
-        if schema is None:
-            return
-        helper = ovs.db.idl.SchemaHelper(schema_json=schema)
-        helper.register_columns("Chassis", ["name", "hostname", "external_ids"])
-        private = "Chassis_Private" in schema.get("tables", {})
-        if private:
-            helper.register_columns("Chassis_Private", ["name", "external_ids"])
+        helper = ovs.db.idl.SchemaHelper(location=contract.cluster_schema_path())
+        helper.register_columns("Chassis", list(self.CHASSIS))
+        helper.register_columns("Workload_Class", list(self.CLASSES))
         idl = ovs.db.idl.Idl(self.remote, helper, leader_only=False)
-        seqno = None
+        idl.cond_change("Workload_Class", [["class", "==", contract.HEAVY]])
+        seqno, warned = None, False
         try:
             while not self._stop.is_set():
                 idl.run()
                 self.connected = idl._session.is_connected()
+                if not self.connected and not warned and not idl.has_ever_connected():
+                    log.warning("waiting for the cluster database %s; nodes score as "
+                                "unknown meanwhile", self.remote)
+                    warned = True
                 if idl.has_ever_connected() and idl.change_seqno != seqno:
                     seqno = idl.change_seqno
-                    chassis = [(r.name, r.hostname, dict(r.external_ids))
-                               for r in idl.tables["Chassis"].rows.values()]
-                    privs = [(r.name, dict(r.external_ids))
-                             for r in idl.tables["Chassis_Private"].rows.values()] \
-                        if private else []
-                    self.view = build_view(chassis, privs, self.node_key)
-                    self.chassis = len(chassis)
+                    self.view = build_view(
+                        [{c: getattr(r, c) for c in self.CHASSIS}
+                         for r in idl.tables["Chassis"].rows.values()],
+                        [{c: getattr(r, c) for c in self.CLASSES}
+                         for r in idl.tables["Workload_Class"].rows.values()],
+                        self.node_key)
                     self.updates += 1
-                    log.debug("cluster view: %d chassis, %d learned classes", len(chassis),
-                              len(self.view.classes))
                 poller = ovs.poller.Poller()
                 idl.wait(poller)
                 poller.timer_wait(500)
                 poller.block()
         finally:
             idl.close()
-

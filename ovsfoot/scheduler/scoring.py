@@ -1,32 +1,33 @@
 """Placement logic of the scheduler extender, free of I/O: pod class, node facts, scores.
 
 A pod's class, first match wins: the annotation, then the label
-`ovsfoot.io/footprint: light|heavy`; the class its workload learned on any node
-(`ovsfoot-class-<namespace>/<owner>` in the cluster view); else light.
+`ovsfoot.io/footprint: light|heavy`; the class its workload (`<namespace>/<owner>`)
+learned on any chassis (the cluster database's Workload_Class); else light.
 
 Scores are 0-10, `round(10 * 2 / (2 + load))`: 10 on a quiet node, 7 at load 1,
 5 at load 2, 3 at load 4. A light pod's load is the node's active elephants plus
 its heavy ports (queues it would share); a heavy pod's load is the node's heavy
 ports plus half its elephants, so heavy pods spread away from each other. A node
 the cluster view does not know (no chassis, or no agent publishing) gets 5.
+
+Assumed load: once a heavy pod is ranked best on a node, it counts there as a
+heavy port until the node's agent reports one more heavy port, or for
+`ASSUME_S` seconds; so a burst of heavy pods, scheduled faster than the agents
+report, spreads instead of piling onto the node that was quiet a moment ago.
 """
 
 from __future__ import annotations
 
-import re
+import dataclasses
+import threading
 from dataclasses import dataclass, field
 
-from ovsfoot.attribution import workload_of
+from ovsfoot.contract import CLASSES, HEAVY, LIGHT, RS_HASH, pod_workload
 
 LABEL = "ovsfoot.io/footprint"
-CLASSES = ("light", "heavy")
 MAX_SCORE = 10
 UNKNOWN_SCORE = 5
-CLASS_PREFIX = "ovsfoot-class-"
-
-# pod-template-hash of a ReplicaSet's name (the alphabet of Kubernetes' SafeEncodeString)
-_K8S_ALNUM = "[bcdfghjklmnpqrstvwxz2456789]"
-_RS_HASH = re.compile(rf"^(.+)-{_K8S_ALNUM}{{6,10}}$")
+ASSUME_S = 60.0
 
 
 class BadRequest(ValueError):
@@ -35,7 +36,7 @@ class BadRequest(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class NodeFacts:
-    """What one chassis' agent published in the Southbound database."""
+    """What one chassis' agent published in the cluster database."""
 
     chassis: str                    # Chassis name (system-id)
     hostname: str
@@ -60,7 +61,7 @@ class ClusterView:
 
     by_key: dict[str, NodeFacts] = field(default_factory=dict)
     classes: dict[str, str] = field(default_factory=dict)
-    synced: bool = False            # the Southbound database was read at least once
+    synced: bool = False            # the cluster database was read at least once
 
     def node(self, name: str) -> NodeFacts | None:
         facts = self.by_key.get(name)
@@ -122,13 +123,11 @@ class PodInfo:
                 h = self.labels.get("pod-template-hash")
                 if h and name.endswith(f"-{h}"):
                     name = name[:-len(h) - 1]
-                elif m := _RS_HASH.match(name):
+                elif m := RS_HASH.match(name):
                     name = m.group(1)
             return f"{self.namespace}/{name}"
         # no owner given: the pod name with its controller suffix stripped, as the agents do
-        lport = f"{self.namespace}_{self.name}"
-        derived = workload_of(lport, {})
-        return derived if derived != lport else f"{self.namespace}/{self.name}"
+        return pod_workload(self.namespace, self.name)
 
 
 def pod_class(pod: PodInfo, view: ClusterView) -> tuple[str, str]:
@@ -142,7 +141,7 @@ def pod_class(pod: PodInfo, view: ClusterView) -> tuple[str, str]:
     learned = view.classes.get(pod.workload)
     if learned:
         return learned, f"workload {pod.workload} learned {learned}"
-    return "light", "default"
+    return LIGHT, "default"
 
 
 def candidate_names(args: dict) -> tuple[list[str], bool]:
@@ -186,7 +185,7 @@ def parse_args(body: bytes) -> tuple[PodInfo, list[str], bool, dict]:
 
 # -- scoring ------------------------------------------------------------------
 def load(facts: NodeFacts, klass: str) -> float:
-    if klass == "heavy":
+    if klass == HEAVY:
         return facts.heavy_ports + 0.5 * facts.elephants
     return facts.elephants + facts.heavy_ports
 
@@ -197,21 +196,71 @@ def score(facts: NodeFacts | None, klass: str) -> int:
     return max(0, min(MAX_SCORE, round(MAX_SCORE * 2 / (2 + load(facts, klass)))))
 
 
-def prioritize(pod: PodInfo, names: list[str], view: ClusterView) -> list[dict]:
+@dataclass(slots=True)
+class _Pending:
+    baseline: int                   # the node's heavy ports last seen
+    expiries: list[float]           # one per heavy pod not reported yet
+
+
+class Assumptions:
+    """Heavy pods ranked best on a node that its agent has not reported yet."""
+
+    def __init__(self, ttl: float = ASSUME_S):
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._by_chassis: dict[str, _Pending] = {}
+
+    def facts(self, facts: NodeFacts | None, now: float) -> NodeFacts | None:
+        """`facts` with the node's pending heavy pods counted as heavy ports."""
+        if facts is None or not facts.known:
+            return facts
+        with self._lock:
+            p = self._by_chassis.get(facts.chassis)
+            if p is None:
+                return facts
+            reported = max(0, facts.heavy_ports - p.baseline)   # each settles the oldest
+            p.expiries = [e for e in p.expiries[reported:] if e > now]
+            p.baseline = facts.heavy_ports
+            if not p.expiries:
+                del self._by_chassis[facts.chassis]
+                return facts
+            return dataclasses.replace(facts, heavy_ports=facts.heavy_ports + len(p.expiries))
+
+    def assume(self, facts: NodeFacts, now: float) -> None:
+        with self._lock:
+            p = self._by_chassis.setdefault(facts.chassis, _Pending(facts.heavy_ports, []))
+            p.expiries.append(now + self.ttl)
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(len(p.expiries) for p in self._by_chassis.values())
+
+
+def prioritize(pod: PodInfo, names: list[str], view: ClusterView,
+               assumed: Assumptions | None = None, now: float = 0.0) -> list[dict]:
+    """Scores per node; a heavy pod is assumed onto the best-ranked known node."""
     klass, _ = pod_class(pod, view)
-    return [{"Host": n, "Score": score(view.node(n), klass)} for n in names]
+    facts = {n: view.node(n) for n in names}
+    if assumed is not None:
+        facts = {n: assumed.facts(f, now) for n, f in facts.items()}
+    out = [{"Host": n, "Score": score(facts[n], klass)} for n in names]
+    known = [p for p in out if facts[p["Host"]] is not None and facts[p["Host"]].known]
+    if assumed is not None and klass == HEAVY and known:
+        best = max(known, key=lambda p: p["Score"])       # the first of equals
+        assumed.assume(view.node(best["Host"]), now)
+    return out
 
 
 def filter_nodes(pod: PodInfo, names: list[str], view: ClusterView,
                  filter_heavy: bool) -> tuple[list[str], dict[str, str]]:
     """(nodes kept, {node: why it failed}); drops nothing unless `filter_heavy`."""
     klass, _ = pod_class(pod, view)
-    if not filter_heavy or klass != "light":
+    if not filter_heavy or klass != LIGHT:
         return names, {}
     failed = {}
     for n in names:
         f = view.node(n)
-        if f is not None and f.footprint == "heavy":
+        if f is not None and f.footprint == HEAVY:
             failed[n] = (f"ovsfoot: node carries heavy traffic ({f.elephants} elephants, "
                          f"{f.heavy_ports} heavy ports) and the pod is light")
     if len(failed) == len(names):

@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ovsfoot import __version__
 from ovsfoot.scheduler import scoring
-from ovsfoot.scheduler.sbview import SbView
+from ovsfoot.scheduler.clusterview import ClusterDbView
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,14 @@ MAX_BODY = 64 << 20
 class Extender:
     """The two verbs over the current cluster view."""
 
-    def __init__(self, view: SbView, filter_heavy: bool = False):
-        self.sb = view
+    def __init__(self, view: ClusterDbView, filter_heavy: bool = False):
+        self.cluster = view
         self.filter_heavy = filter_heavy
+        self.assumed = scoring.Assumptions()
 
     def filter(self, body: bytes) -> dict:
         pod, names, as_list, args = scoring.parse_args(body)
-        view = self.sb.view
+        view = self.cluster.view
         kept, failed = scoring.filter_nodes(pod, names, view, self.filter_heavy)
         klass, why = scoring.pod_class(pod, view)
         log.info("filter %s/%s (%s: %s): %d of %d nodes kept", pod.namespace, pod.name,
@@ -55,8 +57,8 @@ class Extender:
 
     def prioritize(self, body: bytes) -> list[dict]:
         pod, names, _, _ = scoring.parse_args(body)
-        view = self.sb.view
-        out = scoring.prioritize(pod, names, view)
+        view = self.cluster.view
+        out = scoring.prioritize(pod, names, view, self.assumed, time.monotonic())
         klass, why = scoring.pod_class(pod, view)
         log.info("prioritize %s/%s (%s: %s): %s", pod.namespace, pod.name, klass, why,
                  " ".join(f"{p['Host']}={p['Score']}" for p in out))
@@ -84,7 +86,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path.split("?", 1)[0] == "/healthz":
-            self._send(200, self.extender.sb.status())
+            self._send(200, {**self.extender.cluster.status(),
+                             "assumed_heavy_pods": self.extender.assumed.pending()})
         else:
             self._send(404, f"no such path {self.path}: GET /healthz, POST "
                        f"<prefix>/filter or <prefix>/prioritize\n", "text/plain")
@@ -150,12 +153,12 @@ def make_server(listen: str, extender: Extender) -> ThreadingHTTPServer:
 
 
 def serve(args) -> int:
-    view = SbView(args.sb, args.node_key).start()
+    view = ClusterDbView(args.cluster_db, args.node_key).start()
     extender = Extender(view, args.filter_heavy)
     server = make_server(args.listen, extender)
     host, port = server.server_address[:2]
     log.info("scheduler extender on %s:%d, cluster view from %s (nodes by %s)%s", host, port,
-             args.sb, args.node_key, ", filtering heavy nodes for light pods"
+             args.cluster_db, args.node_key, ", filtering heavy nodes for light pods"
              if args.filter_heavy else "")
     shown = f"[{host}]" if ":" in host else host
     print(f"ovsfoot scheduler-extender listening on http://{shown}:{port}", flush=True)

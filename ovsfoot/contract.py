@@ -1,0 +1,208 @@
+"""The contract with consumers: key names, their values, and who a workload is.
+
+Everything ovsfoot publishes or reads in OVSDB is named and parsed here, and so
+is the one rule that makes a port, a workload or a node heavy. The publishers,
+the unixctl views, the library (api), the CNI plugin and the scheduler extender
+all use this module, so they cannot disagree.
+
+Local Open_vSwitch database, external_ids (README, "OVSDB keys"):
+  Interface (a bound port)   footprint, elephants, workload-class, ts
+  Bridge (the integration    footprint, elephants, heavy-ports, ts  (the node summary;
+  bridge, e.g. br-int)       not on the Open_vSwitch row, whose every change makes
+                             ovn-controller recompute all its flows)
+Inputs ovsfoot reads and never publishes: workload, ip, cni (the CNI marker).
+The cluster view has its own typed schema (cluster.ovsschema).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+PREFIX = "ovsfoot-"
+ZONE_PREFIX = "ct-zone-"            # ovn-controller's: read, never written
+
+HEAVY, LIGHT = "heavy", "light"
+CLASSES = (LIGHT, HEAVY)
+
+# published
+FOOTPRINT = "ovsfoot-footprint"
+ELEPHANTS = "ovsfoot-elephants"
+WORKLOAD_CLASS = "ovsfoot-workload-class"
+HEAVY_PORTS = "ovsfoot-heavy-ports"
+TS = "ovsfoot-ts"
+PORT_KEYS = frozenset({FOOTPRINT, ELEPHANTS, WORKLOAD_CLASS, TS})
+NODE_KEYS = frozenset({FOOTPRINT, ELEPHANTS, HEAVY_PORTS, TS})
+OUTPUT_KEYS = PORT_KEYS | NODE_KEYS
+
+# read
+WORKLOAD = "ovsfoot-workload"       # a port's workload identity (CNI plugin, operator)
+IP = "ovsfoot-ip"                   # a port's addresses, where ip_addresses is not set
+CNI_MARKER = "ovsfoot-cni"          # the container whose CNI ADD set `WORKLOAD`
+
+# the cluster view: a database of its own, typed (see cluster.ovsschema)
+CLUSTER_DB = "OVSFoot_Cluster"
+
+
+def cluster_schema_path() -> str:
+    """cluster.ovsschema, shipped inside the package."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster.ovsschema")
+
+
+# where earlier versions published; an agent deletes these once after an upgrade
+LEGACY_SB_CLASS_PREFIX = "ovsfoot-class-"
+
+
+class ContractError(ValueError):
+    """A value that does not follow the contract."""
+
+
+# -- the rule -------------------------------------------------------------------
+def classify(elephants: int = 0, learned: str | None = None, heavy_ports: int = 0) -> str:
+    """heavy while something is heavy now (elephants, heavy ports) or was learned heavy.
+
+    A port: its elephants and its workload's learned class. A workload: its
+    elephants on this node and its learned class. The node: all elephants and
+    its heavy ports."""
+    return HEAVY if elephants or heavy_ports or learned == HEAVY else LIGHT
+
+
+def merge_classes(classes: Iterable[str | None]) -> str | None:
+    """One learned class from several opinions (this chassis', others'): heavy wins."""
+    seen = {c for c in classes if c in CLASSES}
+    return HEAVY if HEAVY in seen else LIGHT if seen else None
+
+
+# -- values ---------------------------------------------------------------------
+def parse_class(value: str | None, where: str) -> str | None:
+    if value is not None and value not in CLASSES:
+        raise ContractError(f"{where}: {value!r} is neither heavy nor light")
+    return value
+
+
+def parse_count(value: str | None, where: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ContractError(f"{where}: {value!r} is not a non-negative integer")
+    return n
+
+
+def parse_score(value, where: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = math.nan
+    if not math.isfinite(x) or x < 0:
+        raise ContractError(f"{where}: {value!r} is not a finite non-negative number")
+    return x
+
+
+@dataclass(frozen=True, slots=True)
+class PortKeys:
+    """The keys published on a port's Interface."""
+
+    footprint: str | None
+    elephants: int | None
+    workload_class: str | None
+    updated_ms: int | None
+
+    @classmethod
+    def parse(cls, ids: dict[str, str], where: str) -> "PortKeys":
+        return cls(parse_class(ids.get(FOOTPRINT), f"{where} {FOOTPRINT}"),
+                   parse_count(ids.get(ELEPHANTS), f"{where} {ELEPHANTS}"),
+                   parse_class(ids.get(WORKLOAD_CLASS), f"{where} {WORKLOAD_CLASS}"),
+                   parse_count(ids.get(TS), f"{where} {TS}"))
+
+    @staticmethod
+    def format(elephants: int, learned: str | None) -> dict[str, str]:
+        kv = {FOOTPRINT: classify(elephants, learned), ELEPHANTS: str(elephants)}
+        if learned:
+            kv[WORKLOAD_CLASS] = learned
+        return kv
+
+
+@dataclass(frozen=True, slots=True)
+class NodeKeys:
+    """The node summary, on the integration bridge's Bridge row."""
+
+    footprint: str | None
+    elephants: int | None
+    heavy_ports: int | None
+    updated_ms: int | None
+
+    @classmethod
+    def parse(cls, ids: dict[str, str], where: str) -> "NodeKeys":
+        return cls(parse_class(ids.get(FOOTPRINT), f"{where} {FOOTPRINT}"),
+                   parse_count(ids.get(ELEPHANTS), f"{where} {ELEPHANTS}"),
+                   parse_count(ids.get(HEAVY_PORTS), f"{where} {HEAVY_PORTS}"),
+                   parse_count(ids.get(TS), f"{where} {TS}"))
+
+    @staticmethod
+    def format(elephants: int, heavy_ports: int) -> dict[str, str]:
+        return {FOOTPRINT: classify(elephants, heavy_ports=heavy_ports),
+                ELEPHANTS: str(elephants), HEAVY_PORTS: str(heavy_ports)}
+
+
+def integration_bridge(root_external_ids: dict[str, str]) -> str:
+    """The bridge ovn-controller uses (`external_ids:ovn-bridge`, default br-int)."""
+    return root_external_ids.get("ovn-bridge") or "br-int"
+
+
+# -- identity: pod <-> iface-id <-> workload -------------------------------------
+# Kubernetes pod names of controllers: <deployment>-<pod-template-hash>-<5>,
+# <daemonset|job>-<5>, <statefulset>-<ordinal>. ovn-kubernetes names the
+# logical port <namespace>_<pod>.
+K8S_ALNUM = "[bcdfghjklmnpqrstvwxz2456789]"
+RS_HASH = re.compile(rf"^(.+)-{K8S_ALNUM}{{6,10}}$")
+_OVNK_IFACE_ID = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)_([a-z0-9]([-.a-z0-9]*[a-z0-9])?)$")
+_POD_SUFFIXES = (re.compile(rf"^(.+)-{K8S_ALNUM}{{6,10}}-{K8S_ALNUM}{{5}}$"),
+                 re.compile(rf"^(.+)-{K8S_ALNUM}{{5}}$"),
+                 re.compile(r"^(.+)-\d+$"))
+_WORKLOAD_RE = re.compile(r"^[^\s\x00-\x1f\x7f]{1,253}$")
+
+
+def iface_id(namespace: str, pod: str) -> str:
+    """The logical port ovn-kubernetes gives a pod."""
+    return f"{namespace}_{pod}"
+
+
+def pod_workload(namespace: str, pod: str) -> str:
+    """`<namespace>/<owner>`: the pod name without its controller's suffix."""
+    for pattern in _POD_SUFFIXES:
+        owner = pattern.match(pod)
+        if owner:
+            return f"{namespace}/{owner.group(1)}"
+    return f"{namespace}/{pod}"
+
+
+def workload_of(lport: str, external_ids: dict[str, str]) -> str:
+    """The workload identity of a port, most explicit source first."""
+    explicit = external_ids.get(WORKLOAD, "").strip()
+    if explicit:
+        return explicit
+    m = _OVNK_IFACE_ID.match(lport)
+    if m:
+        return pod_workload(m.group(1), m.group(3))
+    for key in ("vm-id", "vm-uuid"):
+        if external_ids.get(key):
+            return f"vm:{external_ids[key]}"
+    return lport
+
+
+def validate_workload(workload) -> str:
+    """The workload identity stripped; ContractError if empty, too long or with spaces."""
+    if not isinstance(workload, str):
+        raise ContractError(f"workload must be a string, not {type(workload).__name__}")
+    w = workload.strip()
+    if not _WORKLOAD_RE.match(w):
+        raise ContractError(f"invalid workload identity {workload!r}: 1-253 characters, "
+                            "no whitespace or control characters")
+    return w

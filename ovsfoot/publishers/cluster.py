@@ -1,0 +1,180 @@
+"""The cluster view: this chassis' summary and learned classes in ovsfoot's own database.
+
+The database is `OVSFoot_Cluster` (ovsfoot/cluster.ovsschema), a clustered
+OVSDB (raft) of its own: nothing is written to OVN's databases, so neither
+ovn-northd nor ovn-controller ever recomputes because of ovsfoot. With SSL and
+RBAC (`ovsfoot cluster-db`), a chassis may write only the rows that carry its
+name: its `Chassis` row and its `Workload_Class` rows.
+
+Each agent keeps, with at most one transaction per `min_interval` and only
+when something changed:
+  Chassis         name, hostname, footprint, elephants, heavy_ports, updated
+  Workload_Class  (workload, chassis): class, score, updated  - what it learned
+and reads the heavy classes other chassis learned, so that a workload learned
+heavy on one node is classed heavy the moment it is redeployed on another.
+The IDL monitors only this chassis' rows and heavy classes (conditional
+monitoring), so a chassis' traffic does not grow with the size of the cluster.
+The schema ships with the package: connecting never waits for the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import ovs.db.idl
+import ovs.poller
+
+from ovsfoot import contract
+
+log = logging.getLogger(__name__)
+
+Txn = ovs.db.idl.Transaction
+SUMMARY_COLUMNS = ("hostname", "footprint", "elephants", "heavy_ports")
+CLASS_COLUMNS = ("class", "score")
+
+
+@dataclass(frozen=True, slots=True)
+class Lesson:
+    """What this chassis learned about a workload."""
+
+    klass: str
+    score: float
+
+
+class ClusterPublisher:
+    def __init__(self, remote: str, chassis: str, hostname: str, min_interval: float = 1.0):
+        self.remote, self.chassis, self.hostname = remote, chassis, hostname
+        self.min_interval = min_interval
+        helper = ovs.db.idl.SchemaHelper(location=contract.cluster_schema_path())
+        helper.register_columns("Chassis", ["name", *SUMMARY_COLUMNS, "updated"])
+        helper.register_columns("Workload_Class", ["workload", "chassis", *CLASS_COLUMNS,
+                                                   "updated"])
+        self.idl = ovs.db.idl.Idl(remote, helper, leader_only=False)
+        self.idl.cond_change("Chassis", [["name", "==", chassis]])
+        self.idl.cond_change("Workload_Class", [["chassis", "==", chassis],
+                                                ["class", "==", contract.HEAVY]])
+        self.txn: Txn | None = None
+        self.transactions = self.failures = 0
+        self.classes: dict[str, str] = {}           # heavy, as learned on other chassis
+        self._summary: dict | None = None           # None: withdrawn
+        self._lessons: dict[str, Lesson] = {}
+        self._last = 0.0
+        self._seqno = None
+        self._connected = False
+        log.info("cluster view: %s as chassis %s", remote, chassis)
+
+    def publish(self, node: dict[str, str], learned: dict[str, Lesson]) -> None:
+        """The node summary (NodeKeys.format) and this chassis' lessons."""
+        self._summary = {"hostname": self.hostname,
+                         "footprint": node[contract.FOOTPRINT],
+                         "elephants": int(node[contract.ELEPHANTS]),
+                         "heavy_ports": int(node[contract.HEAVY_PORTS])}
+        self._lessons = dict(learned)
+
+    # -- reconciling ------------------------------------------------------------
+    def _rows(self, table: str):
+        return self.idl.tables[table].rows.values()
+
+    def diff(self) -> list[tuple[str, object, dict | None]]:
+        """(table, row or None to insert, columns to set or None to delete)."""
+        out = []
+        chassis = next((r for r in self._rows("Chassis") if r.name == self.chassis), None)
+        if self._summary is None:
+            if chassis is not None:
+                out.append(("Chassis", chassis, None))
+        elif chassis is None or any(getattr(chassis, c) != v for c, v in self._summary.items()):
+            out.append(("Chassis", chassis, {"name": self.chassis, **self._summary}))
+        have = {r.workload: r for r in self._rows("Workload_Class") if r.chassis == self.chassis}
+        for workload, lesson in self._lessons.items():
+            row = have.get(workload)
+            want = {"class": lesson.klass, "score": round(lesson.score, 2)}
+            if row is None or any(getattr(row, c) != v for c, v in want.items()):
+                out.append(("Workload_Class", row,
+                            {"workload": workload, "chassis": self.chassis, **want}))
+        for workload, row in have.items():
+            if workload not in self._lessons:
+                out.append(("Workload_Class", row, None))
+        return out
+
+    def _commit(self) -> None:
+        if self.txn is not None:
+            status = self.txn.commit()
+            if status == Txn.INCOMPLETE:
+                return
+            if status not in (Txn.SUCCESS, Txn.UNCHANGED, Txn.TRY_AGAIN):
+                self.failures += 1
+                log.error("cluster database %s refused an update: %s (%s); will retry",
+                          self.remote, status, self.txn.get_error())
+            self.txn = None
+        if not self.idl.has_ever_connected() or time.monotonic() - self._last < self.min_interval:
+            return
+        changes = self.diff()
+        if not changes:
+            return
+        self._last = time.monotonic()
+        now = time.time_ns() // 1_000_000
+        self.txn = Txn(self.idl)
+        self.txn.add_comment(f"ovsfoot: chassis {self.chassis}")
+        for table, row, cols in changes:
+            if cols is None:
+                row.delete()
+                continue
+            if row is None:
+                row = self.txn.insert(self.idl.tables[table])
+            for c, v in {**cols, "updated": now}.items():
+                setattr(row, c, v)
+        self.transactions += 1
+        self._commit()
+
+    # -- the loop ----------------------------------------------------------------
+    def run(self) -> bool:
+        """True when the classes other chassis learned changed."""
+        self.idl.run()
+        connected = self.idl._session.is_connected()
+        if connected != self._connected:
+            self._connected = connected
+            log.log(logging.INFO if connected else logging.WARNING, "cluster database %s: %s",
+                    self.remote, "connected" if connected else
+                    "not connected; the cluster view waits for it (check --cluster-db)")
+        self._commit()
+        if self.idl.change_seqno == self._seqno:
+            return False
+        self._seqno = self.idl.change_seqno
+        classes: dict[str, str] = {}
+        for r in self._rows("Workload_Class"):
+            if r.chassis != self.chassis and getattr(r, "class") == contract.HEAVY:
+                classes[r.workload] = contract.HEAVY
+        changed, self.classes = classes != self.classes, classes
+        return changed
+
+    def wait(self, poller: ovs.poller.Poller) -> None:
+        self.idl.wait(poller)
+        if self.txn is not None:
+            self.txn.wait(poller)
+        elif self.diff():
+            left = self.min_interval - (time.monotonic() - self._last)
+            poller.timer_wait(max(0, int(left * 1000)) + 1)
+
+    def close(self, timeout: float = 3.0) -> bool:
+        """Withdraws the node summary; the learned classes stay: they are the
+        cluster's memory of workloads, also while this node is down."""
+        self._summary = None
+        self._last = 0.0
+        deadline = time.monotonic() + timeout
+        done = False
+        while time.monotonic() < deadline:
+            self.run()
+            if self.txn is None and self.idl.has_ever_connected() and not self.diff():
+                done = True
+                break
+            poller = ovs.poller.Poller()
+            self.wait(poller)
+            poller.timer_wait(100)
+            poller.block()
+        if not done:
+            log.warning("could not withdraw chassis %s's summary from %s within %.0f s",
+                        self.chassis, self.remote, timeout)
+        self.idl.close()
+        return done
