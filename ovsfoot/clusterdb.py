@@ -45,7 +45,7 @@ SERVER = "ovsdb-server"   # pidfile, log and ctl socket names in DIR
 PERMISSIONS: dict[str, tuple[list[str], bool, list[str]]] = {
     "Chassis": (["name"], True, ["hostname", "footprint", "elephants", "heavy_ports",
                                  "updated"]),
-    "Workload_Class": (["chassis"], True, ["class", "score", "updated"]),
+    "Workload_Class": (["chassis"], True, ["learned", "score", "updated"]),
 }
 
 _TOOLS = {"ovsdb-tool": "openvswitch-common", "ovsdb-server": "openvswitch-common",

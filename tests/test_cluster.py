@@ -1,81 +1,134 @@
-"""The cluster view in OVN Southbound: two chassis, a 3-member clustered SB.
+"""The cluster view in ovsfoot's own clustered database: two chassis, three raft members.
 
 Chassis A learns a workload heavy from a real elephant (kernel conntrack in
-OVN's zones, see conftest.py); chassis B reads it from SB and classes a new
-replica of that workload heavy before it sends a byte. Losing the SB leader
-loses nothing.
+OVN's zones, see conftest.py); chassis B reads it from the cluster database and
+classes a new replica of that workload heavy before it sends a byte. Agents
+connect over SSL with certificates whose CN is their chassis name (RBAC: see
+test_clusterdb.py). Losing the raft leader loses nothing; nothing is written
+to OVN Southbound.
 """
+
+import time
 
 import pytest
 
-from conftest import destroy_node, make_central, make_node
-from integration.sandbox import sh, wait_for
+from conftest import destroy_node, make_central, make_node, wait_elephants
+from integration.clusterdb import ClusterDbSandbox
+from integration.sandbox import wait_for
 
 WEB = "shop/web"
+
+
+def chassis_name(node) -> str:
+    return f"hv-{node.prefix}"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster")
-    central = make_central(tmp, sb_members=3)
-    a = make_node(tmp, "ca", central)
-    b = make_node(tmp, "cb", central, pods={}, own_netns=True, encap_ip="127.0.0.2")
-    agents = [a.agent("--heavy-at=1").start(), b.agent("--heavy-at=1").start()]
-    yield central, a, b, agents
-    for agent in agents:
-        agent.stop()
-    destroy_node(a)
-    destroy_node(b)
-    central.stop_all()
+    db = ClusterDbSandbox(tmp / "db", members=3, ssl=True)
+    central = make_central(tmp)
+    nodes, agents = [], []
+    try:
+        db.start()
+        a = make_node(tmp, "ca", central)
+        nodes.append(a)
+        b = make_node(tmp, "cb", central, pods={}, own_netns=True, encap_ip="127.0.0.2")
+        nodes.append(b)
+        for n in (a, b):
+            key, cert, ca = db.client_creds(chassis_name(n))
+            agents.append(n.agent("--heavy-at=1", f"--cluster-db={db.remote}",
+                                  f"--private-key={key}", f"--certificate={cert}",
+                                  f"--ca-cert={ca}").start())
+        yield db, central, a, b, agents
+    finally:
+        for agent in agents:
+            agent.stop()
+        for n in nodes:
+            destroy_node(n)
+        central.stop_all()
+        db.destroy()
 
 
-def chassis_private(central, node) -> dict[str, str]:
-    name = f"hv-{node.prefix}"
-    out = sh("ovn-sbctl", f"--db={central.sb}", "--bare", "--columns=external_ids", "find",
-             "Chassis_Private", f"name={name}", env=central.env)
-    return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+def chassis_row(db, node):
+    rows = db.rows("Chassis", [["name", "==", chassis_name(node)]])
+    return rows[0] if rows else None
+
+
+def classes(db, node) -> dict[str, str]:
+    return {r["workload"]: r["learned"]
+            for r in db.rows("Workload_Class", [["chassis", "==", chassis_name(node)]])}
 
 
 def test_learned_class_crosses_to_another_chassis(cluster):
-    central, a, b, (agent_a, agent_b) = cluster
+    db, central, a, b, (agent_a, agent_b) = cluster
     a.iperf("p1", "p2", seconds=2)
-    ids = wait_for(lambda: (c := chassis_private(central, a)).get(f"ovsfoot-class-{WEB}") and c,
-                   what="chassis A's learned class in SB")
-    assert ids[f"ovsfoot-class-{WEB}"] == "heavy"
-    assert ids["ovsfoot-footprint"] in ("heavy", "light") and "ovsfoot-ts" in ids
-    ids_b = chassis_private(central, b)
-    assert not any(k.startswith("ovsfoot-class-") for k in ids_b)   # B learned nothing itself
-    assert ids_b["ovsfoot-footprint"] == "light" and ids_b["ovsfoot-elephants"] == "0"
+    wait_for(lambda: classes(db, a).get(WEB) == "heavy", what="chassis A's lesson in the DB")
+    row = wait_for(lambda: chassis_row(db, a), what="chassis A's row")
+    assert row["footprint"] in ("heavy", "light") and row["updated"] > 0
+    row_b = chassis_row(db, b)
+    assert row_b["footprint"] == "light" and row_b["elephants"] == 0
+    assert classes(db, b) == {}                            # B learned nothing itself
     wait_for(lambda: agent_b.json("workload/show").get(WEB, {}).get("cluster") == "heavy",
              what="chassis B to read A's class")
+    assert agent_b.json("workload/show")[WEB]["class"] == "heavy"    # one rule everywhere
     # A replica of shop/web redeployed on chassis B: classed before it sends a byte.
     b.add_pod("b1", "shop_web-7d9f8b6c5d-zz9kq", {}, WEB, 21)
     ids = wait_for(lambda: (i := b.ovs.external_ids("Interface", b.pods["b1"].interface))
                    .get("ovsfoot-workload-class") and i, what="the replica on B to be classed")
     assert ids["ovsfoot-workload-class"] == "heavy" and ids["ovsfoot-footprint"] == "heavy"
     assert ids["ovsfoot-elephants"] == "0"
+    wait_for(lambda: chassis_row(db, b)["heavy_ports"] == 1, what="B's summary: 1 heavy port")
 
 
-def test_sb_leader_loss_loses_nothing(cluster):
-    central, a, b, (agent_a, agent_b) = cluster
-    leader = central.sb_leader()
-    central.stop(leader)
-    wait_for(lambda: central.sb_leader() not in (None, leader), timeout=60,
-             what="a new SB leader")
-    assert chassis_private(central, a)[f"ovsfoot-class-{WEB}"] == "heavy"
-    # A new lesson still crosses: team-a/cache becomes heavy on A and reaches B.
-    a.iperf("p3", "p4", seconds=2, port=5210)
-    wait_for(lambda: chassis_private(central, a).get("ovsfoot-class-team-a/cache") == "heavy",
-             timeout=60, what="the new class in SB after the leader change")
-    wait_for(lambda: agent_b.json("workload/show").get("team-a/cache", {}).get("cluster")
-             == "heavy", timeout=60, what="chassis B to read it")
-    central.start_sb_member(leader)
+def test_at_most_one_transaction_a_second_and_only_on_change(cluster):
+    db, central, a, b, (agent_a, agent_b) = cluster
+
+    def txns():
+        return agent_a.json("stats")["cluster_transactions"]
+    wait_elephants(agent_a, lambda rows: not rows, what="the earlier elephants to end")
+    time.sleep(1.5)
+    quiet = txns()
+    time.sleep(3)
+    assert txns() == quiet                                 # nothing changed: nothing sent
+    start, t0 = txns(), time.monotonic()
+    a.iperf("p3", "p1", seconds=3, port=5211)              # detect, publish, end, withdraw
+    wait_for(lambda: chassis_row(db, a)["elephants"] == 0 and txns() > start,
+             what="A's summary back to 0 elephants")
+    spent = time.monotonic() - t0
+    sent = txns() - start
+    assert 0 < sent <= spent + 1, (sent, spent)
+
+
+def test_raft_leader_loss_loses_nothing(cluster):
+    db, central, a, b, (agent_a, agent_b) = cluster
+    leader = db.leader()
+    db.stop_member(leader)
+    try:
+        wait_for(lambda: db.leader() not in (None, leader), timeout=60,
+                 what="a new raft leader")
+        assert classes(db, a)[WEB] == "heavy"
+        # A new lesson still crosses: team-a/cache becomes heavy on A and reaches B.
+        a.iperf("p3", "p4", seconds=2, port=5210)
+        wait_for(lambda: classes(db, a).get("team-a/cache") == "heavy", timeout=60,
+                 what="the new class after the leader change")
+        wait_for(lambda: agent_b.json("workload/show").get("team-a/cache", {}).get("cluster")
+                 == "heavy", timeout=60, what="chassis B to read it")
+    finally:
+        db.start_member(leader)
     assert agent_a.alive() and agent_b.alive()
+    assert agent_a.json("stats")["cluster_failures"] == 0
+
+
+def test_nothing_in_ovn_southbound(cluster):
+    db, central, a, b, agents = cluster
+    out = central.sbctl("--bare", "--columns=external_ids", "list", "Chassis_Private")
+    assert "ovsfoot-" not in out
 
 
 def test_agent_exit_withdraws_summary_but_keeps_classes(cluster):
-    central, a, b, (agent_a, agent_b) = cluster
+    db, central, a, b, (agent_a, agent_b) = cluster
     assert agent_a.stop() == 0
-    ids = chassis_private(central, a)
-    assert "ovsfoot-footprint" not in ids and "ovsfoot-elephants" not in ids
-    assert ids[f"ovsfoot-class-{WEB}"] == "heavy"
+    assert chassis_row(db, a) is None
+    assert classes(db, a)[WEB] == "heavy"
+    assert chassis_row(db, b) is not None

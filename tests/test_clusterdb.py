@@ -71,13 +71,13 @@ def test_cluster_forms_and_chassis_writes_its_own_rows(cluster):
 
     result = cluster.transact("hv-a", [
         insert("Chassis", chassis_row("hv-a", footprint="heavy", elephants=2, heavy_ports=1)),
-        insert("Workload_Class", {"workload": "shop/web", "chassis": "hv-a", "class": "heavy",
+        insert("Workload_Class", {"workload": "shop/web", "chassis": "hv-a", "learned": "heavy",
                                   "score": 3.5, "updated": now_ms()})])
     assert not errors(result), result
     (a,) = by(cluster.rows("Chassis"), name="hv-a")
     assert (a["footprint"], a["elephants"], a["heavy_ports"]) == ("heavy", 2, 1)
     (w,) = by(cluster.rows("Workload_Class"), chassis="hv-a")
-    assert (w["workload"], w["class"], w["score"]) == ("shop/web", "heavy", 3.5)
+    assert (w["workload"], w["learned"], w["score"]) == ("shop/web", "heavy", 3.5)
     # hv-a updates its own row: the columns of the role's update list.
     result = cluster.transact("hv-a", [{"op": "update", "table": "Chassis",
                                         "where": [["name", "==", "hv-a"]],
@@ -94,7 +94,7 @@ def test_chassis_cannot_touch_another_chassis_rows(cluster):
     # Insert a row that claims to be hv-a.
     assert_rbac_denied(cluster.transact("hv-b", [insert("Chassis", chassis_row("hv-a"))]))
     assert_rbac_denied(cluster.transact("hv-b", [insert("Workload_Class", {
-        "workload": "shop/db", "chassis": "hv-a", "class": "heavy", "score": 9.0,
+        "workload": "shop/db", "chassis": "hv-a", "learned": "heavy", "score": 9.0,
         "updated": now_ms()})]))
     # Delete what hv-a learned.
     assert_rbac_denied(cluster.transact("hv-b", [{
@@ -113,19 +113,19 @@ def test_chassis_cannot_touch_another_chassis_rows(cluster):
     # hv-b writes, updates and deletes its own.
     result = cluster.transact("hv-b", [
         insert("Chassis", chassis_row("hv-b")),
-        insert("Workload_Class", {"workload": "shop/web", "chassis": "hv-b", "class": "light",
+        insert("Workload_Class", {"workload": "shop/web", "chassis": "hv-b", "learned": "light",
                                   "score": 0.5, "updated": now_ms()}),
-        insert("Workload_Class", {"workload": "tmp/job", "chassis": "hv-b", "class": "light",
+        insert("Workload_Class", {"workload": "tmp/job", "chassis": "hv-b", "learned": "light",
                                   "score": 0.0, "updated": now_ms()})])
     assert not errors(result), result
     result = cluster.transact("hv-b", [
         {"op": "update", "table": "Workload_Class", "where": [["chassis", "==", "hv-b"],
                                                               ["workload", "==", "shop/web"]],
-         "row": {"class": "heavy", "score": 3.0}},
+         "row": {"learned": "heavy", "score": 3.0}},
         {"op": "delete", "table": "Workload_Class", "where": [["chassis", "==", "hv-b"],
                                                               ["workload", "==", "tmp/job"]]}])
     assert not errors(result) and [r["count"] for r in result] == [1, 1], result
-    assert {(r["workload"], r["class"]) for r in by(cluster.rows("Workload_Class"),
+    assert {(r["workload"], r["learned"]) for r in by(cluster.rows("Workload_Class"),
                                                      chassis="hv-b")} == {("shop/web", "heavy")}
 
 
@@ -222,7 +222,7 @@ def test_leader_loss_loses_nothing(cluster):
     # hv-a writes through the remaining members (the list includes the stopped one).
     result = cluster.transact("hv-a", [
         insert("Workload_Class", {"workload": "shop/cache", "chassis": "hv-a",
-                                  "class": "light", "score": 1.0, "updated": now_ms()})])
+                                  "learned": "light", "score": 1.0, "updated": now_ms()})])
     assert not errors(result), result
     # The member comes back with the same command and catches up.
     cluster.start_member(old)
@@ -231,5 +231,5 @@ def test_leader_loss_loses_nothing(cluster):
     rows = wait_for(lambda: by(cluster.rows("Workload_Class", remote=cluster.members[old].admin),
                                chassis="hv-a", workload="shop/cache"),
                     what="the rejoined member to have hv-a's new row")
-    assert rows[0]["class"] == "light"
+    assert rows[0]["learned"] == "light"
     assert cluster.leader() is not None

@@ -9,7 +9,7 @@ name: its `Chassis` row and its `Workload_Class` rows.
 Each agent keeps, with at most one transaction per `min_interval` and only
 when something changed:
   Chassis         name, hostname, footprint, elephants, heavy_ports, updated
-  Workload_Class  (workload, chassis): class, score, updated  - what it learned
+  Workload_Class  (workload, chassis): learned (heavy|light), score, updated
 and reads the heavy classes other chassis learned, so that a workload learned
 heavy on one node is classed heavy the moment it is redeployed on another.
 The IDL monitors only this chassis' rows and heavy classes (conditional
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 Txn = ovs.db.idl.Transaction
 SUMMARY_COLUMNS = ("hostname", "footprint", "elephants", "heavy_ports")
-CLASS_COLUMNS = ("class", "score")
+CLASS_COLUMNS = ("learned", "score")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,12 @@ class Lesson:
 
     klass: str
     score: float
+
+
+def _changed(row, want: dict) -> dict:
+    """The columns of `want` that `row` does not have yet (RBAC lets a chassis
+    update only these, never the columns that name the row)."""
+    return {c: v for c, v in want.items() if getattr(row, c) != v}
 
 
 class ClusterPublisher:
@@ -54,7 +60,7 @@ class ClusterPublisher:
         self.idl = ovs.db.idl.Idl(remote, helper, leader_only=False)
         self.idl.cond_change("Chassis", [["name", "==", chassis]])
         self.idl.cond_change("Workload_Class", [["chassis", "==", chassis],
-                                                ["class", "==", contract.HEAVY]])
+                                                ["learned", "==", contract.HEAVY]])
         self.txn: Txn | None = None
         self.transactions = self.failures = 0
         self.classes: dict[str, str] = {}           # heavy, as learned on other chassis
@@ -84,15 +90,19 @@ class ClusterPublisher:
         if self._summary is None:
             if chassis is not None:
                 out.append(("Chassis", chassis, None))
-        elif chassis is None or any(getattr(chassis, c) != v for c, v in self._summary.items()):
-            out.append(("Chassis", chassis, {"name": self.chassis, **self._summary}))
+        elif chassis is None:
+            out.append(("Chassis", None, {"name": self.chassis, **self._summary}))
+        elif put := _changed(chassis, self._summary):
+            out.append(("Chassis", chassis, put))
         have = {r.workload: r for r in self._rows("Workload_Class") if r.chassis == self.chassis}
         for workload, lesson in self._lessons.items():
             row = have.get(workload)
-            want = {"class": lesson.klass, "score": round(lesson.score, 2)}
-            if row is None or any(getattr(row, c) != v for c, v in want.items()):
-                out.append(("Workload_Class", row,
+            want = {"learned": lesson.klass, "score": round(lesson.score, 2)}
+            if row is None:
+                out.append(("Workload_Class", None,
                             {"workload": workload, "chassis": self.chassis, **want}))
+            elif put := _changed(row, want):
+                out.append(("Workload_Class", row, put))
         for workload, row in have.items():
             if workload not in self._lessons:
                 out.append(("Workload_Class", row, None))
@@ -144,7 +154,7 @@ class ClusterPublisher:
         self._seqno = self.idl.change_seqno
         classes: dict[str, str] = {}
         for r in self._rows("Workload_Class"):
-            if r.chassis != self.chassis and getattr(r, "class") == contract.HEAVY:
+            if r.chassis != self.chassis and r.learned == contract.HEAVY:
                 classes[r.workload] = contract.HEAVY
         changed, self.classes = classes != self.classes, classes
         return changed

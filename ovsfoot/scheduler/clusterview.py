@@ -44,7 +44,7 @@ def build_view(chassis: list[dict], classes: list[dict], node_key: str) -> Clust
             by_key[key] = facts
     merged: dict[str, list[str]] = {}
     for row in classes:
-        merged.setdefault(row["workload"], []).append(row["class"])
+        merged.setdefault(row["workload"], []).append(row["learned"])
     return ClusterView(by_key, {w: contract.merge_classes(c) for w, c in merged.items()},
                        synced=True)
 
@@ -53,7 +53,7 @@ class ClusterDbView:
     """Keeps a `ClusterView` of the cluster database up to date in a thread."""
 
     CHASSIS = ("name", "hostname", "footprint", "elephants", "heavy_ports", "updated")
-    CLASSES = ("workload", "chassis", "class")
+    CLASSES = ("workload", "chassis", "learned")
 
     def __init__(self, remote: str, node_key: str = "hostname"):
         if node_key not in NODE_KEYS:
@@ -84,7 +84,7 @@ class ClusterDbView:
         helper.register_columns("Chassis", list(self.CHASSIS))
         helper.register_columns("Workload_Class", list(self.CLASSES))
         idl = ovs.db.idl.Idl(self.remote, helper, leader_only=False)
-        idl.cond_change("Workload_Class", [["class", "==", contract.HEAVY]])
+        idl.cond_change("Workload_Class", [["learned", "==", contract.HEAVY]])
         seqno, warned = None, False
         try:
             while not self._stop.is_set():
