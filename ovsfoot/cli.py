@@ -200,6 +200,9 @@ def parser() -> argparse.ArgumentParser:
                         "(system-id) (default hostname)")
     x.add_argument("--filter-heavy", action="store_true",
                    help="filter: drop heavy nodes for light pods (never all of them)")
+    x.add_argument("--assume-seconds", type=_positive(float), default=60.0,
+                   help="a heavy pod ranked best on a node counts there until its agent "
+                        "reports it, or this long (default %(default)s; 0: off)")
     x.add_argument("--log-file", help="also log to this file")
     x.add_argument("-v", "--verbose", action="count", default=0)
     x.set_defaults(func=cmd_scheduler_extender)

@@ -1,10 +1,9 @@
-"""The kube-scheduler extender over real HTTP, against a real OVN Southbound ovsdb-server.
+"""The kube-scheduler extender over real HTTP, against a real ovsfoot cluster database.
 
-The chassis rows and their `ovsfoot-*` keys are written with ovn-sbctl, as the
-agents would publish them; the extender runs as a real `ovsfoot
-scheduler-extender` process; requests have the shape kube-scheduler sends
-(ExtenderArgs with a v1.Pod and a full v1.NodeList in `Nodes`, or `NodeNames`
-with nodeCacheCapable).
+The Chassis and Workload_Class rows are written with ovsdb-client, as the agents
+would publish them; the extender runs as a real `ovsfoot scheduler-extender`
+process; requests have the shape kube-scheduler sends (ExtenderArgs with a
+v1.Pod and a full v1.NodeList in `Nodes`, or `NodeNames` with nodeCacheCapable).
 """
 
 from __future__ import annotations
@@ -12,58 +11,77 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from integration.sandbox import SB_SCHEMA, Daemons, sh, wait_for
+from integration.sandbox import Daemons, sh, wait_for
+from ovsfoot.contract import CLUSTER_DB, cluster_schema_path
 
-# chassis name -> (hostname, ovsfoot keys on Chassis_Private); None: no agent publishes
+# chassis name -> (hostname, summary, learned classes); hv-d: no agent publishes
 CHASSIS = {
-    "hv-a": ("node-a", {"ovsfoot-footprint": "light", "ovsfoot-elephants": "0",
-                        "ovsfoot-heavy-ports": "0", "ovsfoot-class-shop/api": "light"}),
-    "hv-b": ("node-b", {"ovsfoot-footprint": "heavy", "ovsfoot-elephants": "2",
-                        "ovsfoot-heavy-ports": "1", "ovsfoot-class-shop/web": "heavy"}),
-    "hv-c": ("node-c", {"ovsfoot-footprint": "heavy", "ovsfoot-elephants": "0",
-                        "ovsfoot-heavy-ports": "1"}),
-    "hv-d": ("node-d", None),
+    "hv-a": ("node-a", {"footprint": "light", "elephants": 0, "heavy_ports": 0},
+             {"shop/api": "light"}),
+    "hv-b": ("node-b", {"footprint": "heavy", "elephants": 2, "heavy_ports": 1},
+             {"shop/web": "heavy"}),
+    "hv-c": ("node-c", {"footprint": "heavy", "elephants": 0, "heavy_ports": 1}, {}),
 }
 NODES = ["node-a", "node-b", "node-c", "node-d", "node-x"]     # node-x: no chassis
 
 
-class Sb(Daemons):
-    def __init__(self, workdir: Path):
-        super().__init__(workdir, {"OVS_RUNDIR": str(workdir), "OVS_LOGDIR": str(workdir),
-                                   "OVN_RUNDIR": str(workdir)})
-        self.remote = f"unix:{self.dir / 'sb.sock'}"
+class ClusterDb(Daemons):
+    """A standalone OVSFoot_Cluster server (the schema agents and extenders use)."""
 
-    def start_db(self) -> "Sb":
-        sh("ovsdb-tool", "create", str(self.dir / "sb.db"), SB_SCHEMA)
-        self.start("sb", "ovsdb-server", str(self.dir / "sb.db"),
-                   f"--remote=punix:{self.dir / 'sb.sock'}", f"--unixctl={self.dir / 'sb.ctl'}")
-        wait_for(lambda: (self.dir / "sb.sock").exists(), what="SB socket")
+    def __init__(self, workdir: Path):
+        super().__init__(workdir, {"OVS_RUNDIR": str(workdir), "OVS_LOGDIR": str(workdir)})
+        self.remote = f"unix:{self.dir / 'db.sock'}"
+
+    def start_db(self) -> "ClusterDb":
+        sh("ovsdb-tool", "create", str(self.dir / "cluster.db"), cluster_schema_path())
+        self.start("db", "ovsdb-server", str(self.dir / "cluster.db"),
+                   f"--remote=punix:{self.dir / 'db.sock'}", f"--unixctl={self.dir / 'db.ctl'}")
+        wait_for(lambda: (self.dir / "db.sock").exists(), what="cluster DB socket")
         return self
 
-    def sbctl(self, *args: str) -> str:
-        return sh("ovn-sbctl", f"--db={self.remote}", *args, env=self.env)
+    def transact(self, *ops) -> list:
+        out = json.loads(sh("ovsdb-client", "transact", self.remote,
+                            json.dumps([CLUSTER_DB, *ops])))
+        assert not any(isinstance(r, dict) and "error" in r for r in out), out
+        return out
 
-    def set_keys(self, chassis: str, keys: dict[str, str]) -> None:
-        self.sbctl("set", "Chassis_Private", chassis,
-                   *[f'external_ids:"{k}"="{v}"' for k, v in keys.items()])
+    def set_chassis(self, name: str, hostname: str = "", **cols) -> None:
+        """Inserts or updates a chassis' summary row."""
+        row = {"footprint": "light", "elephants": 0, "heavy_ports": 0, **cols,
+               "updated": time.time_ns() // 1_000_000}
+        where = [["name", "==", name]]
+        if self.transact({"op": "select", "table": "Chassis", "where": where})[0]["rows"]:
+            self.transact({"op": "update", "table": "Chassis", "where": where, "row": row})
+        else:
+            self.transact({"op": "insert", "table": "Chassis",
+                           "row": {"name": name, "hostname": hostname, **row}})
+
+    def set_class(self, chassis: str, workload: str, learned: str | None) -> None:
+        where = [["chassis", "==", chassis], ["workload", "==", workload]]
+        self.transact({"op": "delete", "table": "Workload_Class", "where": where})
+        if learned:
+            self.transact({"op": "insert", "table": "Workload_Class", "row": {
+                "chassis": chassis, "workload": workload, "learned": learned, "score": 1.0,
+                "updated": time.time_ns() // 1_000_000}})
 
 
 class Extender:
-    def __init__(self, sb: Sb, *args: str):
+    def __init__(self, db: ClusterDb, *args: str):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ovsfoot", "scheduler-extender", "--listen=127.0.0.1:0",
-             f"--sb={sb.remote}", "-v", f"--log-file={sb.dir}/extender{len(args)}.log", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             f"--cluster-db={db.remote}", "-v", f"--log-file={db.dir}/extender{len(args)}.log",
+             *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         assert "listening on http://127.0.0.1:" in line, line
         self.url = line.split()[-1]
-        wait_for(lambda: self.get("/healthz")["synced"], what="extender synced with SB")
+        wait_for(lambda: self.get("/healthz")["synced"], what="extender synced with the DB")
 
     def get(self, path: str):
         with urllib.request.urlopen(self.url + path, timeout=10) as r:
@@ -127,25 +145,22 @@ def best(scores: dict[str, int]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sb(tmp_path_factory):
-    s = Sb(tmp_path_factory.mktemp("sb"))
+def db(tmp_path_factory):
+    d = ClusterDb(tmp_path_factory.mktemp("clusterdb"))
     try:
-        s.start_db()
-        for i, (name, (hostname, keys)) in enumerate(CHASSIS.items(), start=1):
-            s.sbctl("chassis-add", name, "geneve", f"192.0.2.{i}")
-            s.sbctl("set", "Chassis", name, f"hostname={hostname}")
-            uuid = s.sbctl("--bare", "--columns=_uuid", "find", "Chassis", f"name={name}")
-            s.sbctl("create", "Chassis_Private", f"name={name}", f"chassis={uuid}")
-            if keys:
-                s.set_keys(name, keys)
-        yield s
+        d.start_db()
+        for name, (hostname, summary, classes) in CHASSIS.items():
+            d.set_chassis(name, hostname, **summary)
+            for workload, learned in classes.items():
+                d.set_class(name, workload, learned)
+        yield d
     finally:
-        s.stop_all()
+        d.stop_all()
 
 
 @pytest.fixture(scope="module")
-def ext(sb):
-    e = Extender(sb)
+def ext(db):
+    e = Extender(db, "--assume-seconds=0")     # scores alone; assumed load has its own test
     yield e
     e.stop()
 
@@ -195,7 +210,7 @@ def test_learned_heavy_workload_is_heavy_without_a_label(ext):
     assert ext.scores(pod("web-1", namespace="other")) == light
 
 
-def test_heavy_pods_spread_and_sb_changes_show_in_the_next_answer(ext, sb):
+def test_heavy_pods_spread_and_db_changes_show_in_the_next_answer(ext, db):
     batch = pod("etl-0", namespace="data", annotations={"ovsfoot.io/footprint": "heavy"},
                 owner=("StatefulSet", "etl"))
     nodes = ["node-a", "node-b", "node-c"]
@@ -203,23 +218,56 @@ def test_heavy_pods_spread_and_sb_changes_show_in_the_next_answer(ext, sb):
     assert best(scores) == ["node-a", "node-c", "node-b"]
     try:
         # etl-0 runs on node-a now: its agent publishes a heavy port there
-        sb.set_keys("hv-a", {"ovsfoot-footprint": "heavy", "ovsfoot-heavy-ports": "2",
-                             "ovsfoot-elephants": "1", "ovsfoot-ts": "1700000000000"})
+        db.set_chassis("hv-a", footprint="heavy", heavy_ports=2, elephants=1)
         after = wait_for(lambda: (s := ext.scores(batch, nodes)) != scores and s,
-                         timeout=5, interval=0.05, what="the SB change in an answer")
+                         timeout=5, interval=0.05, what="the DB change in an answer")
         assert best(after)[0] == "node-c"                   # the next heavy pod goes elsewhere
         assert after["node-a"] < scores["node-a"]
         # a workload learned heavy somewhere shows up as heavy for its next pod
-        sb.set_keys("hv-c", {"ovsfoot-class-data/loader": "heavy"})
+        db.set_class("hv-c", "data/loader", "heavy")
         loader = pod("loader-5f6d7c8b9d-zz2wq", namespace="data")
         wait_for(lambda: ext.scores(loader, nodes) == ext.scores(batch, nodes), timeout=5,
-                 interval=0.05, what="learned class from SB")
+                 interval=0.05, what="learned class from the DB")
     finally:
-        sb.set_keys("hv-a", CHASSIS["hv-a"][1])
-        sb.sbctl("remove", "Chassis_Private", "hv-c", "external_ids",
-                 '"ovsfoot-class-data/loader"')
+        db.set_chassis("hv-a", **CHASSIS["hv-a"][1])
+        db.set_class("hv-c", "data/loader", None)
     wait_for(lambda: ext.scores(batch, nodes) == scores, timeout=5, interval=0.05,
              what="the view back to what it was")
+
+
+def test_a_burst_of_heavy_pods_spreads_before_the_agents_report(db):
+    """Assumed load: 5 heavy pods prioritized back to back against 3 quiet nodes,
+    before any agent reports them, are spread over the 3, not piled on one; a node's
+    report settles its assumption."""
+    quiet = {"hv-q1": "node-q1", "hv-q2": "node-q2", "hv-q3": "node-q3"}
+    for name, host in quiet.items():
+        db.set_chassis(name, host)
+    e = Extender(db)
+    try:
+        nodes = list(quiet.values())
+        wait_for(lambda: set(e.scores(pod("probe"), nodes).values()) == {10},
+                 what="the quiet nodes in the view")
+        picks = []
+        for i in range(5):
+            scores = e.scores(pod(f"etl-{i}", namespace="data",
+                                  labels={"ovsfoot.io/footprint": "heavy"}), nodes)
+            picks.append(best(scores)[0])
+        assert sorted(picks[:3]) == nodes, picks            # one on each before any repeats
+        assert max(picks.count(n) for n in nodes) == 2, picks
+        assert e.get("/healthz")["assumed_heavy_pods"] == 5
+        # the same pod asked again moves; it does not count twice
+        e.scores(pod("etl-4", namespace="data", labels={"ovsfoot.io/footprint": "heavy"}),
+                 nodes)
+        assert e.get("/healthz")["assumed_heavy_pods"] == 5
+        # node-q1's agent reports its two heavy ports: its assumptions settle
+        db.set_chassis("hv-q1", footprint="heavy", heavy_ports=2)
+        wait_for(lambda: e.scores(pod("x"), ["node-q1"]) == {"node-q1": 5},
+                 what="node-q1's report in the view")
+        assert e.get("/healthz")["assumed_heavy_pods"] == 3
+    finally:
+        e.stop()
+        for name in quiet:
+            db.transact({"op": "delete", "table": "Chassis", "where": [["name", "==", name]]})
 
 
 MALFORMED = [
@@ -252,16 +300,17 @@ def test_unknown_paths_get_404_and_the_server_keeps_serving(ext):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(ext.url + "/filter", timeout=5)
     assert e.value.code == 404
-    health = ext.get("/healthz")
-    assert health["synced"] and health["connected"] and health["chassis"] == len(CHASSIS)
+    health = wait_for(lambda: (h := ext.get("/healthz"))["chassis"] == len(CHASSIS) and h,
+                      what="the view to hold the test's chassis")
+    assert health["synced"] and health["connected"]
     assert ext.proc.poll() is None
     assert ext.scores(pod("a-0"), ["node-a"]) == {"node-a": 10}
 
 
-def test_filter_heavy_by_system_id(sb):
+def test_filter_heavy_by_system_id(db):
     """--node-key name: node names are chassis names; --filter-heavy drops heavy nodes
     for light pods, but never all of them."""
-    e = Extender(sb, "--node-key=name", "--filter-heavy")
+    e = Extender(db, "--node-key=name", "--filter-heavy")
     try:
         names = ["hv-a", "hv-b", "hv-c", "hv-d", "node-a"]
         status, out = e.post("/filter", args(pod("frontend-0"), names, cache=True))
@@ -281,15 +330,14 @@ def test_filter_heavy_by_system_id(sb):
         e.stop()
 
 
-def test_sb_down_at_start_then_up_with_several_remotes(tmp_path):
-    """No SB yet: every node scores 5 and nothing is filtered (the extender is never a
-    reason not to schedule); once a listed SB member comes up, its view is used."""
-    late = Sb(tmp_path / "late")
-    late.remote = f"unix:{tmp_path}/dead.sock,{late.remote}"
+def test_db_down_at_start_then_up_with_several_remotes(tmp_path):
+    """No database yet: every node scores 5 and nothing is filtered (the extender is
+    never a reason not to schedule); once a listed member comes up, its view is used."""
+    late = ClusterDb(tmp_path / "late")
     e = Extender.__new__(Extender)
     e.proc = subprocess.Popen(
         [sys.executable, "-m", "ovsfoot", "scheduler-extender", "--listen=127.0.0.1:0",
-         f"--sb={late.remote}", "--filter-heavy"],
+         f"--cluster-db=unix:{tmp_path}/dead.sock,{late.remote}", "--filter-heavy"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         e.url = e.proc.stdout.readline().split()[-1]
@@ -297,15 +345,10 @@ def test_sb_down_at_start_then_up_with_several_remotes(tmp_path):
         assert e.scores(pod("a-0"), ["node-a", "node-b"]) == {"node-a": 5, "node-b": 5}
         status, out = e.post("/filter", args(pod("a-0"), ["node-a"], cache=True))
         assert status == 200 and out["NodeNames"] == ["node-a"]
-        late.remote = f"unix:{late.dir / 'sb.sock'}"
         late.start_db()
-        late.sbctl("chassis-add", "hv-a", "geneve", "192.0.2.1")
-        late.sbctl("set", "Chassis", "hv-a", "hostname=node-a")
-        late.sbctl("create", "Chassis_Private", "name=hv-a")
-        late.set_keys("hv-a", {"ovsfoot-footprint": "heavy", "ovsfoot-elephants": "3",
-                               "ovsfoot-heavy-ports": "1"})
+        late.set_chassis("hv-a", "node-a", footprint="heavy", elephants=3, heavy_ports=1)
         wait_for(lambda: e.scores(pod("a-0"), ["node-a", "node-b"]) ==
-                 {"node-a": 3, "node-b": 5}, timeout=15, what="the late SB's view")
+                 {"node-a": 3, "node-b": 5}, timeout=15, what="the late database's view")
         assert e.get("/healthz")["connected"]
     finally:
         e.stop()

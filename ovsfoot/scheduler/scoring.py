@@ -196,58 +196,68 @@ def score(facts: NodeFacts | None, klass: str) -> int:
     return max(0, min(MAX_SCORE, round(MAX_SCORE * 2 / (2 + load(facts, klass)))))
 
 
-@dataclass(slots=True)
-class _Pending:
-    baseline: int                   # the node's heavy ports last seen
-    expiries: list[float]           # one per heavy pod not reported yet
-
-
 class Assumptions:
-    """Heavy pods ranked best on a node that its agent has not reported yet."""
+    """Heavy pods ranked best on a node whose agent has not reported them yet.
+
+    Keyed by pod: a pod asked about again moves, it does not count twice. A node's
+    pending pods settle, oldest first, as its published heavy ports rise."""
 
     def __init__(self, ttl: float = ASSUME_S):
         self.ttl = ttl
         self._lock = threading.Lock()
-        self._by_chassis: dict[str, _Pending] = {}
+        self._pods: dict[str, tuple[str, float]] = {}      # pod: (chassis, expiry), oldest first
+        self._baseline: dict[str, int] = {}                # chassis: heavy ports last seen
+
+    def _prune(self, now: float) -> None:
+        for pod in [p for p, (_, expiry) in self._pods.items() if expiry <= now]:
+            del self._pods[pod]
 
     def facts(self, facts: NodeFacts | None, now: float) -> NodeFacts | None:
         """`facts` with the node's pending heavy pods counted as heavy ports."""
-        if facts is None or not facts.known:
+        if facts is None or not facts.known or self.ttl <= 0:
             return facts
         with self._lock:
-            p = self._by_chassis.get(facts.chassis)
-            if p is None:
-                return facts
-            reported = max(0, facts.heavy_ports - p.baseline)   # each settles the oldest
-            p.expiries = [e for e in p.expiries[reported:] if e > now]
-            p.baseline = facts.heavy_ports
-            if not p.expiries:
-                del self._by_chassis[facts.chassis]
-                return facts
-            return dataclasses.replace(facts, heavy_ports=facts.heavy_ports + len(p.expiries))
+            self._prune(now)
+            mine = [p for p, (c, _) in self._pods.items() if c == facts.chassis]
+            reported = max(0, facts.heavy_ports - self._baseline.get(facts.chassis, 0))
+            for pod in mine[:reported]:
+                del self._pods[pod]
+            self._baseline[facts.chassis] = facts.heavy_ports
+            pending = max(0, len(mine) - reported)
+        return dataclasses.replace(facts, heavy_ports=facts.heavy_ports + pending) \
+            if pending else facts
 
-    def assume(self, facts: NodeFacts, now: float) -> None:
+    def forget(self, pod: str) -> None:
         with self._lock:
-            p = self._by_chassis.setdefault(facts.chassis, _Pending(facts.heavy_ports, []))
-            p.expiries.append(now + self.ttl)
+            self._pods.pop(pod, None)
+
+    def assume(self, pod: str, facts: NodeFacts, now: float) -> None:
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            if not any(c == facts.chassis for c, _ in self._pods.values()):
+                self._baseline[facts.chassis] = facts.heavy_ports
+            self._pods[pod] = (facts.chassis, now + self.ttl)
 
     def pending(self) -> int:
         with self._lock:
-            return sum(len(p.expiries) for p in self._by_chassis.values())
+            return len(self._pods)
 
 
 def prioritize(pod: PodInfo, names: list[str], view: ClusterView,
                assumed: Assumptions | None = None, now: float = 0.0) -> list[dict]:
     """Scores per node; a heavy pod is assumed onto the best-ranked known node."""
     klass, _ = pod_class(pod, view)
+    key = f"{pod.namespace}/{pod.name}"
     facts = {n: view.node(n) for n in names}
     if assumed is not None:
+        assumed.forget(key)
         facts = {n: assumed.facts(f, now) for n, f in facts.items()}
     out = [{"Host": n, "Score": score(facts[n], klass)} for n in names]
     known = [p for p in out if facts[p["Host"]] is not None and facts[p["Host"]].known]
     if assumed is not None and klass == HEAVY and known:
         best = max(known, key=lambda p: p["Score"])       # the first of equals
-        assumed.assume(view.node(best["Host"]), now)
+        assumed.assume(key, view.node(best["Host"]), now)
     return out
 
 

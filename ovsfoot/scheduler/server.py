@@ -31,10 +31,11 @@ MAX_BODY = 64 << 20
 class Extender:
     """The two verbs over the current cluster view."""
 
-    def __init__(self, view: ClusterDbView, filter_heavy: bool = False):
+    def __init__(self, view: ClusterDbView, filter_heavy: bool = False,
+                 assume_seconds: float = scoring.ASSUME_S):
         self.cluster = view
         self.filter_heavy = filter_heavy
-        self.assumed = scoring.Assumptions()
+        self.assumed = scoring.Assumptions(assume_seconds)
 
     def filter(self, body: bytes) -> dict:
         pod, names, as_list, args = scoring.parse_args(body)
@@ -154,7 +155,7 @@ def make_server(listen: str, extender: Extender) -> ThreadingHTTPServer:
 
 def serve(args) -> int:
     view = ClusterDbView(args.cluster_db, args.node_key).start()
-    extender = Extender(view, args.filter_heavy)
+    extender = Extender(view, args.filter_heavy, args.assume_seconds)
     server = make_server(args.listen, extender)
     host, port = server.server_address[:2]
     log.info("scheduler extender on %s:%d, cluster view from %s (nodes by %s)%s", host, port,
