@@ -406,13 +406,14 @@ class Node:
             elephants=sum(p.elephants or 0 for p in ports),
             workload_class=contract.merge_classes(classes))
 
-    def node_footprint(self) -> NodeFootprint:
-        """The node's footprint (on the integration bridge, `ovn-bridge` or br-int)."""
+    def node_footprint(self, bridge: str | None = None) -> NodeFootprint:
+        """The node's footprint, on the integration bridge: `bridge`, else the one
+        ovn-controller uses (`external_ids:ovn-bridge`, default br-int)."""
         self.refresh()
         root = next(iter(self._rows("Open_vSwitch")), None)
         if root is None:
             raise Error(f"{self.remote} has no Open_vSwitch row (ovs-vsctl init?)")
-        name = contract.integration_bridge(dict(root.external_ids))
+        name = bridge or contract.integration_bridge(dict(root.external_ids))
         bridge = next((b for b in self._rows("Bridge") if b.name == name), None)
         if bridge is None:
             raise Error(f"{self.remote} has no bridge {name} (is ovn-controller running?)")

@@ -56,7 +56,7 @@ def _cluster_args(p: argparse.ArgumentParser, what: str, required: bool = False)
     g = p.add_argument_group("cluster database")
     g.add_argument("--cluster-db", metavar="REMOTE[,REMOTE...]", required=required,
                    help=f"ovsfoot's cluster database to {what}; e.g. "
-                        "ssl:10.0.0.11:6644,ssl:10.0.0.12:6644")
+                        "ssl:10.0.0.11:6647,ssl:10.0.0.12:6647")
     g.add_argument("-p", "--private-key", metavar="FILE", help="SSL private key")
     g.add_argument("-c", "--certificate", metavar="FILE",
                    help="SSL certificate (for an agent, its CN is the chassis name)")

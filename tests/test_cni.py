@@ -357,7 +357,8 @@ def test_registered_port_is_classed_heavy_before_it_sends_a_byte(host, tmp_path)
             wl = node.workload_footprint("shop/web")
             assert {p.interface for p in wl.ports} == {veth, f"{TAG}v6"}
             assert wl.heavy and wl.workload_class == "heavy" and wl.elephants == 0
-            nf = wait_for(lambda: (n := node.node_footprint()).heavy_ports == 2 and n,
+            nf = wait_for(lambda: (n := node.node_footprint(host.ovs.bridge)).heavy_ports == 2
+                          and n,
                           what="node footprint")
             assert nf.heavy and nf.elephants == 0 and nf.published
             # a workload nothing was learned about: light, no class
