@@ -21,6 +21,7 @@ import sys
 import time
 
 from bench.common import REPO, Result, median, ratio
+from integration.programs import require
 
 NS = f"ovsfoot-bench-ct{os.getpid() % 10000}"
 SINK = NS + "-sink"
@@ -52,6 +53,7 @@ def fill(entries: int) -> None:
 
 
 def setup(entries: int) -> int:
+    require("ip", "sysctl", "nft", "conntrack")
     sh("ip", "netns", "add", NS)
     run = lambda *c, **kw: sh("ip", "netns", "exec", NS, *c, **kw)  # noqa: E731
     run("ip", "link", "set", "lo", "up")

@@ -19,6 +19,7 @@ import pytest
 
 from integration.agentproc import AgentProcess
 from integration.kernelpath import KernelPath
+from integration.programs import require
 from integration.sandbox import Ovs, OvnCentral, sh, wait_for
 
 if os.geteuid() != 0:
@@ -79,6 +80,7 @@ class Node:
     def iperf(self, client: str, server: str, seconds: float = 3, rate: str = "300M",
               port: int = 5201) -> None:
         """An iperf3 flow from `client` to `server` (blocks until it is done)."""
+        require("iperf3", "ss")         # not a 30 s wait for a server that cannot start
         srv = self.popen(server, "iperf3", "-s", "-1", "-p", str(port))
         try:
             wait_for(lambda: f":{port}" in self.ns_exec(server, "ss", "-ltn"), what="iperf3 -s")
