@@ -5,8 +5,9 @@
 #   2. beside an elephant (iperf3, TCP) from hv1 to hv2, on the same hypervisors;
 #   3. with the elephant still running, between pods on the chassis that
 #      ovsfoot says are light (ovsfoot-footprint and ovsfoot-elephants, which the
-#      agents publish in each chassis' Open_vSwitch external_ids): a scheduler
-#      placing the light workload away from the heavy nodes.
+#      agents publish in the external_ids of each chassis' integration bridge,
+#      Bridge br-int): a scheduler placing the light workload away from the
+#      heavy nodes.
 # Every chassis has a mice-client-hvN and a mice-server-hvN pod; hv1 has the
 # elephant's client, hv2 its server (see the Vagrantfile). Run in vagrant/.
 set -euo pipefail
@@ -64,10 +65,12 @@ pod_ip() {
   on "$1" ip -n "$2" -4 -o addr show eth0 | awk '{ sub("/.*", "", $4); print $4 }'
 }
 
-# The chassis' node footprint, as "light 0" or "heavy 1" (footprint, elephants).
+# The chassis' node footprint, as "light 0" or "heavy 1" (footprint, elephants),
+# from its integration bridge (not the Open_vSwitch row: ovsfoot never writes
+# there, since every change of it makes ovn-controller recompute everything).
 footprint() {
   local ids
-  ids=$(on "$1" ovs-vsctl get Open_vSwitch . external_ids)
+  ids=$(on "$1" ovs-vsctl get Bridge br-int external_ids)
   printf '%s %s\n' \
     "$(grep -o 'ovsfoot-footprint=[a-z]*' <<<"$ids" | cut -d= -f2)" \
     "$(grep -o 'ovsfoot-elephants="[0-9]*"' <<<"$ids" | tr -dc 0-9)"

@@ -3,16 +3,21 @@
 # its options in /etc/default/ovsfoot. Lab mode: a detached agent with its
 # pidfile, control socket and log in the chassis' run directory, watching the
 # conntrack of the chassis' namespace; ovs-appctl -t ovsfoot finds it there.
+# --cluster-db: the members of ovsfoot's cluster database (cluster-db.sh), where
+# the agent publishes the node's summary and learned classes and reads those of
+# the other chassis; without it, no cluster view.
 # Options after "--" go to the agent (thresholds, for instance).
 USAGE="agent.sh [--rundir DIR] [--netns NS] [--bridge NAME] \
-[--source auto|bpf|ctnetlink] [--ovsfoot PATH] [-- AGENT-OPTIONS...]"
+[--source auto|bpf|ctnetlink] [--cluster-db REMOTE[,REMOTE...]] [--ovsfoot PATH] \
+[-- AGENT-OPTIONS...]"
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
-SOURCE=auto OVSFOOT=""
-parse_args "source ovsfoot" "$@"
+SOURCE=auto OVSFOOT="" CLUSTER_DB=""
+parse_args "source cluster-db ovsfoot" "$@"
 positional 0
 if [ "$MODE" = machine ]; then need systemctl:systemd; else need ip:iproute2 ps:procps; fi
-opts=(--source="$SOURCE" --bridge="$BRIDGE" "${EXTRA[@]}")
+opts=(--source="$SOURCE" --bridge="$BRIDGE" ${CLUSTER_DB:+--cluster-db="$CLUSTER_DB"}
+      "${EXTRA[@]}")
 
 if [ "$MODE" = machine ]; then
   [ -z "$OVSFOOT" ] || die "the unit runs /opt/ovsfoot/bin/ovsfoot (see install.sh)"

@@ -1,7 +1,8 @@
 #!/bin/bash
-# Machine mode: the Debian packages a node of ROLE needs and, on a chassis,
-# ovsfoot from the source tree (the synced folder) in a virtualenv that sees
-# Debian's bcc (python3-bpfcc). Lab nodes use their host's installation.
+# Machine mode: the Debian packages a node of ROLE needs and ovsfoot from the
+# source tree (the synced folder) in a virtualenv: on a chassis for the agent
+# (the virtualenv sees Debian's bcc, python3-bpfcc), on the central node for
+# `ovsfoot cluster-db`. Lab nodes use their host's installation.
 USAGE="install.sh [--src DIR] [--venv DIR] [--podman yes|no] central|chassis"
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
@@ -12,7 +13,7 @@ positional 1
 need apt-get:apt apt-cache:apt dpkg-query:dpkg
 
 case ${POS[0]} in
-  central) pkgs=(ovn-central) ;;
+  central) pkgs=(ovn-central python3-venv) ;;
   chassis)
     pkgs=(openvswitch-switch ovn-host python3-venv python3-bpfcc bpfcc-tools
           iperf3 sockperf conntrack ethtool tcpdump)
@@ -36,16 +37,17 @@ else
   apt_install "${missing[@]}"
 fi
 
-[ "${POS[0]}" = chassis ] || exit 0
-# bcc compiles the eBPF program against the running kernel's headers.
-headers=linux-headers-$(uname -r)
-if installed "$headers"; then
-  step "$headers already installed"
-elif apt-cache show "$headers" >/dev/null 2>&1; then
-  step "installing $headers (for bcc)"
-  apt_install "$headers"
-else
-  step "no $headers in the archive: the agent will fall back to ctnetlink"
+if [ "${POS[0]}" = chassis ]; then
+  # bcc compiles the eBPF program against the running kernel's headers.
+  headers=linux-headers-$(uname -r)
+  if installed "$headers"; then
+    step "$headers already installed"
+  elif apt-cache show "$headers" >/dev/null 2>&1; then
+    step "installing $headers (for bcc)"
+    apt_install "$headers"
+  else
+    step "no $headers in the archive: the agent will fall back to ctnetlink"
+  fi
 fi
 
 if [ -x "$VENV/bin/python" ]; then

@@ -1,0 +1,72 @@
+#!/bin/bash
+# A member of ovsfoot's cluster database: OVSFoot_Cluster, a raft cluster of
+# its own (nothing of it lives in OVN's databases, so neither ovn-northd nor
+# ovn-controller recomputes because of it), run with `ovsfoot cluster-db start`.
+# The first member (no --join) creates the cluster and the chassis connection
+# (ptcp:6647, pssl:6647 with SSL) where the agents and the scheduler extender
+# connect; the others join it at their raft address IP:6648.
+# Machine mode: the systemd unit ovsfoot-cluster-db, its options in
+# /etc/default/ovsfoot-cluster-db, the database in /var/lib/ovsfoot/cluster-db.
+# Lab mode: a detached member with its database, pidfile, log and sockets in
+# the run directory, in the node's network namespace (every member listens on
+# the same chassis connection: one namespace per member).
+USAGE="cluster-db.sh [--rundir DIR] [--netns NS] [--join ADDR[,ADDR...]] \
+[--private-key FILE --certificate FILE --ca-cert FILE] [--ovsfoot PATH] IP"
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$(dirname "$0")/common.sh"
+JOIN="" PRIVATE_KEY="" CERTIFICATE="" CA_CERT="" OVSFOOT=""
+parse_args "join private-key certificate ca-cert ovsfoot" "$@"
+positional 1
+IP=${POS[0]}
+if [ "$MODE" = machine ]; then
+  need systemctl:systemd
+else
+  need ip:iproute2 ps:procps
+fi
+need ovsdb-tool:openvswitch-common ovsdb-server:openvswitch-common \
+  ovsdb-client:openvswitch-common ovs-appctl:openvswitch-common
+
+scheme=tcp ssl=()
+if [ -n "$PRIVATE_KEY$CERTIFICATE$CA_CERT" ]; then
+  scheme=ssl
+  ssl=(--private-key="$PRIVATE_KEY" --certificate="$CERTIFICATE" --ca-cert="$CA_CERT")
+fi
+opts=(--local="$scheme:$IP" ${JOIN:+--join="$JOIN"} "${ssl[@]}")
+what="member $scheme:$IP${JOIN:+, joining $JOIN}"
+
+if [ "$MODE" = machine ]; then
+  [ -z "$OVSFOOT" ] || die "the unit runs /opt/ovsfoot/bin/ovsfoot (see install.sh)"
+  unit=/etc/systemd/system/ovsfoot-cluster-db.service
+  conf="OVSFOOT_CLUSTER_DB_OPTS=\"${opts[*]}\""
+  restart=""
+  if ! cmp -s "$PROVISION/../systemd/ovsfoot-cluster-db.service" "$unit"; then
+    step "installing $unit"
+    install -m 644 "$PROVISION/../systemd/ovsfoot-cluster-db.service" "$unit"
+    systemctl daemon-reload
+    restart=yes
+  fi
+  if [ "$(cat /etc/default/ovsfoot-cluster-db 2>/dev/null)" != "$conf" ]; then
+    step "cluster-db $what"
+    echo "$conf" >/etc/default/ovsfoot-cluster-db
+    restart=yes
+  fi
+  step "enabling ovsfoot-cluster-db"
+  systemctl enable --quiet ovsfoot-cluster-db
+  if [ -n "$restart" ]; then
+    systemctl restart ovsfoot-cluster-db
+  else
+    systemctl start ovsfoot-cluster-db
+  fi
+  wait_file /var/lib/ovsfoot/cluster-db/db.sock
+else
+  OVSFOOT=${OVSFOOT:-$(command -v ovsfoot || echo /opt/ovsfoot/bin/ovsfoot)}
+  # `ovsfoot cluster-db start` keeps its pidfile as $RUNDIR/ovsdb-server.pid,
+  # the name teardown.sh stops.
+  if running ovsdb-server; then
+    step "cluster-db member already running"
+  else
+    step "starting cluster-db $what"
+    in_ns "$OVSFOOT" cluster-db start --detach --dir="$RUNDIR" "${opts[@]}" |
+      while read -r line; do step "$line"; done
+  fi
+fi
