@@ -2,10 +2,11 @@
 
 Boots a VM with a Debian kernel (virtme-ng; KVM when it works, software
 emulation otherwise) on this machine's own root filesystem, runs
-integration/lab_scenario.py in it (OVN central + two chassis on the OVS kernel
-datapath, Geneve between them, pods, an elephant and mice, an ovsfoot agent
-per chassis on the bpf source), then prints the timeline, what was published
-and each agent's footprint/show, and writes the same as JSON.
+integration/lab_scenario.py in it (OVN central + three chassis on the OVS kernel
+datapath, Geneve between them, ovsfoot's 3-member cluster database, pods, an
+elephant and mice, an ovsfoot agent per chassis), then prints the timeline, what
+was published and each agent's footprint/show, what OVN and OVS spent with and
+without the agents, and writes the same as JSON.
 Exits non-zero if anything expected did not happen.
 """
 
@@ -52,13 +53,17 @@ def render(report: dict) -> str:
         lines.append(f"== published external_ids ({label} the elephant) ==")
         for hv, snap in sorted(chassis.items()):
             node = " ".join(f"{k}={v}" for k, v in sorted(snap["node"].items()))
-            lines.append(f"  {hv} Open_vSwitch: {node}")
+            lines.append(f"  {hv} Bridge br-int: {node}")
             for lport, ids in sorted(snap["interfaces"].items()):
                 kv = " ".join(f"{k}={v}" for k, v in sorted(ids.items()) if k != "ovsfoot-ts")
                 lines.append(f"  {hv} Interface {lport}: {kv}")
             if label == "during" and snap.get("footprint_show"):
                 lines.append(f"  {hv} $ ovs-appctl -t ovsfoot footprint/show")
                 lines += [f"    {x}" for x in snap["footprint_show"].splitlines()]
+        cluster = report.get("cluster_view", {}).get(label, {})
+        for name, row in sorted(cluster.items()):
+            kv = " ".join(f"{k}={v}" for k, v in row.items()) if isinstance(row, dict) else row
+            lines.append(f"  cluster database Chassis {name}: {kv}")
     exp = report.get("experiment")
     if exp:
         lines.append("")
@@ -69,12 +74,32 @@ def render(report: dict) -> str:
             seed = exp["seed_p99_ms"].get(case)
             where = f"   on {exp['placed_on']}" if case == "placed by ovsfoot" else ""
             lines.append(f"  ({'abc'[i]}) {case:24} {_ms(ms):>10}   {_ms(seed):>15}{where}")
+    lines += render_cost(report.get("ovn_cost"))
     lines.append("")
     lines.append("== checks ==")
     for c in report["checks"]:
         lines.append(f"  {'PASS' if c['ok'] else 'FAIL'}  {c['name']}"
                      + ("" if c["ok"] else f"  {c['detail']}"))
     return "\n".join(lines)
+
+
+def render_cost(cost: dict | None) -> list[str]:
+    """The OVN cost table: counters per daemon, control phase vs. the agents' phase."""
+    if not cost or not all(k in cost for k in ("control", "agents")):
+        return []
+    control, agents = cost["control"], cost["agents"]
+    what = {"ovn-controller": "recomputes", "ovn-northd": "recomputes",
+            "ovs-vswitchd": "reconfigures"}
+    lines = ["", "== what OVN and OVS spent: a control phase without agents vs. the agents' "
+                 "elephant phase ==",
+             f"  {'':34} {'control':>9} {'agents':>9}",
+             f"  {'phase length (s)':34} {control['seconds']:>9} {agents['seconds']:>9}"]
+    nodes = [n for n in agents if isinstance(agents[n], dict)]
+    for node in sorted(nodes, key=lambda n: (n == "central", n)):
+        for daemon, n in agents[node].items():
+            label = f"{node} {daemon} {what.get(daemon, '')}"
+            lines.append(f"  {label:34} {control.get(node, {}).get(daemon, '-'):>9} {n:>9}")
+    return lines
 
 
 def _ms(v) -> str:

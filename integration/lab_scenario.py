@@ -1,16 +1,19 @@
 """The lab's scenario, run inside the VM (see integration/lab.py).
 
-A central node (NB/SB databases, ovn-northd) and three chassis, each in its own
+A central node (NB/SB databases, ovn-northd, and ovsfoot's cluster database:
+three raft members of OVSFoot_Cluster) and three chassis, each in its own
 network namespace with its own ovsdb-server, ovs-vswitchd on the kernel
 datapath and ovn-controller, joined by an underlay bridge, tunnels in Geneve.
 The nodes and pods are provisioned by vagrant/provision/, the scripts that
 provision real hypervisors.
 One logical switch with allow-related ACLs (so traffic goes through
-conntrack) and four pods, two per chassis. An iperf3 elephant crosses from
-hv1 to hv2 while sockperf mice ping-pong between the other two pods, with an
-ovsfoot agent per chassis on the bpf source. Everything observed goes into a
-timeline and a JSON report; `checks` says what was expected and whether it
-happened.
+conntrack) and five pods. An iperf3 elephant crosses from hv1 to hv2 while
+sockperf mice ping-pong between the other two pods, with an ovsfoot agent per
+chassis (bpf source on hv1 and hv2) publishing on the integration bridge and
+in the cluster database. What OVN and OVS spend meanwhile (recomputes,
+reconfigurations) is compared with a control phase without agents.
+Everything observed goes into a timeline and a JSON report; `checks` says what
+was expected and whether it happened.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from integration.agentproc import AgentProcess
+from integration.ovncost import northd_recomputes, snapshot as ovn_snapshot
 from integration.programs import require
 from integration.sandbox import Ovs, sh, wait_for
 
@@ -34,6 +38,13 @@ UNDERLAY_LINK = "ovsfoot-ul"
 CENTRAL_IP = f"{UNDERLAY}.10"
 SUBNET = "10.0.0"
 CHASSIS = ("hv1", "hv2", "hv3")
+# ovsfoot's cluster database: three raft members on the central node, each in a
+# network namespace of its own on the underlay (they all listen on the same
+# chassis connection, tcp 6647), started by provision/cluster-db.sh.
+CLUSTER_DB = {"central-db1": f"{UNDERLAY}.21", "central-db2": f"{UNDERLAY}.22",
+              "central-db3": f"{UNDERLAY}.23"}
+CLUSTER_PORT, RAFT_PORT = 6647, 6648
+OVSFOOT = Path(sys.executable).with_name("ovsfoot")
 # pod -> (chassis, logical port, role in the scenario)
 PODS = {
     "pod1": ("hv1", "lab_elephant-client-5f7d8c9b4d-k2x7q", "elephant source"),
@@ -47,13 +58,20 @@ WORKLOADS = {"pod1": "lab/elephant-client", "pod2": "lab/mice-client",
              "pod5": "lab/mice-client"}
 # What the scenario and the provision scripts it runs start (integration/programs.py).
 PROGRAMS = ("bash", "ip", "ss", "tc", "ping", "iperf3", "sockperf", "conntrack", "modprobe",
-            "ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-appctl",
+            "ovsdb-tool", "ovsdb-server", "ovsdb-client", "ovs-vswitchd", "ovs-vsctl",
+            "ovs-appctl",
             "ovn-northd", "ovn-controller", "ovn-nbctl", "ovn-sbctl")
 # The seed's measurement (LPC 2019): sockperf p99 of mice, in ms.
 SEED_P99_MS = {"alone": 0.28, "beside the elephant": 14.04}
 BOTTLENECK = ["tbf", "rate", "40mbit", "burst", "16kb", "latency", "100ms"]   # a FIFO
 THRESHOLDS = ["--elephant-bytes=10000000", "--elephant-seconds=1", "--idle-seconds=2",
               "--interval=1"]
+# What the OVN cost counters count (integration/ovncost.py), per daemon.
+COST_COUNTERS = {
+    "ovn-controller": "recomputes of its flow engine nodes (runtime_data, logical_flow_output, "
+                      "physical_flow_output, ct_zones; inc-engine/show-stats)",
+    "ovs-vswitchd": "bridge reconfigurations (coverage/show bridge_reconfigure)",
+    "ovn-northd": "recomputes of its northd and lflow engine nodes (inc-engine/show-stats)"}
 
 
 @dataclass
@@ -86,7 +104,9 @@ class Lab:
         self.work = work            # shared with the host: reports and logs
         self.rundir = run_dir       # the VM's own: unix sockets cannot live on 9p
         self.report = Report()
-        self.sb = ""                # the central's SB, for the scheduler extender
+        self.central = self.rundir / "central"
+        # ovsfoot's cluster database, for the agents and the scheduler extender
+        self.cluster_db = ",".join(f"tcp:{ip}:{CLUSTER_PORT}" for ip in CLUSTER_DB.values())
         self.chassis: dict[str, Ovs] = {}
         self.pods: dict[str, dict] = {}
         self.agents: dict[str, AgentProcess] = {}
@@ -114,16 +134,17 @@ class Lab:
         r = self.report
         for mod in ("openvswitch", "geneve", "nf_conntrack"):
             sh("modprobe", mod)
-        central = self.rundir / "central"
+        central = self.central
         self.provision(("underlay.sh", "--rundir", str(central), "--netns", "central",
                         "--link", UNDERLAY_LINK, f"{CENTRAL_IP}/24"))
         self.provision(("central.sh", "--rundir", str(central), "--netns", "central",
                         CENTRAL_IP))
-        # The VM itself is the management host on the underlay (agents reach SB from here).
+        # The VM itself is the management host on the underlay (the agents and the
+        # scheduler extender reach the cluster database from here).
         sh("ip", "addr", "replace", f"{UNDERLAY}.254/24", "dev", UNDERLAY_LINK)
-        self.sb = f"unix:{central}/ovnsb_db.sock"
         r.event("central up (provision/central.sh)", nb=f"tcp:{CENTRAL_IP}:6641",
                 sb=f"tcp:{CENTRAL_IP}:6642")
+        self.build_cluster_db()
         encap = {hv: f"{UNDERLAY}.{i}" for i, hv in enumerate(CHASSIS, start=1)}
         for hv, ip in encap.items():
             self.provision(("underlay.sh", "--rundir", str(self.rundir / hv), "--netns", hv,
@@ -155,8 +176,42 @@ class Lab:
         r.event("pods reach each other across the Geneve tunnel")
         self.report.data["zones"] = {hv: ovs.zones() for hv, ovs in self.chassis.items()}
 
+    def build_cluster_db(self) -> None:
+        """Three members of ovsfoot's cluster database, the first creating it, the
+        others joining: `ovsfoot cluster-db start`, through provision/cluster-db.sh."""
+        self.provision(*[("underlay.sh", "--rundir", str(self.rundir / m), "--netns", m,
+                          "--link", UNDERLAY_LINK, f"{ip}/24") for m, ip in CLUSTER_DB.items()])
+        joined: list[str] = []
+        for m, ip in CLUSTER_DB.items():
+            join = ("--join", ",".join(joined)) if joined else ()
+            self.provision(("cluster-db.sh", "--rundir", str(self.rundir / m), "--netns", m,
+                            "--ovsfoot", str(OVSFOOT), *join, ip))
+            joined.append(f"tcp:{ip}:{RAFT_PORT}")
+        status = self.cluster_status()
+        self.report.data["cluster_db"] = {"remote": self.cluster_db, "status": status}
+        self.report.event("cluster database up (provision/cluster-db.sh)",
+                          members=len(CLUSTER_DB), remote=self.cluster_db,
+                          leader=next((m for m, st in status.items() if "Role: leader" in st),
+                                      None))
+
+    def cluster_status(self) -> dict[str, str]:
+        """`ovsfoot cluster-db status` of each member."""
+        return {m: subprocess.run([str(OVSFOOT), "cluster-db", "status", "--dir",
+                                   str(self.rundir / m)], capture_output=True, text=True,
+                                  timeout=30).stdout for m in CLUSTER_DB}
+
+    def cluster_rows(self, table: str) -> list[dict]:
+        """Rows of `table` in the cluster database, read as a client would."""
+        out = sh("ovsdb-client", "--timeout=20", "query", self.cluster_db, json.dumps(
+            ["OVSFoot_Cluster", {"op": "select", "table": table, "where": []}]), timeout=30)
+        rows = json.loads(out)[0]["rows"]
+        for row in rows:
+            for k in [k for k in row if k.startswith("_")]:
+                del row[k]
+        return rows
+
     def teardown(self) -> None:
-        for node in (*self.chassis, "central"):
+        for node in (*self.chassis, *CLUSTER_DB, "central"):
             self.provision(("teardown.sh", "--rundir", str(self.rundir / node),
                             "--netns", node))
 
@@ -172,7 +227,8 @@ class Lab:
     def spawn_agents(self, source: str, hvs) -> None:
         for hv in hvs:
             a = AgentProcess(self.chassis[hv], f"--source={source}", f"--netns={hv}",
-                             *THRESHOLDS, name=f"ovsfoot-{source}")
+                             f"--cluster-db={self.cluster_db}", *THRESHOLDS,
+                             name=f"ovsfoot-{source}")
             a.spawn()
             self.agents[hv] = a
 
@@ -251,14 +307,22 @@ class Lab:
     def snapshot(self, label: str) -> None:
         snap = {}
         for hv, ovs in self.chassis.items():
-            snap[hv] = {"node": {k: v for k, v in ovs.external_ids("Open_vSwitch", ".").items()
+            snap[hv] = {"node": {k: v for k, v in ovs.external_ids("Bridge", ovs.bridge).items()
                                  if k.startswith("ovsfoot-")},
+                        "open_vswitch": {k: v for k, v in ovs.external_ids(
+                            "Open_vSwitch", ".").items() if k.startswith("ovsfoot-")},
                         "interfaces": {p["lport"]: {k: v for k, v in ovs.external_ids(
                             "Interface", p["interface"]).items() if k.startswith("ovsfoot-")}
                             for p in self.pods.values() if p["chassis"] == hv},
                         "footprint_show": self.agents[hv].appctl("footprint/show")
                         if hv in self.agents else ""}
+        try:
+            cluster = {row["name"]: {k: row[k] for k in ("footprint", "elephants", "heavy_ports")}
+                       for row in self.cluster_rows("Chassis")}
+        except RuntimeError as e:
+            cluster = {"error": str(e)}
         self.report.data.setdefault("published", {})[label] = snap
+        self.report.data.setdefault("cluster_view", {})[label] = cluster
 
     # -- the scenario ----------------------------------------------------
     def elephant_phase(self) -> None:
@@ -315,8 +379,11 @@ class Lab:
             r.check(f"{hv}: Interface keys published", ids.get("ovsfoot-footprint") == "heavy"
                     and ids.get("ovsfoot-elephants") == "1", json.dumps(ids))
             node = during[hv]["node"]
-            r.check(f"{hv}: Open_vSwitch keys published", node.get("ovsfoot-footprint") == "heavy"
+            r.check(f"{hv}: node keys published on Bridge br-int",
+                    node.get("ovsfoot-footprint") == "heavy"
                     and node.get("ovsfoot-elephants") == "1", json.dumps(node))
+            root = during[hv]["open_vswitch"]
+            r.check(f"{hv}: no ovsfoot key on the Open_vSwitch row", not root, json.dumps(root))
             ids = after[hv]["interfaces"][pod["lport"]]
             r.check(f"{hv}: Interface keys withdrawn after the flow",
                     ids.get("ovsfoot-elephants") == "0" and ids.get("ovsfoot-footprint") == "light",
@@ -332,7 +399,8 @@ class Lab:
         latency = {}
         for hv, pod in (("hv1", p1), ("hv2", p3)):
             crossed = [e["detected_ns"] / 1e9 for e in rows[hv] if e["port"] == pod["lport"]]
-            mine = [e for e in self.monitor_events(hv) if e["name"] == pod["interface"]]
+            mine = [e for e in self.monitor_events(hv)
+                    if e["table"] == "Interface" and e["name"] == pod["interface"]]
             pub = [e["t"] for e in mine if e["ids"].get("ovsfoot-elephants") == "1"]
             gone = [e["t"] for e in mine if pub and e["t"] > pub[0]
                     and e["ids"].get("ovsfoot-elephants") == "0"]
@@ -409,9 +477,9 @@ class Lab:
                 f"{c} ms vs {a} ms alone, {b} ms beside the elephant")
 
     def extender_pick(self, nodes: list[str]) -> tuple[str, dict]:
-        """Asks a real `ovsfoot scheduler-extender` on the SB to rank `nodes`."""
+        """Asks a real `ovsfoot scheduler-extender` on the cluster database to rank `nodes`."""
         ext = subprocess.Popen([sys.executable, "-m", "ovsfoot", "scheduler-extender",
-                                "--listen", "127.0.0.1:0", "--sb", self.sb,
+                                "--listen", "127.0.0.1:0", "--cluster-db", self.cluster_db,
                                 "--node-key", "name"], stdout=subprocess.PIPE, text=True)
         try:
             url = ext.stdout.readline().rsplit(" ", 1)[1].strip()
@@ -428,14 +496,17 @@ class Lab:
                     scores = {h["Host"]: h["Score"] for h in json.load(resp)}
                 return scores if len(set(scores.values())) > 1 else None
             try:
-                scores = wait_for(ask, timeout=60, interval=1, what="footprints in SB")
+                scores = wait_for(ask, timeout=60, interval=1,
+                                  what="footprints in the cluster database")
             except TimeoutError:
                 with urllib.request.urlopen(f"{url}/healthz", timeout=10) as resp:
                     health = json.load(resp)
-                sb = sh("ovn-sbctl", f"--db={self.sb}", "--columns=name,external_ids",
-                        "list", "Chassis_Private")
+                try:
+                    rows = json.dumps(self.cluster_rows("Chassis"))
+                except RuntimeError as e:
+                    rows = str(e)
                 scores = {n: None for n in nodes}
-                scores["why"] = f"extender {health}; SB: {sb}"
+                scores["why"] = f"extender {health}; cluster database Chassis: {rows}"
             best = max(nodes, key=lambda n: scores[n] or 0)
             return best, scores
         finally:
@@ -461,14 +532,95 @@ class Lab:
                 json.dumps(mine))
         self.stop_agents()
 
+    def learned_class_phase(self) -> None:
+        """A class learned on one chassis reaches another through the cluster database:
+        hv2 has received elephant after elephant for lab/elephant-server (and learned it
+        heavy); hv3, where it never ran, classes it heavy too."""
+        r = self.report
+        workload = self.pods["pod3"]["workload"]
+        here = self.agents["hv2"].json("workload/show").get(workload, {})
+        r.check(f"hv2 learned {workload} heavy", here.get("learned") == "heavy",
+                json.dumps(here))
+        rows = [row for row in self.cluster_rows("Workload_Class") if row["workload"] == workload]
+        seen = {}
+
+        def classed():
+            seen.update(self.agents["hv3"].json("workload/show").get(workload, {}))
+            return seen.get("cluster") == "heavy" and seen.get("learned") == "heavy"
+        ok = _try_wait(classed, 20)
+        r.event("learned class in the cluster database", workload=workload,
+                rows=json.dumps(rows), hv3=seen.get("learned"))
+        r.check(f"hv3 classes {workload} heavy, learned on hv2 (cluster database)", ok,
+                json.dumps({"hv3": seen, "Workload_Class": rows}))
+
+    # -- what OVN and OVS spend ------------------------------------------------
+    def counters(self) -> dict[str, dict[str, int]]:
+        """The counters now: ovn-controller and ovs-vswitchd of every chassis,
+        ovn-northd of the central node (see COST_COUNTERS)."""
+        out = {}
+        for hv, ovs in self.chassis.items():
+            c = ovn_snapshot(ovs, None)
+            out[hv] = {"ovn-controller": c.controller, "ovs-vswitchd": c.vswitchd_reconfigures}
+        out["central"] = {"ovn-northd": northd_recomputes(self.central)}
+        return out
+
+    def costed(self, label: str, fn, seconds: float | None = None) -> float:
+        """Runs fn(), then idles until `seconds` have passed (if given), and records
+        what OVN and OVS spent meanwhile as ovn_cost[label]; returns the seconds taken."""
+        before, t0 = self.counters(), time.monotonic()
+        fn()
+        if seconds is not None:
+            time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
+        took = time.monotonic() - t0
+        after = self.counters()
+        spent = {node: {d: after[node][d] - n for d, n in daemons.items()}
+                 for node, daemons in before.items()}
+        cost = self.report.data.setdefault("ovn_cost", {"counters": COST_COUNTERS})
+        cost[label] = {"seconds": round(took, 1), **spent}
+        self.report.event(f"OVN/OVS cost of the {label} phase", seconds=round(took, 1),
+                          **{n: ",".join(f"{d}={v}" for d, v in x.items())
+                             for n, x in spent.items()})
+        return took
+
+    def control_phase(self) -> None:
+        """The elephant phase's traffic (elephant and mice), with no agent running."""
+        if self.agents:
+            raise RuntimeError(f"agents still running on {', '.join(self.agents)}")
+        _, mice = self.mice(14)
+        client = self.iperf(8, 5206)
+        r = self.report
+        r.event("control: elephant and mice again, no agents", src="pod1@hv1", dst="pod3@hv2")
+        client.wait(60)
+        mice.wait(60)
+        self.kill_traffic()
+
+    def judge_cost(self) -> None:
+        """No more recomputes or reconfigurations with the agents than without them."""
+        r = self.report
+        cost = self.report.data.get("ovn_cost", {})
+        control, agents = cost.get("control"), cost.get("agents")
+        if not (control and agents):
+            r.check("OVN cost measured in a control phase and with the agents", False,
+                    f"measured: {', '.join(k for k in cost if k != 'counters') or 'nothing'}")
+            return
+        for node in (*self.chassis, "central"):
+            more = {d: f"{n} with the agents > {control[node][d]} without"
+                    for d, n in agents[node].items() if n > control[node][d]}
+            r.check(f"{node}: the agents cost no recompute ({', '.join(agents[node])}: "
+                    f"no more than the control phase)", not more,
+                    json.dumps(more or {"agents": agents[node], "control": control[node]}))
+
     def run(self) -> Report:
         try:
             self.build()
             self.agents_ready()
-            self.elephant_phase()
+            took = self.costed("agents", self.elephant_phase)
             self.threshold_phase()
             self.experiment_phase()
-            self.ctnetlink_phase()
+            self.learned_class_phase()
+            self.ctnetlink_phase()              # stops the agents
+            self.costed("control", self.control_phase, seconds=took)
+            self.judge_cost()
         except Exception as e:          # the report says what went wrong
             self.report.check("lab ran to the end", False, f"{type(e).__name__}: {e}")
             for hv, a in self.agents.items():

@@ -2,10 +2,11 @@
 
     python -m integration.monitor REMOTE OUTPUT
 
-Writes one JSON line per change of an Interface's or the Open_vSwitch row's
-`ovsfoot-*` keys: {"t": seconds since the epoch when the update arrived,
-"table": ..., "name": ..., "ids": {...}}. Used by the lab and the benchmarks to
-measure when a publication becomes visible to a consumer.
+Writes one JSON line per change of the `ovsfoot-*` keys of an Interface or of a
+Bridge (the integration bridge carries the node summary): {"t": seconds since
+the epoch when the update arrived, "table": "Interface" or "Bridge", "name": the
+row's name, "ids": {...}}. Used by the lab and the benchmarks to measure when a
+publication becomes visible to a consumer.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import ovs.poller
 
 from ovsfoot.ovsdb import open_idl
 
-TABLES = {"Open_vSwitch": ["external_ids"], "Interface": ["name", "external_ids"]}
+TABLES = {"Bridge": ["name", "external_ids"], "Interface": ["name", "external_ids"]}
 
 
 def keys(row) -> dict[str, str]:
@@ -40,7 +41,7 @@ def main() -> int:
                 now = time.time()
                 for table in TABLES:
                     for row in idl.tables[table].rows.values():
-                        name = getattr(row, "name", ".") if table == "Interface" else "."
+                        name = row.name
                         ids = keys(row)
                         if last.get((table, name)) != ids:
                             last[(table, name)] = ids

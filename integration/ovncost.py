@@ -68,3 +68,10 @@ def measure(ovs: Ovs, central, fn) -> Cost:
     before = snapshot(ovs, rundir)
     fn()
     return snapshot(ovs, rundir) - before
+
+
+def northd_recomputes(rundir: Path) -> int:
+    """ovn-northd's flow-node recomputes now (its control socket in `rundir`), for
+    a central node whose counters are read apart from any chassis' (the VM lab)."""
+    return recomputes(sh("ovs-appctl", "-t", str(northd_ctl(rundir)), "inc-engine/show-stats"),
+                      FLOW_NODES["ovn-northd"])
