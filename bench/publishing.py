@@ -90,15 +90,17 @@ class PacedSource:
 
 
 def db_keys(sb: Sandbox) -> dict[str, dict[str, str]]:
-    """ovsfoot keys of every Interface and the root row, read by ovs-vsctl."""
+    """ovsfoot keys of every Interface and, as "node", of the integration bridge (the
+    node summary), read by ovs-vsctl."""
     out = {}
     data = json.loads(sb.ovs.vsctl("--format=json", "--columns=name,external_ids", "list",
                                    "Interface"))
     for name, ids in data["data"]:
         out[name] = {k: v for k, v in dict(ids[1]).items() if k.startswith("ovsfoot-")}
-    root = json.loads(sb.ovs.vsctl("--format=json", "--columns=external_ids", "list",
-                                   "Open_vSwitch"))
-    out["."] = {k: v for k, v in dict(root["data"][0][0][1]).items() if k.startswith("ovsfoot-")}
+    node = json.loads(sb.ovs.vsctl("--format=json", "--columns=external_ids", "list",
+                                   "Bridge", sb.bridge))
+    out["node"] = {k: v for k, v in dict(node["data"][0][0][1]).items()
+                   if k.startswith("ovsfoot-")}
     return out
 
 
@@ -115,7 +117,7 @@ def run(quick: bool = False, log=print) -> list[Result]:
                            cwd=str(REPO), stderr=subprocess.DEVNULL)
     try:
         src = PacedSource(seconds)
-        agent = Agent(Config(db=sb.remote, bridge=sb.bridge, sb="none",
+        agent = Agent(Config(db=sb.remote, bridge=sb.bridge,
                              thresholds=Thresholds(idle_seconds=3600)), src,
                       db=LocalDb(sb.remote, timeout=10))
         deadline = time.monotonic() + 30
@@ -156,7 +158,7 @@ def run(quick: bool = False, log=print) -> list[Result]:
         want = {f"bp{z}": {"ovsfoot-elephants": str(truth.get(z, 0)),
                            "ovsfoot-footprint": "heavy" if truth.get(z) else None}
                 for z in range(1, PORTS + 1)}
-        want["."] = {"ovsfoot-elephants": str(len(src.active)),
+        want["node"] = {"ovsfoot-elephants": str(len(src.active)),
                      "ovsfoot-footprint": "heavy" if src.active else "light"}
         checked, stale = 0, []
         for row, kv in want.items():

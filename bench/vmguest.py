@@ -48,7 +48,7 @@ ELEPHANT_BYTES, ELEPHANT_S, IDLE_S = 100_000, 1.0, 1.0
 RATE = 2_500_000                    # bytes/s of a paced elephant (20 Mbit/s)
 FLOW_S = 2.0                        # how long each paced elephant sends
 THRESHOLDS = [f"--elephant-bytes={ELEPHANT_BYTES}", f"--elephant-seconds={ELEPHANT_S}",
-              f"--idle-seconds={IDLE_S}", "--sb=none"]
+              f"--idle-seconds={IDLE_S}"]
 IFACES = {1: "pod1-ovs", 2: "pod2-ovs"}          # zone -> Interface
 
 
