@@ -27,6 +27,7 @@ import ovs.db.idl
 import ovs.poller
 
 from ovsfoot import contract
+from ovsfoot.publishers.externalids import Committer
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ def _changed(row, want: dict) -> dict:
     return {c: v for c, v in want.items() if getattr(row, c) != v}
 
 
-class ClusterPublisher:
+class ClusterPublisher(Committer):
     def __init__(self, remote: str, chassis: str, hostname: str, min_interval: float = 1.0):
+        super().__init__(f"cluster database {remote}")
         self.remote, self.chassis, self.hostname = remote, chassis, hostname
         self.min_interval = min_interval
         helper = ovs.db.idl.SchemaHelper(location=contract.cluster_schema_path())
@@ -61,8 +63,6 @@ class ClusterPublisher:
         self.idl.cond_change("Chassis", [["name", "==", chassis]])
         self.idl.cond_change("Workload_Class", [["chassis", "==", chassis],
                                                 ["learned", "==", contract.HEAVY]])
-        self.txn: Txn | None = None
-        self.transactions = self.failures = 0
         self.classes: dict[str, str] = {}           # heavy, as learned on other chassis
         self._summary: dict | None = None           # None: withdrawn
         self._lessons: dict[str, Lesson] = {}
@@ -109,15 +109,8 @@ class ClusterPublisher:
         return out
 
     def _commit(self) -> None:
-        if self.txn is not None:
-            status = self.txn.commit()
-            if status == Txn.INCOMPLETE:
-                return
-            if status not in (Txn.SUCCESS, Txn.UNCHANGED, Txn.TRY_AGAIN):
-                self.failures += 1
-                log.error("cluster database %s refused an update: %s (%s); will retry",
-                          self.remote, status, self.txn.get_error())
-            self.txn = None
+        if not self.settled():
+            return
         if not self.idl.has_ever_connected() or time.monotonic() - self._last < self.min_interval:
             return
         changes = self.diff()

@@ -23,20 +23,41 @@ Txn = ovs.db.idl.Transaction
 Rows = Callable[[], Iterable[tuple[Hashable, object]]]
 
 
-class ExternalIdsPublisher:
+class Committer:
+    """One transaction in flight at a time; counts them, and logs what the server refused."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.txn: Txn | None = None
+        self.transactions = 0
+        self.failures = 0
+
+    def settled(self) -> bool:
+        """Advances the transaction in flight; True once there is none."""
+        if self.txn is None:
+            return True
+        status = self.txn.commit()
+        if status == Txn.INCOMPLETE:
+            return False
+        if status not in (Txn.SUCCESS, Txn.UNCHANGED, Txn.TRY_AGAIN):
+            self.failures += 1
+            log.error("%s refused an update: %s (%s); will retry", self.what, status,
+                      self.txn.get_error())
+        self.txn = None
+        return True
+
+
+class ExternalIdsPublisher(Committer):
     """`rows()` yields (id, row) for the rows to manage; `owned(key)` says which
     external_ids keys are ours to set and delete. Every row that has wanted
     keys also gets `ovsfoot-ts`, the time of its last change in ms."""
 
     def __init__(self, idl: ovs.db.idl.Idl, rows: Rows, owned: Callable[[str], bool],
                  min_interval: float = 0.1, what: str = "OVSDB"):
+        super().__init__(what)
         self.idl, self.rows, self.owned = idl, rows, owned
         self.min_interval = min_interval
-        self.what = what
-        self.txn: Txn | None = None
         self._last = 0.0
-        self.transactions = 0
-        self.failures = 0
         self._want: dict[Hashable, dict[str, str]] | None = None
 
     def want(self, wanted: dict[Hashable, dict[str, str]]) -> None:
@@ -61,15 +82,8 @@ class ExternalIdsPublisher:
         return changes
 
     def run(self) -> None:
-        if self.txn is not None:
-            status = self.txn.commit()
-            if status == Txn.INCOMPLETE:
-                return
-            if status not in (Txn.SUCCESS, Txn.UNCHANGED, Txn.TRY_AGAIN):
-                self.failures += 1
-                log.error("publishing to %s failed: %s (%s); will retry", self.what, status,
-                          self.txn.get_error())
-            self.txn = None
+        if not self.settled():
+            return
         if self._want is None or time.monotonic() - self._last < self.min_interval:
             return
         changes = self.diff()
