@@ -58,8 +58,7 @@ WORKLOADS = {"pod1": "lab/elephant-client", "pod2": "lab/mice-client",
              "pod5": "lab/mice-client"}
 # What the scenario and the provision scripts it runs start (integration/programs.py).
 PROGRAMS = ("bash", "ip", "ss", "tc", "ping", "iperf3", "sockperf", "conntrack", "modprobe",
-            "ovsdb-tool", "ovsdb-server", "ovsdb-client", "ovs-vswitchd", "ovs-vsctl",
-            "ovs-appctl",
+            "ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-appctl",
             "ovn-northd", "ovn-controller", "ovn-nbctl", "ovn-sbctl")
 # The seed's measurement (LPC 2019): sockperf p99 of mice, in ms.
 SEED_P99_MS = {"alone": 0.28, "beside the elephant": 14.04}
