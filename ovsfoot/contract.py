@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -166,7 +167,7 @@ _OVNK_IFACE_ID = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)_([a-z0-9]([-.a-z0
 _POD_SUFFIXES = (re.compile(rf"^(.+)-{K8S_ALNUM}{{6,10}}-{K8S_ALNUM}{{5}}$"),
                  re.compile(rf"^(.+)-{K8S_ALNUM}{{5}}$"),
                  re.compile(r"^(.+)-\d+$"))
-_WORKLOAD_RE = re.compile(r"^[^\s\x00-\x1f\x7f]{1,253}$")
+WORKLOAD_MAX = 253                  # characters of a workload identity
 
 
 def iface_id(namespace: str, pod: str) -> str:
@@ -197,12 +198,41 @@ def workload_of(lport: str, external_ids: dict[str, str]) -> str:
     return lport
 
 
+def _unsafe(ch: str) -> bool:
+    """Control, format (bidi overrides, zero-width), unassigned, private-use,
+    surrogate and separator characters: nothing a name needs, everything a forger does."""
+    return unicodedata.category(ch)[0] in "CZ"
+
+
 def validate_workload(workload) -> str:
-    """The workload identity stripped; ContractError if empty, too long or with spaces."""
+    """The workload identity stripped; ContractError if empty, longer than
+    WORKLOAD_MAX characters, or with whitespace, control or other invisible characters."""
     if not isinstance(workload, str):
         raise ContractError(f"workload must be a string, not {type(workload).__name__}")
     w = workload.strip()
-    if not _WORKLOAD_RE.match(w):
-        raise ContractError(f"invalid workload identity {workload!r}: 1-253 characters, "
-                            "no whitespace or control characters")
+    if not 0 < len(w) <= WORKLOAD_MAX or any(_unsafe(ch) for ch in w):
+        raise ContractError(f"invalid workload identity '{printable(workload)}': "
+                            f"1-{WORKLOAD_MAX} characters, no whitespace, control or "
+                            "invisible characters")
     return w
+
+
+def printable(value, limit: int = 80) -> str:
+    """An untrusted string (a name from OVSDB, a state file, a peer) made safe to log:
+    backslash, control, format and separator characters other than the space escaped
+    (so that it cannot forge a log line or hide what it is), cut after `limit`
+    characters with how long it was."""
+    s = value if isinstance(value, str) else str(value)
+    out = []
+    for ch in s[:limit]:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch != " " and _unsafe(ch):
+            n = ord(ch)
+            out.append(f"\\x{n:02x}" if n < 0x100 else
+                       f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}")
+        else:
+            out.append(ch)
+    if len(s) > limit:
+        out.append(f"...({len(s)} characters)")
+    return "".join(out)
