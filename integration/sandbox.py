@@ -269,7 +269,7 @@ class Ovs(Daemons):
         goes through OVN.
         """
         ns = netns_prefix + name
-        iface = f"{name}-ovs"[:15]
+        iface = (netns_prefix + name if netns_prefix else f"{name}-ovs")[:15]   # unique per run
         sh("ip", "netns", "add", ns)
         sh(*self._in_ns("ip", "link", "add", iface, "type", "veth", "peer", "name", "eth0",
                         "netns", ns))
