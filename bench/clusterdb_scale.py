@@ -1,0 +1,752 @@
+"""The cluster database at scale, on the host: 200 chassis against a 3-member raft cluster.
+
+ovsfoot's own clustered OVSDB (`OVSFoot_Cluster`, integration/clusterdb.py: three
+members in network namespaces, SSL, RBAC per chassis) gets 200 simulated chassis.
+Each is the agent's own `ClusterPublisher` (one IDL each, with its own
+certificate: CN = chassis name), driven by a paced feed: its node summary
+changes every 0.25-5.75 s (3 s on average), and now and then (1 change in 20) it
+learns a workload class, heavy or light. Four worker processes drive 50
+publishers each in one poll loop. Two real scheduler extenders
+(`ovsfoot scheduler-extender`, separate processes) read the cluster, one directly
+from the members, one through an ovsdb-server relay, and a prober POSTs
+`/prioritize` for all 200 nodes to each every 100 ms.
+
+Measured over the feed (plus 4 s to drain):
+  commit latency     change handed to publish() -> its transaction's SUCCESS
+                     (includes the wait for the publisher's 1 s min_interval)
+  view freshness     change handed to publish() -> first /prioritize answer whose
+                     score for that node is the one the change implies
+  leader CPU per tx  utime+stime of the raft leader's ovsdb-server over the
+                     window / transactions committed in it
+  per-chassis rate   transactions each chassis started, peak over 10 s windows,
+                     and the smallest gap between two of one chassis
+The baseline is the same feed, the same 200 chassis and certificates, against one
+standalone ovsdb-server (not clustered; same SSL, same RBAC) at member 1's address.
+
+python-ovs keeps one SSL key and certificate per process. So that each chassis
+still presents its own certificate, every chassis gets a stream class of its own
+(`ChassisSSL`, registered as connection method `sslhvNNNN:`) that loads its
+key and certificate when it opens a connection; the server sees exactly what
+200 agents would send.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import http.client
+import json
+import multiprocessing
+import random
+import resource
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench.common import REPO, Result, percentile, proc_cpu_s, ratio
+
+CHASSIS = 200
+WORKERS = 4
+MEAN_GAP = 3.0              # s between two summary changes of one chassis (uniform +-2.75)
+LEARN_P = 0.05              # a change also learns a workload class (1 in 20)
+HALF_LIFE = 6 * 3600.0      # the agent's default; lessons decay as the agent's do
+MIN_INTERVAL = 1.0          # ClusterPublisher's default
+POLL_S = 0.1                # prober: one /prioritize per extender this often
+DRAIN_S = 4.0
+# Node loads (elephants + heavy ports) whose light-pod scores all differ:
+# 10, 7, 5, 4, 3, 2, 1, 0. A change never takes any of the last 4 loads again,
+# so an answer's score says which state of the node it reflects.
+LOADS = (0, 1, 2, 3, 4, 6, 18, 40)
+AVOID = 4
+PROBE_POD = {"metadata": {"name": "probe", "namespace": "bench",
+                          "labels": {"ovsfoot.io/footprint": "light"}}}
+
+
+def chassis_name(i: int) -> str:
+    return f"hv{i:04d}"
+
+
+def hostname(i: int) -> str:
+    return f"node{i:04d}"
+
+
+# -- certificates ---------------------------------------------------------------
+def make_creds(sb, names: list[str]) -> dict[str, tuple[str, str, str]]:
+    """(key, certificate, CA) per name, CN = name, signed by the sandbox's switch CA.
+
+    EC P-256 keys with openssl (about 40 ms each, two at a time) rather than
+    ovs-pki's RSA-2048 req+sign (0.25 s each): 200 chassis in seconds."""
+    ca = sb.pki / "switchca" / "cacert.pem"
+    ca_key = sb.pki / "switchca" / "private" / "cakey.pem"
+    d = sb.workdir / "chassis-pki"
+    d.mkdir(exist_ok=True)
+
+    def one(name: str) -> tuple[str, tuple[str, str, str]]:
+        key, csr, cert = d / f"{name}-key.pem", d / f"{name}-req.pem", d / f"{name}-cert.pem"
+        if not cert.exists():
+            subj = f"/C=US/ST=CA/O=Open vSwitch/OU=Open vSwitch certifier/CN={name}"
+            for cmd in (["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                         "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
+                         "-out", str(csr), "-subj", subj],
+                        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca),
+                         "-CAkey", str(ca_key), "-set_serial",
+                         str(random.getrandbits(63)), "-days", "30", "-out", str(cert)]):
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+                if p.returncode:
+                    raise RuntimeError(f"{' '.join(cmd[:2])} {name}: {p.stderr.strip()}")
+        return name, (str(key), str(cert), str(ca))
+    with ThreadPoolExecutor(2) as ex:
+        return dict(ex.map(one, names))
+
+
+# -- a chassis ------------------------------------------------------------------
+def register_chassis_ssl(scheme: str, creds: tuple[str, str, str]) -> None:
+    """Connection method `scheme:` = ssl: with this chassis' own key and certificate."""
+    import ovs.stream
+    key, cert, ca = creds
+
+    class ChassisSSL(ovs.stream.SSLStream):
+        @staticmethod
+        def _open(suffix, dscp):
+            # python-ovs reads the process-wide files when it opens a connection
+            S = ovs.stream.Stream
+            S._SSL_private_key_file, S._SSL_certificate_file, S._SSL_ca_cert_file = key, cert, ca
+            return ovs.stream.SSLStream._open(suffix, dscp)
+    ovs.stream.Stream.register_method(scheme, ChassisSSL)
+
+
+def timed_publisher_class():
+    from ovs.db.idl import Transaction as Txn
+    from ovsfoot.publishers.cluster import ClusterPublisher
+
+    class TimedPublisher(ClusterPublisher):
+        """The agent's ClusterPublisher, unchanged, plus timestamps: when each
+        change was handed to publish(), when each transaction started, and when
+        it succeeded (and which state of the feed it carried)."""
+
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.state = -1
+            self.pending: list[tuple[int, float]] = []     # (state, t) in no transaction yet
+            self.inflight: list[tuple[int, float]] = []
+            self.carried = -1
+            self.starts: list[float] = []
+            self.committed: list[tuple[int, float]] = []   # (state carried, t SUCCESS)
+            self.latency: list[tuple[float, float]] = []   # (t publish, s to SUCCESS)
+            self.refused = self.reverted = 0
+            self._inside = False
+
+        def publish_state(self, state: int, node: dict, lessons: dict) -> None:
+            self.state = state
+            self.pending.append((state, time.monotonic()))
+            self.publish(node, lessons)
+
+        def _commit(self) -> None:
+            if self._inside:                    # ClusterPublisher._commit calls itself
+                return super()._commit()
+            before, n = self.txn, self.transactions
+            self._inside = True
+            try:
+                super()._commit()
+            finally:
+                self._inside = False
+            now = time.monotonic()
+            if before is not None and self.txn is not before:
+                status = before.commit()        # a finished transaction keeps its status
+                if status in (Txn.SUCCESS, Txn.UNCHANGED):
+                    self.committed.append((self.carried, now))
+                    self.latency += [(t, now - t) for _, t in self.inflight]
+                else:
+                    self.refused += 1
+                    self.pending = self.inflight + self.pending
+                self.inflight, self.carried = [], -1
+            if self.transactions > n:
+                self.starts.append(now)
+                if self.txn is not None:
+                    self.inflight, self.pending = self.pending, []
+                    self.carried = self.state
+            elif (self.txn is None and self.pending and self.idl.has_ever_connected()
+                  and now - self._last >= self.min_interval and not self.diff()):
+                self.reverted += len(self.pending)      # back to what is committed
+                self.pending = []
+
+    return TimedPublisher
+
+
+class Feed:
+    """One chassis' paced changes."""
+
+    def __init__(self, i: int, seed: int):
+        from ovsfoot.scheduler.scoring import score as _score, NodeFacts
+        self.i = i
+        self.rng = random.Random(seed * 100_003 + i)
+        self.loads = [0]
+        self.lessons: dict[str, tuple[str, float, float]] = {}   # workload: klass, score, t
+        self.state = 0
+        self._score, self._facts = _score, NodeFacts
+
+    def node(self, load: int) -> tuple[dict[str, str], int]:
+        from ovsfoot.contract import LIGHT, NodeKeys
+        hp = self.rng.randint(0, min(2, load))
+        el = load - hp
+        facts = self._facts(chassis_name(self.i), hostname(self.i),
+                            "heavy" if load else "light", el, hp)
+        return NodeKeys.format(el, hp), self._score(facts, LIGHT)
+
+    def gap(self) -> float:
+        return MEAN_GAP + self.rng.uniform(-2.75, 2.75)
+
+    def change(self, now: float):
+        """(state, node keys, lessons, light-pod score the extender should answer)."""
+        from ovsfoot.publishers.cluster import Lesson
+        load = self.rng.choice([x for x in LOADS if x not in self.loads[-AVOID:]])
+        self.loads.append(load)
+        self.state += 1
+        node, score = self.node(load)
+        if self.rng.random() < LEARN_P:
+            w = f"ns{self.rng.randrange(20)}/app{self.rng.randrange(100)}"
+            heavy = self.rng.random() < 0.5
+            self.lessons[w] = ("heavy" if heavy else "light",
+                               3 + 2 * self.rng.random() if heavy else 2 * self.rng.random(),
+                               now)
+        lessons = {w: Lesson(k, s * 0.5 ** ((now - t) / HALF_LIFE))
+                   for w, (k, s, t) in self.lessons.items()}
+        return self.state, node, lessons, score
+
+
+class Loop:
+    """Many publishers in one poll loop: a publisher runs only when one of its
+    file descriptors is ready, its timer is due, or it was handed a change."""
+
+    def __init__(self, pubs):
+        self.regs: dict = {}
+        self.due = set(pubs)
+        self.wakeups = 0
+
+    def run_due(self) -> None:
+        import ovs.poller
+        now = time.monotonic()
+        for p in self.due:
+            p.run()
+            pl = ovs.poller.Poller()
+            p.wait(pl)
+            self.regs[p] = (list(pl.poll.rlist), list(pl.poll.wlist), list(pl.poll.xlist),
+                            None if pl.timeout < 0 else now + pl.timeout / 1000)
+        self.due = set()
+
+    def block(self, until: float, extra=()) -> set:
+        owners: dict[int, list] = {}
+        r, w, x = list(extra), [], []
+        deadline = until
+        for p, (rl, wl, xl, d) in self.regs.items():
+            for lst, fds in ((r, rl), (w, wl), (x, xl)):
+                for fd in fds:
+                    lst.append(fd)
+                    owners.setdefault(fd, []).append(p)
+            if d is not None and d < deadline:
+                deadline = d
+        try:
+            rr, ww, xx = select.select(r, w, x, max(0.0, deadline - time.monotonic()))
+        except (OSError, ValueError):           # a stale descriptor: run everyone
+            self.due = set(self.regs)
+            return set()
+        self.wakeups += 1
+        now = time.monotonic()
+        ready = set(rr) | set(ww) | set(xx)
+        for fd in ready:
+            self.due.update(owners.get(fd, ()))
+        for p, (_, _, _, d) in self.regs.items():
+            if d is not None and d <= now:
+                self.due.add(p)
+        return ready
+
+
+def worker(conn, spec: dict) -> None:
+    """A worker process: spec['chassis'] chassis, one poll loop, until told to stop."""
+    import ovsfoot.publishers.cluster as cluster_mod
+    cluster_mod.log.disabled = True             # per-chassis "connected" lines: noise here
+    Timed = timed_publisher_class()
+    pubs, feeds = [], []
+    for i in spec["chassis"]:
+        scheme = f"ssl{chassis_name(i)}"
+        register_chassis_ssl(scheme, tuple(spec["creds"][chassis_name(i)]))
+        remote = ",".join(f"{scheme}:{addr}" for addr in spec["members"])
+        pubs.append(Timed(remote, chassis_name(i), hostname(i), MIN_INTERVAL))
+        feeds.append(Feed(i, spec["seed"]))
+    for p, f in zip(pubs, feeds):
+        node, _ = f.node(0)
+        p.publish_state(0, node, {})
+    loop = Loop(pubs)
+    fd = conn.fileno()
+    deadline = time.monotonic() + 120
+    while not all(p.idl.has_ever_connected() and p.txn is None and not p.pending
+                  and p.committed for p in pubs):
+        if time.monotonic() > deadline:
+            conn.send(("error", f"{sum(bool(p.committed) for p in pubs)} of {len(pubs)} "
+                                "chassis connected and published within 120 s"))
+            return
+        loop.run_due()
+        loop.block(time.monotonic() + 0.5)
+    conn.send(("ready", len(pubs)))
+    go = None
+    while go is None:
+        loop.run_due()
+        if fd in loop.block(time.monotonic() + 1.0, [fd]):
+            go = conn.recv()
+    if go[0] != "go":
+        return
+    _, t0, t_feed_end, t_end = go
+    heap = [(t0 + f.rng.uniform(0, 2 * MEAN_GAP), k) for k, f in enumerate(feeds)]
+    heapq.heapify(heap)
+    changes: list[list] = [[] for _ in pubs]        # (state, t, score)
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    wake0 = loop.wakeups
+    while True:
+        now = time.monotonic()
+        if now >= t_end:
+            break
+        while heap and heap[0][0] <= now and heap[0][0] < t_feed_end:
+            _, k = heapq.heappop(heap)
+            state, node, lessons, score = feeds[k].change(now)
+            pubs[k].publish_state(state, node, lessons)
+            changes[k].append((state, time.monotonic(), score))
+            loop.due.add(pubs[k])
+            heapq.heappush(heap, (now + feeds[k].gap(), k))
+        loop.run_due()
+        nxt = heap[0][0] if heap and heap[0][0] < t_feed_end else t_end
+        loop.block(min(nxt, t_end))
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    conn.send(("done", {
+        "cpu_s": (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime),
+        "wakeups": loop.wakeups - wake0,
+        "chassis": {p.chassis: {"i": spec["chassis"][k], "changes": changes[k],
+                                "starts": p.starts, "committed": p.committed,
+                                "latency": p.latency, "refused": p.refused,
+                                "reverted": p.reverted, "failures": p.failures,
+                                "pending": len(p.pending) + len(p.inflight)}
+                    for k, p in enumerate(pubs)}}))
+
+
+def _worker_main(conn, spec) -> None:
+    try:
+        worker(conn, spec)
+    except Exception as e:          # tell the parent rather than leave it waiting
+        import traceback
+        conn.send(("error", f"{e!r}\n{traceback.format_exc()}"))
+    finally:
+        conn.close()
+
+
+# -- the servers ----------------------------------------------------------------
+class Standalone:
+    """One standalone (not clustered) OVSFoot_Cluster server in member 1's namespace
+    and address, with the same SSL files, Connection row and RBAC role."""
+
+    def __init__(self, sb):
+        self.m = sb.members[0]
+        self.dir = sb.workdir / "standalone"
+        self.pidfile = self.dir / "ovsdb-server.pid"
+        self.sb = sb
+
+    def start(self) -> "Standalone":
+        from integration.sandbox import sh, wait_for
+        from ovsfoot import clusterdb, contract
+        self.dir.mkdir(exist_ok=True)
+        db = self.dir / "standalone.db"
+        sh("ovsdb-tool", "create", str(db), contract.cluster_schema_path())
+        key, cert, ca = self.sb._sign(self.sb.pki, self.m.name)
+        sh("ip", "netns", "exec", self.m.netns, "ovsdb-server", str(db),
+           f"--pidfile={self.pidfile}", f"--log-file={self.dir / 'ovsdb-server.log'}",
+           f"--unixctl={self.dir / 'ovsdb-server.ctl'}", f"--remote=punix:{self.dir / 'db.sock'}",
+           f"--remote=db:{clusterdb.DB_NAME},Cluster_Global,connections",
+           f"--private-key={key}", f"--certificate={cert}", f"--ca-cert={ca}",
+           "--detach", "--no-chdir")
+        clusterdb.bootstrap(f"unix:{self.dir / 'db.sock'}", clusterdb.listen_target(None, True))
+        ns = self.m.netns
+
+        def listening() -> bool:
+            out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Hltn", "sport", "= :6647"],
+                                 capture_output=True, text=True).stdout
+            return bool(out.strip())
+        wait_for(listening, timeout=20, what="the standalone server to listen on 6647")
+        return self
+
+    @property
+    def pid(self) -> int:
+        return int(self.pidfile.read_text())
+
+    def stop(self) -> None:
+        from integration.sandbox import kill_pidfile
+        kill_pidfile(self.pidfile)
+
+
+class Extender:
+    """`ovsfoot scheduler-extender` in a process of its own, and an HTTP client for it."""
+
+    def __init__(self, name: str, remote: str, creds, logdir: Path):
+        from integration.sandbox import free_port
+        self.name, self.remote = name, remote
+        self.log = logdir / f"extender-{name}.log"
+        self.port = free_port()
+        ssl = [f"--private-key={creds[0]}", f"--certificate={creds[1]}",
+               f"--ca-cert={creds[2]}"] if creds else []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ovsfoot", "scheduler-extender",
+             f"--listen=127.0.0.1:{self.port}", f"--cluster-db={remote}", *ssl],
+            cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=self.log.open("w"))
+        self.conn: http.client.HTTPConnection | None = None
+        self.answer_s: list[float] = []
+        self.obs: dict[str, list[tuple[float, int]]] = {}    # host: (t, score) when it changed
+        self.failed = 0
+
+    def healthz(self) -> dict:
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            c.request("GET", "/healthz")
+            return json.loads(c.getresponse().read())
+        finally:
+            c.close()
+
+    def wait_synced(self, chassis: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"extender {self.name} exited: {self.log.read_text()[-2000:]}")
+            try:
+                last = self.healthz()
+                if last.get("synced") and last.get("chassis") == chassis:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"extender {self.name} did not see {chassis} chassis: {last}")
+
+    def probe(self, body: bytes) -> None:
+        t_ask = time.monotonic()
+        try:
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            self.conn.request("POST", "/prioritize", body,
+                              {"Content-Type": "application/json"})
+            answer = json.loads(self.conn.getresponse().read())
+        except (OSError, http.client.HTTPException, ValueError):
+            self.failed += 1
+            self.conn = None
+            return
+        t = time.monotonic()
+        self.answer_s.append(t - t_ask)
+        for hp in answer:
+            seen = self.obs.setdefault(hp["Host"], [])
+            if not seen or seen[-1][1] != hp["Score"]:
+                seen.append((t, hp["Score"]))
+
+    def cpu_s(self) -> float:
+        return proc_cpu_s(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+# -- one measurement ------------------------------------------------------------
+def freshness(chassis: dict, obs: dict, t0: float, t1: float) -> dict:
+    """Per change handed to publish() in [t0, t1): seconds until an answer showed the
+    score of the first committed state at or after it (a change a later one
+    superseded before it was sent is reflected by that later state)."""
+    samples, missing, ambiguous = [], 0, 0
+    for c in chassis.values():
+        host = hostname(c["i"])
+        score = {s: sc for s, _, sc in c["changes"]}
+        carried = sorted(s for s, _ in c["committed"])
+        seen = obs.get(host, [])
+        times = [t for t, _ in seen]
+        for state, t, _ in c["changes"]:
+            if not t0 <= t < t1:
+                continue
+            j = bisect.bisect_left(carried, state)
+            if j == len(carried):
+                missing += 1
+                continue
+            want = score[carried[j]]
+            k = bisect.bisect_right(times, t) - 1
+            if k >= 0 and seen[k][1] == want:
+                ambiguous += 1              # already shown by an older state: not counted
+                continue
+            hit = next((tt for tt, sc in seen[k + 1:] if sc == want), None)
+            if hit is None:
+                missing += 1
+            else:
+                samples.append(hit - t)
+    return {"samples": samples, "missing": missing, "ambiguous": ambiguous}
+
+
+def measure(label: str, members: list[str], creds: dict, servers: dict[str, int],
+            leader: str, extenders: dict[str, tuple[str, tuple | None]], feed_s: float,
+            seed: int, logdir: Path, log) -> dict:
+    """The feed against `members`; `servers` name -> ovsdb-server pid (CPU);
+    `leader` the name whose CPU per transaction is reported."""
+    ctx = multiprocessing.get_context("fork")
+    per = [list(range(w, CHASSIS, WORKERS)) for w in range(WORKERS)]
+    procs, conns, exts = [], [], []
+    try:
+        t_setup = time.monotonic()
+        for ids in per:
+            parent, child = ctx.Pipe()
+            spec = {"chassis": ids, "members": members, "seed": seed,
+                    "creds": {chassis_name(i): creds[chassis_name(i)] for i in ids}}
+            p = ctx.Process(target=_worker_main, args=(child, spec), daemon=True)
+            p.start()
+            child.close()
+            procs.append(p)
+            conns.append(parent)
+        for c in conns:
+            if not c.poll(150):
+                raise TimeoutError(f"{label}: a worker did not connect its chassis in 150 s")
+            msg = c.recv()
+            if msg[0] != "ready":
+                raise RuntimeError(f"{label}: worker failed: {msg[1]}")
+        t_conn = time.monotonic() - t_setup
+        exts = [Extender(n, r, cr, logdir) for n, (r, cr) in extenders.items()]
+        for e in exts:
+            e.wait_synced(CHASSIS)
+        log(f"clusterdb {label}: {CHASSIS} chassis connected and published in {t_conn:.1f} s;"
+            f" extenders synced; feed for {feed_s:.0f} s")
+        body = json.dumps({"Pod": PROBE_POD,
+                           "NodeNames": [hostname(i) for i in range(CHASSIS)]}).encode()
+        for e in exts:
+            e.probe(body)
+        pids = {**servers, **{f"extender-{e.name}": e.proc.pid for e in exts}}
+        cpu0 = {n: proc_cpu_s(p) for n, p in pids.items()}
+        t0 = time.monotonic() + 0.5
+        t_feed_end, t_end = t0 + feed_s, t0 + feed_s + DRAIN_S
+        for c in conns:
+            c.send(("go", t0, t_feed_end, t_end))
+        nxt = time.monotonic()
+        while time.monotonic() < t_end:
+            for e in exts:
+                e.probe(body)
+            nxt += POLL_S
+            time.sleep(max(0.0, nxt - time.monotonic()))
+        cpu1 = {n: proc_cpu_s(p) for n, p in pids.items()}
+        results = []
+        for c in conns:
+            if not c.poll(60):
+                raise TimeoutError(f"{label}: a worker did not report within 60 s")
+            msg = c.recv()
+            if msg[0] != "done":
+                raise RuntimeError(f"{label}: worker failed: {msg[1]}")
+            results.append(msg[1])
+        health = {e.name: e.healthz() for e in exts}
+    finally:
+        for e in exts:
+            e.stop()
+        for c in conns:
+            try:
+                c.send(("stop",))
+            except OSError:
+                pass
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+    chassis = {k: v for r in results for k, v in r["chassis"].items()}
+    window = t_end - t0
+    lat = [s for c in chassis.values() for t, s in c["latency"] if t0 <= t < t_feed_end]
+    committed = sum(1 for c in chassis.values() for _, t in c["committed"] if t0 <= t < t_end)
+    n_changes = sum(1 for c in chassis.values() for _, t, _ in c["changes"]
+                    if t0 <= t < t_feed_end)
+    # per chassis: peak transactions in any 10 s window, smallest gap between two
+    peak, min_gap, rates = 0.0, float("inf"), []
+    for c in chassis.values():
+        st = [t for t in c["starts"] if t0 <= t < t_end]
+        rates.append(len(st) / window)
+        for a, b in zip(st, st[1:]):
+            min_gap = min(min_gap, b - a)
+        for k, t in enumerate(st):
+            peak = max(peak, (bisect.bisect_left(st, t + 10.0) - k) / 10.0)
+    chg_peak = 0.0
+    for c in chassis.values():
+        ct = [t for _, t, _ in c["changes"] if t0 <= t < t_feed_end]
+        for k, t in enumerate(ct):
+            chg_peak = max(chg_peak, (bisect.bisect_left(ct, t + 10.0) - k) / 10.0)
+    fresh = {e.name: freshness(chassis, e.obs, t0, t_feed_end) for e in exts}
+    cpu = {n: cpu1[n] - cpu0[n] for n in pids}
+    out = {
+        "label": label, "chassis": len(chassis), "feed_s": feed_s, "window_s": round(window, 2),
+        "connect_s": round(t_conn, 1),
+        "changes": n_changes, "committed": committed,
+        "tx_per_s": committed / window, "changes_per_s": n_changes / feed_s,
+        "commit_ms": [x * 1000 for x in lat],
+        "refused": sum(c["refused"] for c in chassis.values()),
+        "failures": sum(c["failures"] for c in chassis.values()),
+        "reverted": sum(c["reverted"] for c in chassis.values()),
+        "left_pending": sum(c["pending"] for c in chassis.values()),
+        "chassis_peak_tx_per_s": peak, "chassis_min_gap_s": min_gap,
+        "chassis_mean_tx_per_s": sum(rates) / len(rates),
+        "chassis_peak_changes_per_s": chg_peak,
+        "fresh": {n: {"ms": [x * 1000 for x in f["samples"]], "missing": f["missing"],
+                      "ambiguous": f["ambiguous"]} for n, f in fresh.items()},
+        "answer_ms": {e.name: [x * 1000 for x in e.answer_s] for e in exts},
+        "probe_failures": {e.name: e.failed for e in exts},
+        "cpu_s": {n: round(v, 2) for n, v in cpu.items()},
+        "leader": leader, "leader_cpu_s": cpu[leader],
+        "leader_cpu_ms_per_tx": 1000 * cpu[leader] / committed if committed else None,
+        "workers_cpu_s": round(sum(r["cpu_s"] for r in results), 2),
+        "workers_wakeups": sum(r["wakeups"] for r in results),
+        "extender_health": health,
+    }
+    return out
+
+
+def _p(xs, q):
+    v = percentile(xs, q)
+    return None if v is None else round(v, 1)
+
+
+def summary(m: dict) -> dict:
+    """What goes into results.json's detail: no raw lists."""
+    s = {k: v for k, v in m.items() if k not in ("commit_ms", "fresh", "answer_ms")}
+    s["commit_ms"] = {"n": len(m["commit_ms"]), "p50": _p(m["commit_ms"], 50),
+                      "p90": _p(m["commit_ms"], 90), "p99": _p(m["commit_ms"], 99),
+                      "max": _p(m["commit_ms"], 100)}
+    s["fresh_ms"] = {n: {"n": len(f["ms"]), "missing": f["missing"],
+                         "ambiguous": f["ambiguous"], "p50": _p(f["ms"], 50),
+                         "p90": _p(f["ms"], 90), "p99": fresh_p99(f), "max": _p(f["ms"], 100)}
+                     for n, f in m["fresh"].items()}
+    s["answer_ms"] = {n: {"n": len(a), "p50": _p(a, 50), "p99": _p(a, 99)}
+                      for n, a in m["answer_ms"].items()}
+    for k in ("tx_per_s", "changes_per_s", "chassis_peak_tx_per_s", "chassis_min_gap_s",
+              "chassis_mean_tx_per_s", "chassis_peak_changes_per_s", "leader_cpu_s",
+              "leader_cpu_ms_per_tx"):
+        if isinstance(s.get(k), float):
+            s[k] = round(s[k], 3)
+    return s
+
+
+def fresh_p99(f: dict) -> float | None:
+    """p99 with every missing sample counted as never (infinitely late)."""
+    xs = f["ms"] + [float("inf")] * f["missing"]
+    v = percentile(xs, 99)
+    return None if v is None else (v if v == float("inf") else round(v, 1))
+
+
+def leader_term(sb, i: int) -> tuple[str, str]:
+    st = sb.status(i)
+    term = next((ln.split(":", 1)[1].strip() for ln in st.splitlines()
+                 if ln.startswith("Term:")), "?")
+    return sb.members[i].name, term
+
+
+def run(quick: bool = False, log=print) -> list[Result]:
+    from integration.clusterdb import ClusterDbSandbox
+    from integration.programs import require
+    from integration.sandbox import kill_pidfile
+    # ovsdb-client (relay, bootstrap) comes with ovsdb-server (openvswitch-common)
+    require("ip", "openssl", "ss", "ovs-pki", "ovsdb-tool", "ovsdb-server", "ovs-appctl")
+    feed_s = 20.0 if quick else 50.0
+    work = Path(tempfile.mkdtemp(prefix="ovsfoot-bench-clusterdb-"))
+    sb = ClusterDbSandbox(work / "db", members=3, ssl=True)
+    standalone, ok = None, False
+    try:
+        t = time.monotonic()
+        sb.start()
+        names = [chassis_name(i) for i in range(CHASSIS)]
+        creds = make_creds(sb, names + ["extender"])
+        relay = sb.relay("relay")
+        relay_pid = int((sb.workdir / "relay" / "ovsdb-server.pid").read_text())
+        li = sb.leader()
+        before = leader_term(sb, li)
+        log(f"clusterdb: 3 raft members, {len(creds)} certificates and a relay in "
+            f"{time.monotonic() - t:.0f} s; leader {before[0]} (term {before[1]})")
+        servers = {m.name: int((m.dir / "ovsdb-server.pid").read_text()) for m in sb.members}
+        servers["relay"] = relay_pid
+        cl = measure("raft", [f"{m.ip}:6647" for m in sb.members], creds, servers,
+                     sb.members[li].name,
+                     {"direct": (sb.remote, creds["extender"]), "relay": (relay, None)},
+                     feed_s, 1, work, log)
+        li2 = sb.leader()
+        cl["leader_after"] = leader_term(sb, li2) if li2 is not None else None
+        cl["leader_before"] = before
+        # baseline: the same feed against one standalone server
+        kill_pidfile(sb.workdir / "relay" / "ovsdb-server.pid")
+        for m in sb.members:
+            sb.stop_member(m.index)
+        standalone = Standalone(sb).start()
+        st = measure("standalone", [f"{sb.members[0].ip}:6647"], creds,
+                     {"standalone": standalone.pid}, "standalone",
+                     {"direct": (f"ssl:{sb.members[0].ip}:6647", creds["extender"])},
+                     feed_s, 1, work, log)
+        ok = True
+    finally:
+        if standalone is not None:
+            standalone.stop()
+        sb.destroy()
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log(f"clusterdb: logs kept in {work}")
+    C, S = summary(cl), summary(st)
+    log(f"clusterdb: raft {C['tx_per_s']:.1f} tx/s committed for {C['changes_per_s']:.1f} "
+        f"changes/s; commit p50/p99 {C['commit_ms']['p50']}/{C['commit_ms']['p99']} ms "
+        f"(standalone {S['commit_ms']['p50']}/{S['commit_ms']['p99']}); freshness p99 "
+        f"direct {C['fresh_ms']['direct']['p99']} ms, relay {C['fresh_ms']['relay']['p99']} ms "
+        f"(standalone {S['fresh_ms']['direct']['p99']}); leader "
+        f"{C['leader_cpu_ms_per_tx']} ms CPU/tx (standalone {S['leader_cpu_ms_per_tx']})")
+    detail = {"raft": C, "standalone": S}
+    c50, c99 = C["commit_ms"]["p50"], C["commit_ms"]["p99"]
+    s50, s99 = S["commit_ms"]["p50"], S["commit_ms"]["p99"]
+    fd, fr, fs = C["fresh_ms"]["direct"], C["fresh_ms"]["relay"], S["fresh_ms"]["direct"]
+    leader_tx, base_tx = C["leader_cpu_ms_per_tx"], S["leader_cpu_ms_per_tx"]
+    ok_rate = (C["chassis_peak_tx_per_s"] <= 1.0
+               and C["chassis_min_gap_s"] >= 0.98 * MIN_INTERVAL)
+    return [
+        Result("clusterdb_chassis_tx_per_s", C["chassis_peak_tx_per_s"], "tx/s per chassis",
+               C["chassis_peak_changes_per_s"],
+               "the same chassis' changes/s handed to publish() (peak 10 s window)",
+               ratio(C["chassis_peak_tx_per_s"], C["chassis_peak_changes_per_s"]),
+               f"<= 1 tx/s per chassis (peak 10 s window; {CHASSIS} chassis)", ok_rate,
+               detail={"chassis": C["chassis"], "min_gap_s": C["chassis_min_gap_s"],
+                       "mean_tx_per_s": C["chassis_mean_tx_per_s"],
+                       "cluster_tx_per_s": C["tx_per_s"],
+                       "cluster_changes_per_s": C["changes_per_s"]}),
+        Result("clusterdb_commit_p50", c50, "ms", s50, "the same feed on one standalone server",
+               ratio(c50, s50), "(p50, informational)", None, detail=detail),
+        Result("clusterdb_commit_p99", c99, "ms", s99, "the same feed on one standalone server",
+               ratio(c99, s99), "(informational: includes the 1 s min_interval wait)", None),
+        Result("clusterdb_view_fresh_p99", fd["p99"], "ms", fs["p99"],
+               "the same, extender on one standalone server", ratio(fd["p99"], fs["p99"]),
+               "p99 <= 2 s (extender reading the members)",
+               fd["p99"] is not None and fd["p99"] <= 2000,
+               detail={"raft_direct": fd, "raft_relay": fr, "standalone": fs}),
+        Result("clusterdb_view_fresh_relay_p99", fr["p99"], "ms", fd["p99"],
+               "the extender reading the members directly, same run",
+               ratio(fr["p99"], fd["p99"]), "p99 <= 2 s (extender behind a relay)",
+               fr["p99"] is not None and fr["p99"] <= 2000),
+        Result("clusterdb_leader_cpu_per_tx", leader_tx, "ms CPU/tx", base_tx,
+               "standalone server's CPU per transaction, same feed", ratio(leader_tx, base_tx),
+               "(informational)", None,
+               detail={"raft_cpu_s": C["cpu_s"], "standalone_cpu_s": S["cpu_s"],
+                       "raft_committed": C["committed"], "standalone_committed": S["committed"],
+                       "window_s": C["window_s"], "leader_before": C["leader_before"],
+                       "leader_after": C["leader_after"]}),
+    ]
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    for r in run(quick="--quick" in sys.argv, log=lambda m: print(m, file=sys.stderr)):
+        print(r.name, r.value, r.unit, r.baseline, r.ratio, r.met)
+        if r.detail and "-v" in sys.argv:
+            print(json.dumps(r.detail, indent=1, default=str))
