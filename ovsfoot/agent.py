@@ -5,6 +5,7 @@ Data flows one way: source -> detector -> attributor -> footprints -> publisher.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import time
@@ -41,6 +42,7 @@ class Config:
     publish_interval: float = 0.1
     cluster_db: str | None = None       # ovsfoot's cluster database; None: no cluster view
     cluster_interval: float = 1.0       # at most one cluster transaction this often
+    heartbeat: float = 10.0             # and one at least this often (liveness)
 
 
 class Agent:
@@ -58,7 +60,7 @@ class Agent:
         self.cleanup: SouthboundCleanup | None = None
         self.state = StateFile(cfg.state) if cfg.state else None
         if self.state:
-            self.learner.load(self.state.load())
+            self.learner.load(self.state.load(), self.state.flows)
         self.started = time.time_ns()
         self.exiting = False
         self.events = 0
@@ -67,6 +69,7 @@ class Agent:
         self._synced = False
         self._generation = None
         self._next_save = self._next_tick = 0.0
+        self._identity_warned: dict[str, tuple[str | None, str]] = {}
 
     # -- topology ---------------------------------------------------------
     def refresh_topology(self) -> None:
@@ -78,23 +81,62 @@ class Agent:
                             "until it exists (wrong --bridge?)", self.cfg.bridge)
             else:
                 log.info("reading conntrack zones from bridge %s", self.cfg.bridge)
-        self.attributor.zones.update(dict(bridge.external_ids) if bridge else {},
-                                     time.time_ns(), started=not self._synced)
-        ports = {}
+        candidates: dict[str, list[tuple[Port, bool]]] = {}
         for iface in self.db.rows("Interface"):
             ids = dict(iface.external_ids)
             lport = ids.get("iface-id")
             if lport:
-                ports[lport] = Port(lport, iface.name, contract.workload_of(lport, ids),
-                                    port_addresses(ids))
-        for lport in ports.keys() - self.attributor.ports.keys():
+                port = Port(lport, iface.name, self._workload(lport, ids), port_addresses(ids))
+                installed = ids.get("ovn-installed") == "true"
+                candidates.setdefault(lport, []).append((port, installed))
+        self._identity_warned = {k: v for k, v in self._identity_warned.items()
+                                 if k in candidates}
+        known = set(self.attributor.ports)
+        self.attributor.set_ports(candidates)
+        ports = self.attributor.ports
+        self.attributor.zones.update(dict(bridge.external_ids) if bridge else {},
+                                     time.time_ns(), started=not self._synced,
+                                     bound=ports.keys())
+        for lport in ports.keys() - known:
             klass = self.klass(ports[lport].workload)
-            log.info("port %s appeared (workload %s%s)", lport, ports[lport].workload,
+            log.info("port %s appeared (workload %s%s)", contract.printable(lport),
+                     contract.printable(ports[lport].workload),
                      f", learned {klass}" if klass else "")
-        self.attributor.ports = ports
         self._follow_cluster()
         self._synced = True
         self._generation = None         # republish
+
+    def _workload(self, lport: str, ids: dict[str, str]) -> str:
+        """The port's workload identity, validated: an invalid `ovsfoot-workload` is
+        ignored (with a warning, once) for the identity derived from the port; a
+        derived one that is not valid either (a hostile iface-id or vm-id) is replaced
+        by one made from a hash of the iface-id."""
+        problems = []
+        explicit = ids.get(contract.WORKLOAD)
+        if explicit is not None and explicit.strip():
+            try:
+                return contract.validate_workload(explicit)
+            except contract.ContractError as e:
+                problems.append(f"ignoring its {contract.WORKLOAD}: {e}")
+            ids = {k: v for k, v in ids.items() if k != contract.WORKLOAD}
+        rounds = [ids]
+        if "vm-id" in ids or "vm-uuid" in ids:
+            rounds.append({k: v for k, v in ids.items() if k not in ("vm-id", "vm-uuid")})
+        for without in rounds:
+            derived = contract.workload_of(lport, without)
+            try:
+                workload = contract.validate_workload(derived)
+                break
+            except contract.ContractError as e:
+                problems.append(f"its derived identity is not usable: {e}")
+        else:
+            digest = hashlib.sha256(lport.encode("utf-8", "surrogateescape")).hexdigest()
+            workload = f"iface-id:{digest[:16]}"
+        if problems and self._identity_warned.get(lport) != (explicit, workload):
+            self._identity_warned[lport] = (explicit, workload)
+            log.warning("port %s: %s; its workload is %s", contract.printable(lport),
+                        "; ".join(problems), workload)
+        return workload
 
     def _follow_cluster(self) -> None:
         """Connects the cluster view as this chassis (system-id); once, deletes what
@@ -120,7 +162,7 @@ class Agent:
             c.close()
         hostname = ids.get("hostname") or socket.gethostname()
         self.cluster = ClusterPublisher(self.cfg.cluster_db, chassis, hostname,
-                                        self.cfg.cluster_interval)
+                                        self.cfg.cluster_interval, self.cfg.heartbeat)
 
     def klass(self, workload: str) -> str | None:
         """The learned class of `workload`, here or on another chassis (heavy wins)."""
@@ -132,6 +174,8 @@ class Agent:
     def handle(self, events: list[FlowEvent]) -> None:
         for ev in events:
             self.events += 1
+            if ev.key in self.learner.counted:  # the source still sees it, or saw it go
+                self.learner.seen(ev.key, ev.first_seen, ev.ts, ended=ev.kind == Kind.END)
             out = self.detector.feed(ev)
             if out is not None:
                 self._elephant_event(out)
@@ -142,11 +186,12 @@ class Agent:
             attribution = self.attributor.attribute(ev)
             if attribution.attributed:
                 log.info("elephant %s: port %s (workload %s) is its %s, %d bytes",
-                         ev.key, attribution.lport, attribution.workload,
-                         attribution.role, ev.bytes)
+                         ev.key, contract.printable(attribution.lport),
+                         contract.printable(attribution.workload), attribution.role, ev.bytes)
             else:
                 self.unattributed += 1
-                log.info("elephant %s: not attributed (%s)", ev.key, attribution.reason)
+                log.info("elephant %s: not attributed (%s)", ev.key,
+                         contract.printable(attribution.reason, 240))
         elif ev.kind == Kind.END and ev.key in self.footprints.active:
             log.info("elephant %s ended after %d bytes", ev.key, ev.bytes)
         self.footprints.apply(ev, attribution)
@@ -205,7 +250,7 @@ class Agent:
 
     def save_state(self) -> None:
         if self.state:
-            self.state.save(self.learner.dump())
+            self.state.save(self.learner.dump(), self.learner.dump_flows())
             self.learner.dirty = False
 
     def wait(self, poller: ovs.poller.Poller) -> None:

@@ -26,12 +26,17 @@ Errors are `api.Error` subclasses: `DatabaseUnavailable`, `UnknownInterface`,
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
+import re
+import socket
 import time
 from dataclasses import dataclass
 from typing import Iterable
 
 import ovs.db.idl
+import ovs.dirs
 import ovs.poller
 
 from ovsfoot import contract
@@ -214,6 +219,29 @@ class Node:
                 raise DatabaseUnavailable(f"{self.remote} did not send the Open_vSwitch "
                                           f"database within {timeout:g} s")
             self._block(deadline)
+
+    def agent_alive(self, rundir: str | None = None) -> bool:
+        """Whether an ovsfoot agent runs on this node: its process exists and its control
+        socket (`ovsfoot.<pid>.ctl` in the OVS run directory: `rundir`, else OVS_RUNDIR,
+        else the directory of a unix: remote) accepts. Keys a dead agent published are
+        stale: a quiet node has a live agent and light keys."""
+        if rundir is None:
+            rundir = os.environ.get("OVS_RUNDIR") or (
+                os.path.dirname(self.remote[len("unix:"):]) if self.remote.startswith("unix:")
+                else ovs.dirs.RUNDIR)
+        for path in glob.glob(os.path.join(rundir, "ovsfoot.*.ctl")):
+            m = re.fullmatch(r"ovsfoot\.(\d+)\.ctl", os.path.basename(path))
+            if not m:
+                continue
+            try:
+                os.kill(int(m.group(1)), 0)
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(self.timeout)
+                    s.connect(path)
+                return True
+            except OSError:         # no such process, or a socket left by a killed one
+                continue
+        return False
 
     def refresh(self) -> None:
         """Takes in what the server sent since (reads do it on their own)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -12,7 +13,7 @@ import ovs.daemon
 import ovs.util
 
 from ovsfoot import __version__
-from ovsfoot.events import Thresholds
+from ovsfoot.events import MAX_BYTES, MAX_SECONDS, Thresholds
 from ovsfoot.sources import NAMES, SourceUnavailable, open_source
 
 log = logging.getLogger("ovsfoot")
@@ -20,14 +21,23 @@ _DEFAULTS = Thresholds()
 ovs.util.PROGRAM_NAME = "ovsfoot"     # pidfile and ctl socket names for ovs-appctl -t ovsfoot
 
 
-def _positive(kind):
+def _positive(kind, high: float | None = None, nonzero: bool = False):
+    """An argparse type: a finite number >= 0 (> 0 if `nonzero`; at most `high`)."""
+    rng = "> 0" if nonzero else ">= 0"
+    if high is not None:
+        rng += f" and <= {high}" if kind is int else f" and <= {high:g}"
+
     def parse(text):
         try:
             v = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'a whole' if kind is int else 'a'} number") from None
+        if (isinstance(v, float) and not math.isfinite(v)) or v < 0 or (nonzero and v == 0) \
+                or (high is not None and v > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range: give a "
+                                             f"{'whole' if kind is int else 'finite'} "
+                                             f"number {rng}")
         return v
     return parse
 
@@ -44,11 +54,14 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--replay", metavar="FILE", help="recording for --source replay")
     g.add_argument("--speed", type=_positive(float), default=1.0,
                    help="replay speed factor, 0 = as fast as possible (default 1)")
-    g.add_argument("--elephant-bytes", type=_positive(int), default=_DEFAULTS.bytes,
+    g.add_argument("--elephant-bytes", type=_positive(int, MAX_BYTES, nonzero=True),
+                   default=_DEFAULTS.bytes,
                    help="bytes a flow must carry to be an elephant (default %(default)s)")
-    g.add_argument("--elephant-seconds", type=_positive(float), default=_DEFAULTS.seconds,
+    g.add_argument("--elephant-seconds", type=_positive(float, MAX_SECONDS),
+                   default=_DEFAULTS.seconds,
                    help="seconds a flow must live to be an elephant (default %(default)s)")
-    g.add_argument("--idle-seconds", type=_positive(float), default=_DEFAULTS.idle_seconds,
+    g.add_argument("--idle-seconds", type=_positive(float, MAX_SECONDS, nonzero=True),
+                   default=_DEFAULTS.idle_seconds,
                    help="an elephant idle this long has ended (default %(default)s)")
 
 
@@ -89,9 +102,14 @@ def cmd_agent(args) -> int:
     from ovsfoot.agent import Agent, Config
     from ovsfoot.control.unixctl import Control
 
+    from ovsfoot.learning import StateFile
+
     thresholds = Thresholds(args.elephant_bytes, args.elephant_seconds, args.idle_seconds)
     thresholds.validate()
-    state = os.path.abspath(args.state) if args.state else None
+    try:        # before anything starts: a directory would be renamed, a FIFO would block
+        state = os.path.abspath(StateFile.check(args.state)) if args.state else None
+    except ValueError as e:
+        raise ValueError(f"--state: {e}") from None
     ovs.daemon.handle_args(args)
     if not args.pidfile:
         ovs.daemon.set_pidfile(None)
@@ -99,7 +117,7 @@ def cmd_agent(args) -> int:
     source = _open(args, thresholds)
     cfg = Config(db=args.db, bridge=args.bridge, thresholds=thresholds, state=state,
                  heavy_at=args.heavy_at, half_life=args.half_life,
-                 cluster_db=args.cluster_db)
+                 cluster_db=args.cluster_db, heartbeat=args.heartbeat)
     agent = Agent(cfg, source)
     control = Control(agent, args.unixctl)
     ovs.daemon.daemonize_complete()
@@ -120,6 +138,7 @@ def cmd_record(args) -> int:
     import ovs.poller
 
     thresholds = Thresholds(args.elephant_bytes, args.elephant_seconds, args.idle_seconds)
+    thresholds.validate()
     source = _open(args, thresholds)
     rec = Recorder(args.output, source.name)
     end = time.monotonic() + args.duration
@@ -164,12 +183,16 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--bridge", default="br-int", help="integration bridge (default br-int)")
     a.add_argument("--state", default="/var/lib/ovsfoot/state.msgpack",
                    help="file of learned workload classes (default %(default)s)")
-    a.add_argument("--heavy-at", type=_positive(float), default=3.0,
+    a.add_argument("--heavy-at", type=_positive(float, nonzero=True), default=3.0,
                    help="elephants (decayed) that make a workload heavy (default 3)")
-    a.add_argument("--half-life", type=_positive(float), default=6 * 3600.0,
+    a.add_argument("--half-life", type=_positive(float, nonzero=True), default=6 * 3600.0,
                    help="seconds for a workload's elephant score to halve (default 6 h)")
     _cluster_args(a, "publish this chassis' summary and learned classes to, and read "
                      "other chassis' from (default: none, no cluster view)")
+    a.add_argument("--heartbeat", type=_positive(float), default=10.0,
+                   help="refresh this chassis' summary in the cluster database at least "
+                        "this often, so that readers tell a dead agent from a quiet node "
+                        "(default %(default)s s)")
     a.add_argument("--unixctl", help="control socket (default: $OVS_RUNDIR/ovsfoot.PID.ctl)")
     a.add_argument("--log-file", help="also log to this file")
     a.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
@@ -200,6 +223,10 @@ def parser() -> argparse.ArgumentParser:
                         "(system-id) (default hostname)")
     x.add_argument("--filter-heavy", action="store_true",
                    help="filter: drop heavy nodes for light pods (never all of them)")
+    x.add_argument("--stale-seconds", type=_positive(float), default=30.0,
+                   help="a chassis whose summary has not been refreshed for this long "
+                        "(its agent is dead or cut off) scores as unknown (default "
+                        "%(default)s; agents refresh every 10 s)")
     x.add_argument("--assume-seconds", type=_positive(float), default=60.0,
                    help="a heavy pod ranked best on a node counts there until its agent "
                         "reports it, or this long (default %(default)s; 0: off)")

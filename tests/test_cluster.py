@@ -8,13 +8,19 @@ test_clusterdb.py). Losing the raft leader loses nothing; nothing is written
 to OVN Southbound.
 """
 
+import json
+import subprocess
+import sys
+import threading
 import time
+import urllib.request
 
 import pytest
 
 from conftest import destroy_node, make_central, make_node, wait_elephants
 from integration.clusterdb import ClusterDbSandbox
 from integration.sandbox import wait_for
+from ovsfoot import api
 
 WEB = "shop/web"
 
@@ -132,3 +138,62 @@ def test_agent_exit_withdraws_summary_but_keeps_classes(cluster):
     assert chassis_row(db, a) is None
     assert classes(db, a)[WEB] == "heavy"
     assert chassis_row(db, b) is not None
+
+
+def test_a_dead_agent_reads_as_unknown_and_its_restart_replaces_its_keys(cluster, tmp_path):
+    """kill -9 during an elephant leaves stale keys; the heartbeat stops, so the
+    extender scores the node unknown (not quiet, not heavy), and the library says the
+    agent is dead; a restarted agent replaces the keys at once."""
+    db, central, a, b, agents = cluster
+    key, cert, ca = db.client_creds(chassis_name(a))
+    creds = [f"--private-key={key}", f"--certificate={cert}", f"--ca-cert={ca}"]
+    # a state of its own, learning nothing heavy here: the node is quiet unless it
+    # carries an elephant (its earlier lessons go from the database with its state)
+    args = ["--heavy-at=100", f"--cluster-db={db.remote}", "--heartbeat=1", *creds]
+    agent = a.agent(*args, state=tmp_path / "a.state").start()
+    ext_key, ext_cert, _ = db.client_creds("extender")
+    ext = subprocess.Popen(
+        [sys.executable, "-m", "ovsfoot", "scheduler-extender", "--listen=127.0.0.1:0",
+         f"--cluster-db={db.remote}", f"--private-key={ext_key}", f"--certificate={ext_cert}",
+         f"--ca-cert={ca}", "--node-key=name", "--stale-seconds=3",
+         f"--log-file={tmp_path}/extender.log", "-v"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    url = ext.stdout.readline().split()[-1]
+    node = chassis_name(a)
+
+    def score() -> int:
+        body = json.dumps({"Pod": {"metadata": {"name": "mouse-0", "namespace": "shop"}},
+                           "NodeNames": [node]}).encode()
+        req = urllib.request.Request(url + "/prioritize", data=body, method="POST")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())[0]["Score"]
+    iperf = threading.Thread(target=a.iperf, args=("p1", "p2"),
+                             kwargs={"seconds": 8, "port": 5220})
+    try:
+        wait_for(lambda: score() == 10, what="the extender to see A quiet")
+        iperf.start()
+        wait_for(lambda: chassis_row(db, a)["elephants"] > 0, what="A's elephant published")
+        assert score() < 10
+        agent.kill()                                            # no withdrawal, no heartbeat
+        assert chassis_row(db, a)["elephants"] > 0              # stale, as the issue found
+        with api.Node(a.ovs.remote) as n:
+            assert not n.agent_alive()
+            assert n.node_footprint(a.ovs.bridge).elephants > 0
+        wait_for(lambda: score() == 5, timeout=15, what="the dead agent's node as unknown")
+        iperf.join()
+        a.flush_conntrack()
+        t0 = time.monotonic()
+        agent = a.agent(*args, state=tmp_path / "a.state").start()
+        wait_for(lambda: chassis_row(db, a)["elephants"] == 0 and
+                 a.ovs.external_ids("Bridge", a.ovs.bridge)["ovsfoot-elephants"] == "0",
+                 what="the restarted agent's keys")
+        assert time.monotonic() - t0 < 5
+        with api.Node(a.ovs.remote) as n:
+            assert n.agent_alive() and n.node_footprint(a.ovs.bridge).elephants == 0
+        wait_for(lambda: score() == 10, what="the node known and quiet again")
+    finally:
+        if iperf.is_alive():
+            iperf.join()
+        ext.terminate()
+        ext.wait(10)
+        agent.stop()

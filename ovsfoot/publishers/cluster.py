@@ -6,8 +6,9 @@ ovn-northd nor ovn-controller ever recomputes because of ovsfoot. With SSL and
 RBAC (`ovsfoot cluster-db`), a chassis may write only the rows that carry its
 name: its `Chassis` row and its `Workload_Class` rows.
 
-Each agent keeps, with at most one transaction per `min_interval` and only
-when something changed:
+Each agent keeps, with at most one transaction per `min_interval`, when
+something changed and, as a heartbeat, every `heartbeat` seconds (readers tell a
+dead agent from a quiet node by `updated`):
   Chassis         name, hostname, footprint, elephants, heavy_ports, updated
   Workload_Class  (workload, chassis): learned (heavy|light), score, updated
 and reads the heavy classes other chassis learned, so that a workload learned
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 Txn = ovs.db.idl.Transaction
 SUMMARY_COLUMNS = ("hostname", "footprint", "elephants", "heavy_ports")
+HEARTBEAT_S = 10.0
 CLASS_COLUMNS = ("learned", "score")
 
 
@@ -51,10 +53,11 @@ def _changed(row, want: dict) -> dict:
 
 
 class ClusterPublisher(Committer):
-    def __init__(self, remote: str, chassis: str, hostname: str, min_interval: float = 1.0):
+    def __init__(self, remote: str, chassis: str, hostname: str, min_interval: float = 1.0,
+                 heartbeat: float = HEARTBEAT_S):
         super().__init__(f"cluster database {remote}")
         self.remote, self.chassis, self.hostname = remote, chassis, hostname
-        self.min_interval = min_interval
+        self.min_interval, self.heartbeat = min_interval, heartbeat
         helper = ovs.db.idl.SchemaHelper(location=contract.cluster_schema_path())
         helper.register_columns("Chassis", ["name", *SUMMARY_COLUMNS, "updated"])
         helper.register_columns("Workload_Class", ["workload", "chassis", *CLASS_COLUMNS,
@@ -83,17 +86,20 @@ class ClusterPublisher(Committer):
     def _rows(self, table: str):
         return self.idl.tables[table].rows.values()
 
+    def _own_chassis(self):
+        return next((r for r in self._rows("Chassis") if r.name == self.chassis), None)
+
     def diff(self) -> list[tuple[str, object, dict | None]]:
         """(table, row or None to insert, columns to set or None to delete)."""
         out = []
-        chassis = next((r for r in self._rows("Chassis") if r.name == self.chassis), None)
+        chassis = self._own_chassis()
         if self._summary is None:
             if chassis is not None:
                 out.append(("Chassis", chassis, None))
         elif chassis is None:
             out.append(("Chassis", None, {"name": self.chassis, **self._summary}))
-        elif put := _changed(chassis, self._summary):
-            out.append(("Chassis", chassis, put))
+        elif (put := _changed(chassis, self._summary)) or self._beat_due(chassis):
+            out.append(("Chassis", chassis, put))      # `updated` is set on every write
         have = {r.workload: r for r in self._rows("Workload_Class") if r.chassis == self.chassis}
         for workload, lesson in self._lessons.items():
             row = have.get(workload)
@@ -107,6 +113,9 @@ class ClusterPublisher(Committer):
             if workload not in self._lessons:
                 out.append(("Workload_Class", row, None))
         return out
+
+    def _beat_due(self, chassis) -> bool:
+        return time.time_ns() // 1_000_000 - chassis.updated >= self.heartbeat * 1000
 
     def _commit(self) -> None:
         if not self.settled():
@@ -159,6 +168,9 @@ class ClusterPublisher(Committer):
         elif self.diff():
             left = self.min_interval - (time.monotonic() - self._last)
             poller.timer_wait(max(0, int(left * 1000)) + 1)
+        elif self._summary is not None and (row := self._own_chassis()) is not None:
+            due = row.updated + self.heartbeat * 1000 - time.time_ns() // 1_000_000
+            poller.timer_wait(max(0, int(due)) + 1)
 
     def close(self, timeout: float = 3.0) -> bool:
         """Withdraws the node summary; the learned classes stay: they are the

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import ovs.db.idl
 import ovs.poller
@@ -23,17 +24,19 @@ log = logging.getLogger(__name__)
 NODE_KEYS = ("hostname", "name")
 
 
-def _facts(row) -> NodeFacts:
+def _facts(row, seen: float | None) -> NodeFacts:
     """Facts of a Chassis row (the schema has already checked its types and ranges)."""
     return NodeFacts(row["name"], row["hostname"], row["footprint"], row["elephants"],
-                     row["heavy_ports"], row["updated"])
+                     row["heavy_ports"], row["updated"], seen)
 
 
-def build_view(chassis: list[dict], classes: list[dict], node_key: str) -> ClusterView:
-    """A view from Chassis rows and Workload_Class rows (dicts of their columns)."""
+def build_view(chassis: list[dict], classes: list[dict], node_key: str,
+               seen: dict[str, float] | None = None) -> ClusterView:
+    """A view from Chassis rows and Workload_Class rows (dicts of their columns);
+    `seen`: per chassis, when this reader last saw its `updated` move."""
     by_key: dict[str, NodeFacts] = {}
     for row in chassis:
-        facts = _facts(row)
+        facts = _facts(row, (seen or {}).get(row["name"]))
         key = facts.hostname if node_key == "hostname" else facts.chassis
         if not key:
             continue
@@ -86,6 +89,7 @@ class ClusterDbView:
         idl = ovs.db.idl.Idl(self.remote, helper, leader_only=False)
         idl.cond_change("Workload_Class", [["learned", "==", contract.HEAVY]])
         seqno, warned = None, False
+        seen: dict[str, tuple[int, float]] = {}     # chassis: (updated, when it moved)
         try:
             while not self._stop.is_set():
                 idl.run()
@@ -96,12 +100,17 @@ class ClusterDbView:
                     warned = True
                 if idl.has_ever_connected() and idl.change_seqno != seqno:
                     seqno = idl.change_seqno
+                    rows = [{c: getattr(r, c) for c in self.CHASSIS}
+                            for r in idl.tables["Chassis"].rows.values()]
+                    now = time.monotonic()
+                    seen = {r["name"]: seen[r["name"]] if r["name"] in seen
+                            and seen[r["name"]][0] == r["updated"] else (r["updated"], now)
+                            for r in rows}     # each chassis: when its heartbeat last moved
                     self.view = build_view(
-                        [{c: getattr(r, c) for c in self.CHASSIS}
-                         for r in idl.tables["Chassis"].rows.values()],
+                        rows,
                         [{c: getattr(r, c) for c in self.CLASSES}
                          for r in idl.tables["Workload_Class"].rows.values()],
-                        self.node_key)
+                        self.node_key, {c: t for c, (_, t) in seen.items()})
                     self.updates += 1
                 poller = ovs.poller.Poller()
                 idl.wait(poller)

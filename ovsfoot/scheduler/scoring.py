@@ -44,6 +44,7 @@ class NodeFacts:
     elephants: int = 0
     heavy_ports: int = 0
     updated_ms: int | None = None
+    seen: float | None = None       # the reader's monotonic clock when `updated_ms` last moved
 
     @property
     def known(self) -> bool:
@@ -62,6 +63,15 @@ class ClusterView:
     by_key: dict[str, NodeFacts] = field(default_factory=dict)
     classes: dict[str, str] = field(default_factory=dict)
     synced: bool = False            # the cluster database was read at least once
+
+    def current(self, name: str, now: float, max_age: float) -> NodeFacts | None:
+        """The node's facts, or unknown ones if its agent has not refreshed them
+        (heartbeat) for `max_age` seconds: a dead agent's summary is not a quiet node."""
+        facts = self.node(name)
+        if facts is None or not facts.known or facts.seen is None or max_age <= 0 \
+                or now - facts.seen <= max_age:
+            return facts
+        return NodeFacts(facts.chassis, facts.hostname, None)
 
     def node(self, name: str) -> NodeFacts | None:
         facts = self.by_key.get(name)
@@ -245,11 +255,12 @@ class Assumptions:
 
 
 def prioritize(pod: PodInfo, names: list[str], view: ClusterView,
-               assumed: Assumptions | None = None, now: float = 0.0) -> list[dict]:
+               assumed: Assumptions | None = None, now: float = 0.0,
+               max_age: float = 0.0) -> list[dict]:
     """Scores per node; a heavy pod is assumed onto the best-ranked known node."""
     klass, _ = pod_class(pod, view)
     key = f"{pod.namespace}/{pod.name}"
-    facts = {n: view.node(n) for n in names}
+    facts = {n: view.current(n, now, max_age) for n in names}
     if assumed is not None:
         assumed.forget(key)
         facts = {n: assumed.facts(f, now) for n, f in facts.items()}
@@ -257,19 +268,19 @@ def prioritize(pod: PodInfo, names: list[str], view: ClusterView,
     known = [p for p in out if facts[p["Host"]] is not None and facts[p["Host"]].known]
     if assumed is not None and klass == HEAVY and known:
         best = max(known, key=lambda p: p["Score"])       # the first of equals
-        assumed.assume(key, view.node(best["Host"]), now)
+        assumed.assume(key, view.current(best["Host"], now, max_age), now)
     return out
 
 
-def filter_nodes(pod: PodInfo, names: list[str], view: ClusterView,
-                 filter_heavy: bool) -> tuple[list[str], dict[str, str]]:
+def filter_nodes(pod: PodInfo, names: list[str], view: ClusterView, filter_heavy: bool,
+                 now: float = 0.0, max_age: float = 0.0) -> tuple[list[str], dict[str, str]]:
     """(nodes kept, {node: why it failed}); drops nothing unless `filter_heavy`."""
     klass, _ = pod_class(pod, view)
     if not filter_heavy or klass != LIGHT:
         return names, {}
     failed = {}
     for n in names:
-        f = view.node(n)
+        f = view.current(n, now, max_age)
         if f is not None and f.footprint == HEAVY:
             failed[n] = (f"ovsfoot: node carries heavy traffic ({f.elephants} elephants, "
                          f"{f.heavy_ports} heavy ports) and the pod is light")

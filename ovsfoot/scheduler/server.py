@@ -9,13 +9,24 @@ The JSON keys are the Go field names of k8s.io/kube-scheduler/extender/v1
 `Host`, `Score`). With `nodeCacheCapable: true` kube-scheduler sends and expects
 `NodeNames`; otherwise a full v1 NodeList in `Nodes`, answered in kind. Malformed
 requests get HTTP 400 and the reason as text; other paths 404.
+
+Limits (kube-scheduler asks filter and prioritize for every pod, one pod at a time):
+a listen backlog of `BACKLOG`, TCP_NODELAY and each answer in one write (no Nagle /
+delayed-ACK stall on keep-alive connections); bodies up to `MAX_BODY` (413 above, not
+read); at most `MAX_REQUESTS` requests and `MAX_INFLIGHT` body bytes being read or
+answered at once, the others wait up to `QUEUE_WAIT` s, then 503; at most
+`MAX_CONNECTIONS` open connections (503 and closed above); `BODY_TIMEOUT` s to send a
+body once its headers are in, `IDLE_TIMEOUT` s idle on a keep-alive connection. One
+INFO line per request, without the node list (DEBUG: the first scores).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import socket
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -25,25 +36,78 @@ from ovsfoot.scheduler.clusterview import ClusterDbView
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 << 20
+MAX_BODY = 16 << 20         # a full NodeList of a large cluster; names of a million nodes
+MAX_REQUESTS = 8            # requests being read or answered at once
+MAX_INFLIGHT = 2 * MAX_BODY  # body bytes held at once (a largest body + the small ones)
+QUEUE_WAIT = 5.0            # s a request waits for its turn before 503
+MAX_CONNECTIONS = 256       # open connections (one thread each)
+BACKLOG = 1024              # listen(2) backlog (the kernel caps it at net.core.somaxconn)
+BODY_TIMEOUT = 10.0         # s to send a body and read the answer, once the headers are in
+IDLE_TIMEOUT = 120.0        # s a keep-alive connection may idle (Go's client: 90 s)
+LOG_NAME = 120              # characters of a pod name or reason in a log line
+DEBUG_SCORES = 20           # scores shown in a DEBUG line
+
+
+def _short(text, n: int = LOG_NAME) -> str:
+    """`text` for a log line: at most `n` characters, nothing unprintable (no forged lines)."""
+    text = str(text)
+    cut = text[:n]
+    cut = "".join(c if c.isprintable() else "?" for c in cut)
+    return cut + (f"...({len(text)} chars)" if len(text) > n else "")
+
+
+def _parse(body: bytes):
+    try:
+        return scoring.parse_args(body)
+    except RecursionError:
+        raise scoring.BadRequest("body is nested too deeply") from None
+
+
+class Admission:
+    """At most `requests` requests and `nbytes` body bytes at once; a request whose body
+    alone is larger than `nbytes` is let in when nothing else is."""
+
+    def __init__(self, requests: int = MAX_REQUESTS, nbytes: int = MAX_INFLIGHT):
+        self.requests, self.nbytes = requests, nbytes
+        self._cond = threading.Condition()
+        self.active = self.bytes = 0
+
+    def acquire(self, size: int, timeout: float) -> bool:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: self.active < self.requests and (
+                self.active == 0 or self.bytes + size <= self.nbytes), timeout)
+            if ok:
+                self.active += 1
+                self.bytes += size
+            return ok
+
+    def release(self, size: int) -> None:
+        with self._cond:
+            self.active -= 1
+            self.bytes -= size
+            self._cond.notify_all()
 
 
 class Extender:
     """The two verbs over the current cluster view."""
 
     def __init__(self, view: ClusterDbView, filter_heavy: bool = False,
-                 assume_seconds: float = scoring.ASSUME_S):
+                 assume_seconds: float = scoring.ASSUME_S, stale_seconds: float = 30.0):
         self.cluster = view
         self.filter_heavy = filter_heavy
+        self.stale_seconds = stale_seconds
         self.assumed = scoring.Assumptions(assume_seconds)
 
     def filter(self, body: bytes) -> dict:
-        pod, names, as_list, args = scoring.parse_args(body)
+        t = time.monotonic()
+        pod, names, as_list, args = _parse(body)
         view = self.cluster.view
-        kept, failed = scoring.filter_nodes(pod, names, view, self.filter_heavy)
+        kept, failed = scoring.filter_nodes(pod, names, view, self.filter_heavy,
+                                            time.monotonic(), self.stale_seconds)
         klass, why = scoring.pod_class(pod, view)
-        log.info("filter %s/%s (%s: %s): %d of %d nodes kept", pod.namespace, pod.name,
-                 klass, why, len(kept), len(names))
+        log.info("filter %s/%s (%s: %s): %d of %d nodes kept, %.1f ms", _short(pod.namespace),
+                 _short(pod.name), klass, _short(why), len(kept), len(names),
+                 (time.monotonic() - t) * 1000)
         result = {"Nodes": None, "NodeNames": None, "FailedNodes": failed,
                   "FailedAndUnresolvableNodes": {}, "Error": ""}
         if as_list:
@@ -57,30 +121,89 @@ class Extender:
         return result
 
     def prioritize(self, body: bytes) -> list[dict]:
-        pod, names, _, _ = scoring.parse_args(body)
+        t = time.monotonic()
+        pod, names, _, _ = _parse(body)
         view = self.cluster.view
-        out = scoring.prioritize(pod, names, view, self.assumed, time.monotonic())
+        out = scoring.prioritize(pod, names, view, self.assumed, time.monotonic(),
+                                 self.stale_seconds)
         klass, why = scoring.pod_class(pod, view)
-        log.info("prioritize %s/%s (%s: %s): %s", pod.namespace, pod.name, klass, why,
-                 " ".join(f"{p['Host']}={p['Score']}" for p in out))
+        top = max((p["Score"] for p in out), default=None)
+        log.info("prioritize %s/%s (%s: %s): %d nodes, best score %s on %d, %.1f ms",
+                 _short(pod.namespace), _short(pod.name), klass, _short(why), len(out), top,
+                 sum(p["Score"] == top for p in out), (time.monotonic() - t) * 1000)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("prioritize %s/%s: %s%s", _short(pod.namespace), _short(pod.name),
+                      " ".join(f"{_short(p['Host'], 64)}={p['Score']}"
+                               for p in out[:DEBUG_SCORES]),
+                      f" ... ({len(out) - DEBUG_SCORES} more)" if len(out) > DEBUG_SCORES
+                      else "")
         return out
+
+
+class Workers:
+    """Threads that serve one connection each, kept for the next one: no thread is
+    started per connection (the accept loop would wait for each to take the GIL)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.threads = self.idle = self.busy = 0
+
+    def submit(self, fn, *args) -> bool:
+        """Runs fn(*args) on a worker; False if `limit` are busy."""
+        with self._lock:
+            if self.busy >= self.limit:
+                return False
+            self.busy += 1
+            if self.idle:
+                self.idle -= 1
+                spawn = False
+            else:
+                self.threads += 1
+                spawn = True
+        self._jobs.put((fn, args))
+        if spawn:
+            threading.Thread(target=self._work, name="extender-conn", daemon=True).start()
+        return True
+
+    def _work(self) -> None:
+        while True:
+            fn, args = self._jobs.get()
+            try:
+                fn(*args)
+            finally:
+                with self._lock:
+                    self.busy -= 1
+                    self.idle += 1
 
 
 class Handler(BaseHTTPRequestHandler):
     server_version = f"ovsfoot-scheduler-extender/{__version__}"
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True      # TCP_NODELAY
+    wbufsize = 1 << 16                  # status, headers and body leave in one write
+    timeout = IDLE_TIMEOUT
     extender: Extender      # set on the subclass made by make_server
 
     def log_message(self, fmt, *args):
-        log.debug("%s %s", self.address_string(), fmt % args)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s", self.address_string(), _short(fmt % args, 300))
 
-    def _send(self, code: int, body, content_type="application/json") -> None:
-        data = (json.dumps(body) if content_type == "application/json" else body).encode()
+    def _send(self, code: int, body, content_type="application/json", close=False,
+              headers=()) -> None:
+        data = (body if isinstance(body, str) else json.dumps(body)).encode()
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        for k, v in headers:
+            self.send_header(k, v)
+        if close:
+            self.close_connection = True
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
+        self.wfile.flush()
 
     def _verb(self) -> str:
         return self.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
@@ -90,7 +213,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, {**self.extender.cluster.status(),
                              "assumed_heavy_pods": self.extender.assumed.pending()})
         else:
-            self._send(404, f"no such path {self.path}: GET /healthz, POST "
+            self._send(404, f"no such path {_short(self.path)}: GET /healthz, POST "
                        f"<prefix>/filter or <prefix>/prioritize\n", "text/plain")
 
     def do_POST(self):
@@ -101,20 +224,41 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             n = -1
         if n < 0 or n > MAX_BODY:
-            self.close_connection = True
             self._send(400 if n < 0 else 413,
                        "a Content-Length header is needed\n" if n < 0 else
-                       f"body larger than {MAX_BODY} bytes\n", "text/plain")
+                       f"body larger than {MAX_BODY} bytes\n", "text/plain", close=True)
+            if n > MAX_BODY:
+                log.warning("%s: a body of %d bytes from %s refused (limit %d)",
+                            _short(verb), n, self.address_string(), MAX_BODY)
             return
-        body = self.rfile.read(n)
         if verb not in ("filter", "prioritize"):
-            self._send(404, f"no such verb {self.path}: POST <prefix>/filter or "
-                       f"<prefix>/prioritize\n", "text/plain")
+            self._send(404, f"no such verb {_short(self.path)}: POST <prefix>/filter or "
+                       f"<prefix>/prioritize\n", "text/plain", close=True)   # body unread
+            return
+        admission: Admission = self.server.admission
+        if not admission.acquire(n, QUEUE_WAIT):
+            log.warning("%s from %s: busy (%d requests, %d body bytes in progress): 503",
+                        verb, self.address_string(), admission.active, admission.bytes)
+            self._send(503, "busy, try again\n", "text/plain", close=True,
+                       headers=[("Retry-After", "1")])
             return
         try:
+            self.connection.settimeout(BODY_TIMEOUT)
+            body = self.rfile.read(n)
+            if len(body) < n:               # the client went away mid-body
+                self.close_connection = True
+                return
+            self._answer(verb, body)
+            self.connection.settimeout(self.timeout)
+        finally:
+            admission.release(n)
+
+    def _answer(self, verb: str, body: bytes) -> None:
+        try:
             result = getattr(self.extender, verb)(body)
+            data = json.dumps(result)
         except scoring.BadRequest as e:
-            log.warning("%s: bad request from %s: %s", verb, self.address_string(), e)
+            log.warning("%s: bad request from %s: %s", verb, self.address_string(), _short(e))
             self._send(400, f"bad ExtenderArgs: {e}\n", "text/plain")
             return
         except Exception as e:      # a bug: tell kube-scheduler (ignorable) and log it
@@ -125,7 +269,7 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self._send(500, f"internal error: {e}\n", "text/plain")
             return
-        self._send(200, result)
+        self._send(200, data)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -150,12 +294,36 @@ def make_server(listen: str, extender: Extender) -> ThreadingHTTPServer:
     class Server(ThreadingHTTPServer):
         daemon_threads = True
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        request_queue_size = BACKLOG        # http.server's 5 resets connections under load
+        admission = Admission()
+        workers = Workers(MAX_CONNECTIONS)
+
+        def process_request(self, request, client_address):
+            if not self.workers.submit(self._connection, request, client_address):
+                log.warning("%d connections open: refusing one from %s", MAX_CONNECTIONS,
+                            client_address[0])
+                try:
+                    request.settimeout(1)
+                    request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+                                    b"Content-Type: text/plain\r\nContent-Length: 5\r\n"
+                                    b"Connection: close\r\n\r\nbusy\n")
+                except OSError:
+                    pass
+                self.shutdown_request(request)
+
+        def _connection(self, request, client_address):
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
     return Server((host, port), handler)
 
 
 def serve(args) -> int:
     view = ClusterDbView(args.cluster_db, args.node_key).start()
-    extender = Extender(view, args.filter_heavy, args.assume_seconds)
+    extender = Extender(view, args.filter_heavy, args.assume_seconds, args.stale_seconds)
     server = make_server(args.listen, extender)
     host, port = server.server_address[:2]
     log.info("scheduler extender on %s:%d, cluster view from %s (nodes by %s)%s", host, port,
