@@ -8,11 +8,17 @@ v1.Pod and a full v1.NodeList in `Nodes`, or `NodeNames` with nodeCacheCapable).
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import select
+import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -353,3 +359,189 @@ def test_db_down_at_start_then_up_with_several_remotes(tmp_path):
     finally:
         e.stop()
         late.stop_all()
+
+
+# -- limits (issue 12, item 5) ----------------------------------------------------
+def _addr(e: Extender) -> tuple[str, int]:
+    u = urllib.parse.urlsplit(e.url)
+    return u.hostname, u.port
+
+
+def _answer(sock: socket.socket) -> tuple[int, bytes]:
+    """Reads one HTTP answer: (status, body)."""
+    f = sock.makefile("rb")
+    status = int(f.readline().split()[1])
+    length = 0
+    while (line := f.readline()) not in (b"\r\n", b""):
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            length = int(v)
+    return status, f.read(length)
+
+
+def _status(e: Extender, method: str = "GET", path: str = "/healthz", body=None) -> int:
+    """The HTTP status of one request on a new connection; 0 if it failed."""
+    try:
+        conn = http.client.HTTPConnection(*_addr(e), timeout=10)
+        conn.request(method, path, None if body is None else json.dumps(body))
+        r = conn.getresponse()
+        r.read()
+        conn.close()
+        return r.status
+    except (OSError, http.client.HTTPException):
+        return 0
+
+
+def _post_bytes(path: str, body: bytes) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def test_a_burst_of_connections_waits_in_the_listen_backlog(ext):
+    """With the extender stopped, 100 clients connect at once: the kernel completes
+    every handshake into the listen backlog (http.server's default backlog of 5 held
+    6, the rest were dropped and retried 1 s later, or reset). Resumed, it answers all."""
+    socks = []
+    os.kill(ext.proc.pid, signal.SIGSTOP)
+    try:
+        for _ in range(100):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(_addr(ext))
+            socks.append(s)
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            _, w, _ = select.select([], socks, [], 0.1)
+            if len(w) == len(socks):
+                break
+        established = [s for s in w if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0]
+    finally:
+        os.kill(ext.proc.pid, signal.SIGCONT)
+    try:
+        assert len(established) == 100
+        body = _post_bytes("/ovsfoot/prioritize", json.dumps(args(pod("burst-0"), NODES,
+                                                                     cache=True)).encode())
+        for s in socks:
+            s.setblocking(True)
+            s.settimeout(10)
+            s.sendall(body)
+        assert [_answer(s)[0] for s in socks] == [200] * 100
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_keep_alive_answers_do_not_wait_for_a_delayed_ack(ext):
+    """One connection, one request after another (kube-scheduler's pooled client):
+    headers and body leave in one write with TCP_NODELAY; written apart, Nagle held
+    the body until the client's delayed ACK, 40 ms on every request."""
+    conn = http.client.HTTPConnection(*_addr(ext), timeout=10)
+    body = json.dumps(args(pod("keep-0"), NODES, cache=True))
+    took = []
+    try:
+        for _ in range(30):
+            t = time.monotonic()
+            conn.request("POST", "/ovsfoot/prioritize", body,
+                         {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            assert r.status == 200 and len(json.loads(r.read())) == len(NODES)
+            took.append(time.monotonic() - t)
+    finally:
+        conn.close()
+    assert sorted(took)[len(took) // 2] < 0.02, took
+
+
+def test_a_body_over_16_mib_is_refused_unread(ext):
+    """413 at once from the headers alone; the body is never read."""
+    with socket.create_connection(_addr(ext), timeout=5) as s:
+        s.sendall(f"POST /ovsfoot/prioritize HTTP/1.1\r\nHost: x\r\n"
+                  f"Content-Length: {(16 << 20) + 1}\r\n\r\n".encode())
+        status, text = _answer(s)
+        assert status == 413 and b"larger than" in text
+        assert s.recv(1) == b""                     # and closed
+    # a real cluster's request is far below it: a NodeList of 1,000 full nodes (~300 kB)
+    many = [f"n-{i:04d}" for i in range(1000)]
+    status, out = ext.post("/ovsfoot/prioritize", args(pod("big-0"), many))
+    assert status == 200 and len(out) == 1000
+
+
+@pytest.mark.parametrize("body", [
+    b'{"Pod": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    b'{"Pod": {"metadata": {"name": "a", "labels": ' + b'{"a":' * 50_000 + b"1"
+    + b"}" * 50_000 + b"}}, \"NodeNames\": []}",
+], ids=["arrays", "objects"])
+def test_deeply_nested_json_is_a_400(ext, body):
+    for verb in ("/filter", "/prioritize"):
+        status, text = ext.post(verb, body)
+        assert status == 400, (verb, status, text)
+        assert "nested too deeply" in text
+    assert ext.scores(pod("a-0"), ["node-a"]) == {"node-a": 10}
+
+
+def test_one_info_line_per_request_without_the_node_list(ext, db):
+    """At INFO (-v), one line per request: the pod, its class, how many nodes, the
+    best score; not the 2,000 names and scores; a pod name of 100,000 characters is cut."""
+    log = db.dir / "extender1.log"
+    names = [f"many-node-{i:04d}" for i in range(2000)]
+    before = log.stat().st_size
+    ext.scores(pod("logged-0"), names, cache=True)
+    status, _ = ext.post("/filter", args(pod("logged-0"), names, cache=True))
+    assert status == 200
+    long = "x" * 100_000
+    ext.scores(pod(long), ["node-a"], cache=True)
+    with log.open() as f:
+        f.seek(before)
+        new = f.read()
+    lines = [line for line in new.splitlines() if "logged-0" in line]
+    assert len(lines) == 2, lines
+    assert "prioritize shop/logged-0" in lines[0] and "2000 nodes" in lines[0]
+    assert "filter shop/logged-0" in lines[1] and "2000 of 2000" in lines[1]
+    assert "many-node-" not in new
+    assert len(new) < 2000, len(new)
+
+
+def test_requests_beyond_the_bound_wait_then_get_503(ext):
+    """8 requests whose bodies never come hold every slot: the 9th waits its turn for
+    5 s, then gets 503 with Retry-After (GET /healthz still answers meanwhile); once
+    the 8 go away, requests are served again."""
+    holders = []
+    try:
+        for _ in range(8):
+            s = socket.create_connection(_addr(ext), timeout=10)
+            s.sendall(b"POST /ovsfoot/prioritize HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Length: 100\r\n\r\n")
+            holders.append(s)
+        time.sleep(0.5)
+        assert ext.get("/healthz")["synced"]
+        t = time.monotonic()
+        status, text = ext.post("/ovsfoot/prioritize", args(pod("ninth-0"), ["node-a"]))
+        took = time.monotonic() - t
+        assert status == 503 and "busy" in text, (status, text)
+        assert 4 < took < 9, took
+    finally:
+        for s in holders:
+            s.close()
+    wait_for(lambda: _status(ext, "POST", "/ovsfoot/prioritize",
+                             args(pod("ninth-0"), ["node-a"])) == 200,
+             timeout=5, what="slots back")
+
+
+def test_connections_beyond_the_cap_get_503(ext):
+    """256 idle connections (a thread each) are the cap: the 257th gets 503 and is
+    closed; as soon as one goes, a new one is served."""
+    idle = []
+    try:
+        for _ in range(256):
+            idle.append(socket.create_connection(_addr(ext), timeout=10))
+        with socket.create_connection(_addr(ext), timeout=10) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, text = _answer(s)
+            assert status == 503 and text == b"busy\n"
+        idle.pop().close()
+        wait_for(lambda: _status(ext) == 200, timeout=5, what="a free connection")
+    finally:
+        for s in idle:
+            s.close()
+    wait_for(lambda: _status(ext, "POST", "/ovsfoot/prioritize",
+                             args(pod("a-0"), ["node-a"])) == 200,
+             timeout=5, what="the extender back to normal")
