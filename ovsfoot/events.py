@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 
@@ -76,6 +77,28 @@ class FlowEvent:
             raise ValueError(f"malformed flow event record {v!r:.80}: {e}") from None
 
 
+# What the thresholds may be: the eBPF program's map holds them as u64 bytes and
+# u64 nanoseconds, and every source and the detector take the same.
+MAX_BYTES = 2**64 - 1
+MAX_SECONDS = 1e10              # 317 years: 1e19 ns < 2**64
+
+
+def check_number(name: str, value, low: float, high: float, *, whole: bool = False,
+                 low_open: bool = False) -> None:
+    """ValueError naming `name` and its allowed range unless `value` is a finite
+    number (a whole one if `whole`) from `low` (excluded if `low_open`) to `high`."""
+    fmt = str if whole else (lambda x: f"{x:g}")
+    rng = (f"> {fmt(low)} and <= {fmt(high)}" if low_open
+           else f"from {fmt(low)} to {fmt(high)}")
+    ok = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool) \
+        and low <= value <= high and math.isfinite(value) and not (low_open and value == low)
+    if not ok:
+        got = repr(value)
+        got = got if len(got) <= 30 else f"{got[:12]}... ({len(got)} characters)"
+        raise ValueError(f"{name} must be {'a whole' if whole else 'a finite'} number "
+                         f"{rng}, not {got}")
+
+
 @dataclass(slots=True)
 class Thresholds:
     """When a flow is an elephant: at least `bytes` carried over `seconds` lived."""
@@ -85,5 +108,15 @@ class Thresholds:
     idle_seconds: float = 30.0   # an elephant that carries nothing this long has ended
 
     def validate(self) -> None:
-        if self.bytes < 1 or self.seconds < 0 or self.idle_seconds <= 0:
-            raise ValueError("thresholds need bytes >= 1, seconds >= 0, idle-seconds > 0")
+        """ValueError naming each value out of its range (non-finite ones included)."""
+        problems = []
+        for name, value, low, high, whole, low_open in (
+                ("bytes", self.bytes, 1, MAX_BYTES, True, False),
+                ("seconds", self.seconds, 0, MAX_SECONDS, False, False),
+                ("idle seconds", self.idle_seconds, 0, MAX_SECONDS, False, True)):
+            try:
+                check_number(name, value, low, high, whole=whole, low_open=low_open)
+            except ValueError as e:
+                problems.append(str(e))
+        if problems:
+            raise ValueError("; ".join(problems))

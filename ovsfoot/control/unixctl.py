@@ -70,12 +70,15 @@ class Control:
                 name, sep, value = arg.partition("=")
                 if not sep or name not in values:
                     raise ValueError(f"bad argument {arg!r}: use bytes=N, seconds=S, idle=S")
-                values[name] = int(value) if name == "bytes" else float(value)
+                try:
+                    values[name] = int(value) if name == "bytes" else float(value)
+                except ValueError:
+                    kind = "a whole number" if name == "bytes" else "a number"
+                    raise ValueError(f"bad argument {arg!r}: {name} must be {kind}") from None
             new = Thresholds(values["bytes"], values["seconds"], values["idle"])
-            new.validate()
+            new.validate()      # ranges, and nan/inf: before anything changes
         except ValueError as e:
-            conn.reply_error(str(e).replace("invalid literal for int() with base 10",
-                                            "not a whole number"))
+            conn.reply_error(f"thresholds not changed: {e}")
             return
         try:
             self.agent.set_thresholds(new)

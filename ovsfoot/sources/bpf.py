@@ -37,6 +37,7 @@ PORT_PROTOS = {6, 17, 33, 132, 136}   # TCP, UDP, DCCP, SCTP, UDP-Lite
 REFRESH_S = 1.0     # how often active elephants' counters are read back
 HOOKS = ("__nf_conntrack_confirm", "__nf_ct_refresh_acct", "nf_ct_delete")
 DESTROY_FNS = ("nf_ct_destroy", "destroy_conntrack")   # 5.19+, older
+U64_MAX = 2**64 - 1      # struct config's bytes and age_ns
 
 
 def _kernel_version() -> tuple[int, int]:
@@ -180,10 +181,15 @@ class BpfSource:
     def set_thresholds(self, thresholds: Thresholds) -> None:
         """Write the thresholds to the kernel's config map; applies to the next packet."""
         thresholds.validate()
+        age_ns = int(thresholds.seconds * 1e9)
+        for name, value in (("bytes", thresholds.bytes), ("age_ns", age_ns)):
+            if not 0 <= value <= U64_MAX:   # ctypes would keep only the low 64 bits
+                raise ValueError(f"{name}={value} does not fit the kernel map's u64 "
+                                 f"(0 to {U64_MAX})")
         cfg = self._bpf["config"]
         v = cfg.Leaf()
         v.bytes = thresholds.bytes
-        v.age_ns = int(thresholds.seconds * 1e9)
+        v.age_ns = age_ns
         v.netns = self.netns_inode
         v.zone0 = int(self.include_zone0)
         cfg[cfg.Key(0)] = v
