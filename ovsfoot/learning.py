@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from dataclasses import asdict, dataclass
 
@@ -85,10 +86,38 @@ class Learner:
 
 
 class StateFile:
-    """Learned classes on disk: msgpack, replaced atomically; a corrupt file is set aside."""
+    """Learned classes on disk: msgpack, replaced atomically; a corrupt file is set aside
+    (a regular file only: never a directory or a device)."""
 
     def __init__(self, path: str):
-        self.path = path
+        self.path = self.check(path)
+
+    @staticmethod
+    def check(path: str) -> str:
+        """`path` if it can be a state file, else ValueError saying what to do: not a
+        directory (nor a path ending in /), nor anything but a regular file (a FIFO
+        would block the agent, a device would be set aside), nor below a non-directory."""
+        if path.endswith(os.sep) or os.path.isdir(path):
+            raise ValueError(f"state file {path} is a directory: name a file, e.g. "
+                             f"{os.path.join(path, 'state.msgpack')}")
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        except NotADirectoryError:
+            st = None           # below a file: the walk up says which
+        except OSError as e:
+            raise ValueError(f"state file {path} cannot be used: {e.strerror}") from None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"state file {path} is not a regular file: name a regular "
+                             f"file, or a path that does not exist yet")
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.lexists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise ValueError(f"state file {path} cannot be made: {parent} is not a "
+                             f"directory; name a file in a directory")
+        return path
 
     def load(self) -> dict:
         try:
@@ -101,6 +130,10 @@ class StateFile:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, msgpack.UnpackException) as e:
+            if not os.path.isfile(self.path):   # a directory or device now: leave it be
+                log.warning("state file %s cannot be read (%s): left as it is, starting "
+                            "with nothing learned", self.path, e)
+                return {}
             aside = f"{self.path}.corrupt-{int(time.time())}"
             try:
                 os.replace(self.path, aside)
@@ -124,3 +157,7 @@ class StateFile:
         except OSError as e:
             log.error("cannot save state to %s: %s (learned classes kept in memory)",
                       self.path, e)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
