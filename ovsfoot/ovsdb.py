@@ -6,7 +6,9 @@ OVS version runs on the node; the IDL reconnects and resynchronises on its own.
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 import os
 import time
 
@@ -15,6 +17,7 @@ import ovs.dirs
 import ovs.jsonrpc
 import ovs.poller
 import ovs.stream
+import ovs.util
 
 log = logging.getLogger(__name__)
 
@@ -53,56 +56,153 @@ def ssl_ready(remote: str) -> bool:
     return not needs or bool(ovs.stream.Stream._SSL_ca_cert_file)
 
 
+ATTEMPT_S = 5.0         # one attempt to reach a server that is not there (or hung)
+STILL_WAITING_S = 60.0  # how often the agent says it is still waiting
+_LEAST_S = 0.05         # no attempt with less time than this, but the first
+
+
 def fetch_schema(remote: str, db: str, timeout_ms: int = 5000) -> dict:
     """The schema of `db` as the server at `remote` has it (raises OSError).
 
-    `remote` may list several servers (a cluster), separated by commas.
+    `remote` may list several servers (a cluster), separated by commas: all are
+    asked at once and the first schema wins, so that a member that is down, hung
+    or unroutable costs nothing while another answers. Connecting and the reply
+    together take at most `timeout_ms` (then OSError ETIMEDOUT), whatever the
+    servers do.
     """
-    errors = []
-    for one in remote.split(","):
-        try:
-            return _fetch_schema(one, db, timeout_ms)
-        except OSError as e:
-            errors.append(e)
-    raise errors[-1] if len(errors) == 1 else OSError(
-        0, "; ".join(str(e.strerror or e) for e in errors))
-
-
-def _fetch_schema(remote: str, db: str, timeout_ms: int) -> dict:
-    err, stream = ovs.stream.Stream.open_block(ovs.stream.Stream.open(remote), timeout_ms)
-    if err:
-        raise OSError(err, f"cannot connect to {remote}: {os.strerror(err)}")
-    rpc = ovs.jsonrpc.Connection(stream)
+    deadline = time.monotonic() + max(0, timeout_ms) / 1000
+    fetches = [_SchemaFetch(one.strip(), db) for one in remote.split(",") if one.strip()]
+    if not fetches:
+        raise OSError(errno.EINVAL, f"no OVSDB remote in {remote!r}")
     try:
-        err, reply = rpc.transact_block(ovs.jsonrpc.Message.create_request("get_schema", [db]))
-        if err:
-            raise OSError(err, f"get_schema from {remote}: {os.strerror(err)}")
-        if reply.error:
-            raise OSError(0, f"{remote} has no database {db}: {reply.error}")
-        return reply.result
+        while True:
+            for f in fetches:
+                f.run()
+                if f.schema is not None:
+                    return f.schema
+            pending = [f for f in fetches if f.error is None]
+            if not pending:
+                errors = [f.error for f in fetches]
+                raise errors[0] if len(errors) == 1 else OSError(
+                    errors[-1].errno, "; ".join(e.strerror for e in errors))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                silent = ", ".join(f.remote + ("" if f.rpc else " (connecting)")
+                                   for f in pending)
+                raise OSError(errno.ETIMEDOUT, "; ".join(
+                    [f.error.strerror for f in fetches if f.error is not None]
+                    + [f"no answer from {silent} within {timeout_ms / 1000:g} s"]))
+            poller = ovs.poller.Poller()
+            for f in pending:
+                f.wait(poller)
+            poller.timer_wait(max(1, math.ceil(left * 1000)))
+            poller.block()
     finally:
-        rpc.close()
+        for f in fetches:
+            f.close()
+
+
+class _SchemaFetch:
+    """One server's get_schema, without ever blocking: run() and wait() it."""
+
+    def __init__(self, remote: str, db: str):
+        self.remote, self.db = remote, db
+        self.schema: dict | None = None
+        self.error: OSError | None = None
+        self.rpc: ovs.jsonrpc.Connection | None = None
+        self.request = None
+        err, self.stream = ovs.stream.Stream.open(remote)
+        if err:
+            self._fail(err, f"cannot connect to {remote}")
+
+    def _fail(self, err: int, what: str) -> None:
+        """Gives up on this server: `what` failed with `err` (0: `what` says it all)."""
+        if err:
+            what = f"{what}: {ovs.util.ovs_retval_to_string(err)}"
+        self.error = OSError(errno.EIO if err <= 0 else err, what)
+        self.close()
+
+    def run(self) -> None:
+        if self.error is not None or self.schema is not None:
+            return
+        if self.rpc is None:
+            err = self.stream.connect()
+            if err == errno.EAGAIN:
+                self.stream.run()
+                return
+            if err:
+                self._fail(err, f"cannot connect to {self.remote}")
+                return
+            self.rpc = ovs.jsonrpc.Connection(self.stream)
+            self.stream = None
+            self.request = ovs.jsonrpc.Message.create_request("get_schema", [self.db])
+            err = self.rpc.send(self.request)
+            if err:
+                self._fail(err, f"get_schema from {self.remote}")
+                return
+        self.rpc.run()
+        while True:
+            err, msg = self.rpc.recv()
+            if err == errno.EAGAIN:
+                return
+            if err:
+                self._fail(err, f"get_schema from {self.remote}")
+                return
+            if msg.type in (msg.T_REPLY, msg.T_ERROR) and msg.id == self.request.id:
+                if msg.error is not None:
+                    self._fail(0, f"{self.remote} has no database {self.db}: {msg.error}")
+                else:
+                    self.schema = msg.result
+                return
+
+    def wait(self, poller) -> None:
+        if self.rpc is None:
+            self.stream.run_wait(poller)
+            self.stream.connect_wait(poller)
+        else:
+            self.rpc.wait(poller)
+            self.rpc.recv_wait(poller)
+
+    def close(self) -> None:
+        if self.rpc is not None:
+            self.rpc.close()
+            self.rpc = None
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
 
 
 def open_idl(remote: str, db: str, tables: dict[str, list[str]],
              retry: float = 1.0, timeout: float | None = None) -> ovs.db.idl.Idl:
-    """An IDL for `tables` of `db`, waiting for the server to come up
-    (`timeout` 0: one try only)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    warned = False
+    """An IDL for `tables` of `db`, waiting for the server to come up.
+
+    `timeout` (seconds) bounds all of it, at least one attempt (OSError when
+    exceeded). None: waits as long as it takes (the agent, which has nothing to
+    do without its database), each attempt at most ATTEMPT_S, and says so in the log.
+    """
+    started = time.monotonic()
+    deadline = None if timeout is None else started + max(0.0, timeout)
+    next_note = None
     while True:
+        budget = ATTEMPT_S if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            schema = fetch_schema(remote, db, 5000 if timeout is None else
-                                  max(500, int(timeout * 1000)))
+            schema = fetch_schema(remote, db, int(budget * 1000))
             break
         except OSError as e:
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and deadline - now < 2 * _LEAST_S:
                 raise
-            if not warned:
-                log.warning("waiting for ovsdb-server: %s (is it running? set --db or "
-                            "OVS_RUNDIR)", e.strerror or e)
-                warned = True
-            time.sleep(retry)
+            if deadline is None and (next_note is None or now >= next_note):
+                if next_note is None:
+                    log.warning("waiting for ovsdb-server: %s (is it running? set --db or "
+                                "OVS_RUNDIR)", e.strerror or e)
+                else:
+                    log.warning("still waiting for ovsdb-server after %.0f s: %s",
+                                now - started, e.strerror or e)
+                next_note = now + STILL_WAITING_S
+            time.sleep(retry if deadline is None else min(retry, deadline - now - _LEAST_S))
+    if next_note is not None:
+        log.info("ovsdb-server at %s answered after %.0f s", remote, time.monotonic() - started)
     helper = ovs.db.idl.SchemaHelper(schema_json=schema)
     for table, columns in tables.items():
         helper.register_columns(table, columns)
