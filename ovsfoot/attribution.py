@@ -13,15 +13,29 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from dataclasses import dataclass
 
-from ovsfoot.contract import IP, ZONE_PREFIX
+from ovsfoot.contract import IP, ZONE_PREFIX, printable
 from ovsfoot.events import FlowEvent
 
 log = logging.getLogger(__name__)
 
 ROUTER_SUFFIXES = ("_dnat", "_snat")
 HISTORY_NS = 3600 * 10**9          # how long a released zone's owner is remembered
+_ZONE_RE = re.compile(r"[1-9][0-9]{0,4}")   # as ovn-controller writes it: ASCII, "%d"
+
+
+def parse_zone(value) -> int | None:
+    """A conntrack zone, 1-65535, written as ovn-controller writes it; None otherwise.
+
+    Strict: int() would take " 7", "1_1" and non-ASCII digits ("\u0663" is 3)."""
+    if isinstance(value, str) and _ZONE_RE.fullmatch(value):
+        zone = int(value)
+        if zone <= 65535:
+            return zone
+    return None
+
 
 def port_addresses(external_ids: dict[str, str]) -> frozenset[str]:
     """IP addresses of a port: `ip_addresses` (ovn-kubernetes) or `ovsfoot-ip`."""
@@ -33,7 +47,8 @@ def port_addresses(external_ids: dict[str, str]) -> frozenset[str]:
             try:
                 out.add(str(ipaddress.ip_interface(item).ip))
             except ValueError:
-                log.warning("ignoring malformed address %r in external_ids:%s", item, key)
+                log.warning("ignoring malformed address '%s' in external_ids:%s",
+                            printable(item), key)
     return frozenset(out)
 
 
@@ -63,26 +78,47 @@ class ZoneMap:
         self.current: dict[int, ZoneOwner] = {}
         self._history: dict[int, list[ZoneOwner]] = {}
         self._bad: set[tuple[str, str]] = set()
+        # zone -> (owner kept, why, the other claimants ignored): two ct-zone-* keys
+        # with one zone, which ovn-controller never writes
+        self.conflicts: dict[int, tuple[str, str, tuple[str, ...]]] = {}
 
     def update(self, bridge_external_ids: dict[str, str], now: int,
-               started: bool = False) -> None:
-        """Reads the `ct-zone-*` keys; `started` marks the first read (owners since 0)."""
-        zones: dict[int, tuple[str, bool]] = {}
-        for key, value in bridge_external_ids.items():
+               started: bool = False, bound=frozenset()) -> None:
+        """Reads the `ct-zone-*` keys; `started` marks the first read (owners since 0).
+
+        `bound`: the logical ports with an Interface here, which win a zone that
+        two keys claim when neither held it before."""
+        claims: dict[int, list[tuple[str, bool]]] = {}
+        for key, value in sorted(bridge_external_ids.items()):
             if not key.startswith(ZONE_PREFIX):
                 continue
             name = key[len(ZONE_PREFIX):]
-            try:
-                zone = int(value)
-                if not 0 < zone < 65536 or not name:
-                    raise ValueError
-            except ValueError:
+            zone = parse_zone(value)
+            if zone is None or not name:
                 if (key, value) not in self._bad:
-                    log.warning("ignoring malformed zone %s=%r on the integration bridge "
-                                "(ovn-controller should write a number 1-65535)", key, value)
+                    log.warning("ignoring malformed zone %s='%s' on the integration bridge "
+                                "(ovn-controller writes a number 1-65535)",
+                                printable(key), printable(value))
                     self._bad.add((key, value))
                 continue
-            zones[zone] = (name, name.endswith(ROUTER_SUFFIXES))
+            claims.setdefault(zone, []).append((name, name.endswith(ROUTER_SUFFIXES)))
+        zones: dict[int, tuple[str, bool]] = {}
+        conflicts = {}
+        for zone, claimants in claims.items():
+            if len(claimants) == 1:
+                zones[zone] = claimants[0]
+                continue
+            winner, why = self._arbitrate(zone, claimants, bound)
+            zones[zone] = winner
+            others = tuple(n for n, r in claimants if (n, r) != winner)
+            conflicts[zone] = (winner[0], why, others)
+            before = self.conflicts.get(zone)
+            if before is None or (before[0], before[2]) != (winner[0], others):
+                log.warning("zone %d is claimed by %s: keeping %s (%s), ignoring %s",
+                            zone, ", ".join(ZONE_PREFIX + printable(n) for n, _ in claimants),
+                            printable(winner[0]), why,
+                            ", ".join(printable(n) for n in others))
+        self.conflicts = conflicts
         for zone, owner in list(self.current.items()):
             if zones.get(zone) != (owner.owner, owner.router):
                 owner.until = now
@@ -93,6 +129,21 @@ class ZoneMap:
                 self.current[zone] = o
                 self._history.setdefault(zone, []).append(o)
         self._prune(now)
+
+    def _arbitrate(self, zone: int, claimants: list[tuple[str, bool]],
+                   bound) -> tuple[tuple[str, bool], str]:
+        """Who keeps a zone that several keys claim: whoever held it first, else a
+        logical port bound here, else a router's zone; then the first by name."""
+        held = self.current.get(zone)
+        if held is not None and (held.owner, held.router) in claimants:
+            return (held.owner, held.router), "it held the zone first"
+        ports = [c for c in claimants if not c[1] and c[0] in bound]
+        if ports:
+            return min(ports), "its logical port has an Interface here"
+        routers = [c for c in claimants if c[1]]
+        if routers:
+            return min(routers), "a router's zone"
+        return min(claimants), "the first by name"
 
     def _prune(self, now: int) -> None:
         for zone, owners in list(self._history.items()):
@@ -150,6 +201,50 @@ class Attributor:
     def __init__(self):
         self.zones = ZoneMap()
         self.ports: dict[str, Port] = {}      # by lport
+        # lport -> (Interface kept, why, the other Interfaces with its iface-id, ignored)
+        self.duplicates: dict[str, tuple[str, str, tuple[str, ...]]] = {}
+
+    def set_ports(self, candidates: dict[str, list[tuple[Port, bool]]]) -> None:
+        """The bound ports, from (Port, ovn-installed) of every Interface per iface-id.
+
+        Several Interfaces with one iface-id: as ovn-controller, the one it bound
+        (`external_ids:ovn-installed="true"`) wins; else the one that held the port
+        first; then the first by name. Said once in the log, kept in `duplicates`."""
+        ports, duplicates = {}, {}
+        for lport, cands in candidates.items():
+            if len(cands) == 1:
+                ports[lport] = cands[0][0]
+                continue
+            held = self.ports.get(lport)
+            held = held.interface if held is not None else None
+            port, installed = min(cands, key=lambda c: (not c[1], c[0].interface != held,
+                                                        c[0].interface))
+            why = ("ovn-controller bound it (ovn-installed)" if installed else
+                   "it held the port first" if port.interface == held else
+                   "none is ovn-installed: the first by name")
+            others = tuple(sorted(c[0].interface for c in cands if c[0] is not port))
+            ports[lport] = port
+            duplicates[lport] = (port.interface, why, others)
+            if self.duplicates.get(lport) != duplicates[lport]:
+                log.warning("iface-id %s is on %d Interfaces: keeping %s (%s), ignoring %s",
+                            printable(lport), len(cands), printable(port.interface), why,
+                            ", ".join(printable(o) for o in others))
+        self.ports, self.duplicates = ports, duplicates
+
+    def conflicts(self, zone: int) -> list[dict[str, str]]:
+        """What else claims `zone` or the port that holds it, and is ignored: other
+        `ct-zone-*` keys with this zone, other Interfaces with the port's iface-id."""
+        out = []
+        c = self.zones.conflicts.get(zone)
+        if c is not None:
+            out += [{"ignored": ZONE_PREFIX + other, "kept": ZONE_PREFIX + c[0], "why": c[1]}
+                    for other in c[2]]
+        owner = self.zones.current.get(zone)
+        d = self.duplicates.get(owner.owner) if owner is not None else None
+        if d is not None:
+            out += [{"ignored": f"Interface {other}", "kept": f"Interface {d[0]}", "why": d[1]}
+                    for other in d[2]]
+        return out
 
     def attribute(self, ev: FlowEvent) -> Attribution:
         zone = ev.key.zone
