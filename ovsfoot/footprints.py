@@ -45,8 +45,8 @@ class Footprints:
         """Takes an elephant event from the detector (with its attribution on ELEPHANT)."""
         if ev.kind == Kind.ELEPHANT:
             self.active[ev.key] = ActiveElephant(ev, attribution, ev.ts)
-            if attribution.workload:
-                self.learner.elephant(attribution.workload, ev.ts)
+            if attribution.workload:     # counted once per conntrack entry
+                self.learner.elephant(attribution.workload, ev.ts, ev.key, ev.first_seen)
         elif ev.kind == Kind.END:
             if self.active.pop(ev.key, None) is None:
                 return
