@@ -11,7 +11,16 @@ publishers each in one poll loop. Two real scheduler extenders
 from the members, one through an ovsdb-server relay, and a prober POSTs
 `/prioritize` for all 200 nodes to each every 100 ms.
 
-Measured over the feed (plus 4 s to drain):
+Legs, one after the other, each with the same feed (30 s, 12 s with --quick):
+  raft          the chassis connect to the members (what `--cluster-db` lists)
+  raft_relay    the chassis connect to one relay in front of the members that
+                applies the RBAC role itself (OVN's relay layout for ovn-controller)
+  raft_trimmed  (only with --trim-server-monitor) as raft, with python-ovs'
+                _Server monitor trimmed in the workers: an experiment
+  standalone    the baseline: one standalone ovsdb-server (not clustered; same
+                SSL, Connection row and RBAC role) at member 1's address
+
+Measured over the feed plus 4 s to drain:
   commit latency     change handed to publish() -> its transaction's SUCCESS
                      (includes the wait for the publisher's 1 s min_interval)
   view freshness     change handed to publish() -> first /prioritize answer whose
@@ -20,14 +29,15 @@ Measured over the feed (plus 4 s to drain):
                      window / transactions committed in it
   per-chassis rate   transactions each chassis started, peak over 10 s windows,
                      and the smallest gap between two of one chassis
-The baseline is the same feed, the same 200 chassis and certificates, against one
-standalone ovsdb-server (not clustered; same SSL, same RBAC) at member 1's address.
+  chassis inbound    bytes each chassis' connection received per second
 
 python-ovs keeps one SSL key and certificate per process. So that each chassis
 still presents its own certificate, every chassis gets a stream class of its own
 (`ChassisSSL`, registered as connection method `sslhvNNNN:`) that loads its
 key and certificate when it opens a connection; the server sees exactly what
 200 agents would send.
+
+    python -m bench.clusterdb_scale [--quick] [--trim-server-monitor] [-v]
 """
 
 from __future__ import annotations
@@ -166,7 +176,7 @@ def timed_publisher_class():
                     self.pending = self.inflight + self.pending
                 self.inflight, self.carried = [], -1
             if self.transactions > n:
-                self.starts.append(now)
+                self.starts.append(self._last)      # the publisher's own start time
                 if self.txn is not None:
                     self.inflight, self.pending = self.pending, []
                     self.carried = self.state
@@ -176,6 +186,36 @@ def timed_publisher_class():
                 self.pending = []
 
     return TimedPublisher
+
+
+def trim_server_monitor() -> None:
+    """python-ovs's Idl monitors every column of _Server.Database, `index`
+    included, which each member updates on every commit: every client then
+    receives one `update` per cluster transaction, carrying the whole row (the
+    database schema, about 6 KB). This variant (an experiment, not the agent:
+    `--trim-server-monitor`) leaves `index` out, so a client hears from _Server
+    only when the member's role or connection changes; it gives up python-ovs'
+    check for a reconnection to a member with stale data."""
+    import ovs.db.custom_index
+    import ovs.db.idl
+    import ovs.jsonrpc
+
+    def send(self):
+        self.state = self.IDL_S_SERVER_MONITOR_REQUESTED
+        table = self.server_tables[self._server_db_table]
+        for column in table.columns.values():
+            if not hasattr(column, "alert"):
+                column.alert = True
+        table.rows = ovs.db.custom_index.IndexedRows(table)
+        table.need_table = False
+        table.idl = self
+        columns = [c for c in table.columns if c != "index"]
+        msg = ovs.jsonrpc.Message.create_request(
+            "monitor", [self._server_db.name, str(self.server_monitor_uuid),
+                        {table.name: [{"columns": columns}]}])
+        self._server_monitor_request_id = msg.id
+        self.send_request(msg)
+    ovs.db.idl.Idl._Idl__send_server_monitor_request = send
 
 
 class Feed:
@@ -269,7 +309,9 @@ class Loop:
 def worker(conn, spec: dict) -> None:
     """A worker process: spec['chassis'] chassis, one poll loop, until told to stop."""
     import ovsfoot.publishers.cluster as cluster_mod
-    cluster_mod.log.disabled = True             # per-chassis "connected" lines: noise here
+    cluster_mod.log.disabled = True
+    if spec.get("trim_server_monitor"):
+        trim_server_monitor()             # per-chassis "connected" lines: noise here
     Timed = timed_publisher_class()
     pubs, feeds = [], []
     for i in spec["chassis"]:
@@ -305,7 +347,7 @@ def worker(conn, spec: dict) -> None:
     heapq.heapify(heap)
     changes: list[list] = [[] for _ in pubs]        # (state, t, score)
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    wake0 = loop.wakeups
+    wake0, rx0 = loop.wakeups, received(pubs)
     while True:
         now = time.monotonic()
         if now >= t_end:
@@ -322,6 +364,7 @@ def worker(conn, spec: dict) -> None:
         loop.block(min(nxt, t_end))
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     conn.send(("done", {
+        "rx_bytes": received(pubs) - rx0,
         "cpu_s": (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime),
         "wakeups": loop.wakeups - wake0,
         "chassis": {p.chassis: {"i": spec["chassis"][k], "changes": changes[k],
@@ -330,6 +373,12 @@ def worker(conn, spec: dict) -> None:
                                 "reverted": p.reverted, "failures": p.failures,
                                 "pending": len(p.pending) + len(p.inflight)}
                     for k, p in enumerate(pubs)}}))
+
+
+def received(pubs) -> int:
+    """Bytes the publishers' connections have received (a reconnection restarts its count)."""
+    return sum(p.idl._session.rpc.get_received_bytes() for p in pubs
+               if p.idl._session.rpc is not None)
 
 
 def _worker_main(conn, spec) -> None:
@@ -367,13 +416,8 @@ class Standalone:
            f"--private-key={key}", f"--certificate={cert}", f"--ca-cert={ca}",
            "--detach", "--no-chdir")
         clusterdb.bootstrap(f"unix:{self.dir / 'db.sock'}", clusterdb.listen_target(None, True))
-        ns = self.m.netns
-
-        def listening() -> bool:
-            out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Hltn", "sport", "= :6647"],
-                                 capture_output=True, text=True).stdout
-            return bool(out.strip())
-        wait_for(listening, timeout=20, what="the standalone server to listen on 6647")
+        wait_for(lambda: listening(self.m.netns), timeout=20,
+                 what="the standalone server to listen on 6647")
         return self
 
     @property
@@ -383,6 +427,57 @@ class Standalone:
     def stop(self) -> None:
         from integration.sandbox import kill_pidfile
         kill_pidfile(self.pidfile)
+
+
+class WriterRelay:
+    """An ovsdb-server relay for the chassis, the way OVN's relay tutorial puts
+    ovn-controllers behind relays: in a namespace of its own on the sandbox's
+    bridge (.10), listening on the relayed database's Connection rows, so it
+    applies their RBAC role to each chassis (CN of its certificate), and
+    forwarding writes to the members over their admin sockets (no role)."""
+
+    def __init__(self, sb):
+        self.sb = sb
+        self.ns = f"{sb.tag}wr"
+        self.ip = f"{sb.subnet}.10"
+        self.dir = sb.workdir / "wrelay"
+        self.pidfile = self.dir / "ovsdb-server.pid"
+
+    def start(self) -> "WriterRelay":
+        from integration.sandbox import sh, wait_for
+        from ovsfoot import clusterdb
+        self.dir.mkdir(exist_ok=True)
+        sh("ip", "netns", "add", self.ns)
+        sh("ip", "-n", self.ns, "link", "set", "lo", "up")
+        sh("ip", "link", "add", self.ns, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
+        sh("ip", "link", "set", self.ns, "master", self.sb.bridge, "up")
+        sh("ip", "-n", self.ns, "addr", "add", f"{self.ip}/24", "dev", "eth0")
+        sh("ip", "-n", self.ns, "link", "set", "eth0", "up")
+        key, cert, ca = self.sb._sign(self.sb.pki, "wrelay")
+        source = ",".join(m.admin for m in self.sb.members)
+        sh("ip", "netns", "exec", self.ns, "ovsdb-server", f"relay:{clusterdb.DB_NAME}:{source}",
+           f"--remote=db:{clusterdb.DB_NAME},Cluster_Global,connections",
+           f"--remote=punix:{self.dir / 'db.sock'}", f"--unixctl={self.dir / 'ovsdb-server.ctl'}",
+           f"--pidfile={self.pidfile}", f"--log-file={self.dir / 'ovsdb-server.log'}",
+           f"--private-key={key}", f"--certificate={cert}", f"--ca-cert={ca}",
+           "--detach", "--no-chdir")
+        wait_for(lambda: listening(self.ns), timeout=20, what="the chassis relay to listen")
+        return self
+
+    @property
+    def pid(self) -> int:
+        return int(self.pidfile.read_text())
+
+    def stop(self) -> None:
+        from integration.sandbox import kill_pidfile, sh
+        kill_pidfile(self.pidfile)
+        sh("ip", "netns", "del", self.ns, check=False)
+
+
+def listening(ns: str, port: int = 6647) -> bool:
+    out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Hltn", "sport", f"= :{port}"],
+                         capture_output=True, text=True).stdout
+    return bool(out.strip())
 
 
 class Extender:
@@ -493,7 +588,7 @@ def freshness(chassis: dict, obs: dict, t0: float, t1: float) -> dict:
 
 def measure(label: str, members: list[str], creds: dict, servers: dict[str, int],
             leader: str, extenders: dict[str, tuple[str, tuple | None]], feed_s: float,
-            seed: int, logdir: Path, log) -> dict:
+            seed: int, logdir: Path, log, trim: bool = False) -> dict:
     """The feed against `members`; `servers` name -> ovsdb-server pid (CPU);
     `leader` the name whose CPU per transaction is reported."""
     ctx = multiprocessing.get_context("fork")
@@ -503,7 +598,7 @@ def measure(label: str, members: list[str], creds: dict, servers: dict[str, int]
         t_setup = time.monotonic()
         for ids in per:
             parent, child = ctx.Pipe()
-            spec = {"chassis": ids, "members": members, "seed": seed,
+            spec = {"chassis": ids, "members": members, "seed": seed, "trim_server_monitor": trim,
                     "creds": {chassis_name(i): creds[chassis_name(i)] for i in ids}}
             p = ctx.Process(target=_worker_main, args=(child, spec), daemon=True)
             p.start()
@@ -605,6 +700,7 @@ def measure(label: str, members: list[str], creds: dict, servers: dict[str, int]
         "leader_cpu_ms_per_tx": 1000 * cpu[leader] / committed if committed else None,
         "workers_cpu_s": round(sum(r["cpu_s"] for r in results), 2),
         "workers_wakeups": sum(r["wakeups"] for r in results),
+        "chassis_rx_bytes_per_s": sum(r["rx_bytes"] for r in results) / len(chassis) / window,
         "extender_health": health,
     }
     return out
@@ -623,23 +719,25 @@ def summary(m: dict) -> dict:
                       "max": _p(m["commit_ms"], 100)}
     s["fresh_ms"] = {n: {"n": len(f["ms"]), "missing": f["missing"],
                          "ambiguous": f["ambiguous"], "p50": _p(f["ms"], 50),
-                         "p90": _p(f["ms"], 90), "p99": fresh_p99(f), "max": _p(f["ms"], 100)}
+                         "p90": _p(f["ms"], 90), "p99": fresh_p99(f),
+                         "p99_reflected": _p(f["ms"], 99), "max": _p(f["ms"], 100)}
                      for n, f in m["fresh"].items()}
     s["answer_ms"] = {n: {"n": len(a), "p50": _p(a, 50), "p99": _p(a, 99)}
                       for n, a in m["answer_ms"].items()}
     for k in ("tx_per_s", "changes_per_s", "chassis_peak_tx_per_s", "chassis_min_gap_s",
               "chassis_mean_tx_per_s", "chassis_peak_changes_per_s", "leader_cpu_s",
-              "leader_cpu_ms_per_tx"):
+              "leader_cpu_ms_per_tx", "chassis_rx_bytes_per_s"):
         if isinstance(s.get(k), float):
             s[k] = round(s[k], 3)
     return s
 
 
 def fresh_p99(f: dict) -> float | None:
-    """p99 with every missing sample counted as never (infinitely late)."""
+    """p99 with every change never reflected counted as infinitely late; None when
+    that p99 is one of them (more than 1% never reflected within the window)."""
     xs = f["ms"] + [float("inf")] * f["missing"]
     v = percentile(xs, 99)
-    return None if v is None else (v if v == float("inf") else round(v, 1))
+    return None if v is None or v == float("inf") else round(v, 1)
 
 
 def leader_term(sb, i: int) -> tuple[str, str]:
@@ -649,104 +747,151 @@ def leader_term(sb, i: int) -> tuple[str, str]:
     return sb.members[i].name, term
 
 
-def run(quick: bool = False, log=print) -> list[Result]:
+def clear(sb) -> None:
+    """Deletes what the previous leg's chassis wrote (on the leader's admin socket)."""
+    sb.transact(None, [{"op": "delete", "table": "Chassis", "where": []},
+                       {"op": "delete", "table": "Workload_Class", "where": []}])
+
+
+def raft_leg(sb, label, members, creds, servers, extenders, feed_s, work, log, trim=False):
+    li = sb.leader()
+    before = leader_term(sb, li)
+    m = measure(label, members, creds, servers, sb.members[li].name, extenders, feed_s, 1,
+                work, log, trim)
+    li2 = sb.leader()
+    m["leader_before"] = before
+    m["leader_after"] = leader_term(sb, li2) if li2 is not None else None
+    return m
+
+
+def run(quick: bool = False, log=print, trim: bool = False) -> list[Result]:
+    """`trim`: also a leg with python-ovs' _Server monitor trimmed (an experiment)."""
     from integration.clusterdb import ClusterDbSandbox
     from integration.programs import require
     from integration.sandbox import kill_pidfile
     # ovsdb-client (relay, bootstrap) comes with ovsdb-server (openvswitch-common)
     require("ip", "openssl", "ss", "ovs-pki", "ovsdb-tool", "ovsdb-server", "ovs-appctl")
-    feed_s = 20.0 if quick else 50.0
+    feed_s = 12.0 if quick else 30.0
     work = Path(tempfile.mkdtemp(prefix="ovsfoot-bench-clusterdb-"))
     sb = ClusterDbSandbox(work / "db", members=3, ssl=True)
-    standalone, ok = None, False
+    standalone = wrelay = None
+    ok = False
+    legs: dict[str, dict] = {}
     try:
         t = time.monotonic()
         sb.start()
-        names = [chassis_name(i) for i in range(CHASSIS)]
-        creds = make_creds(sb, names + ["extender"])
+        creds = make_creds(sb, [chassis_name(i) for i in range(CHASSIS)] + ["extender"])
         relay = sb.relay("relay")
-        relay_pid = int((sb.workdir / "relay" / "ovsdb-server.pid").read_text())
-        li = sb.leader()
-        before = leader_term(sb, li)
-        log(f"clusterdb: 3 raft members, {len(creds)} certificates and a relay in "
-            f"{time.monotonic() - t:.0f} s; leader {before[0]} (term {before[1]})")
+        wrelay = WriterRelay(sb).start()
+        log(f"clusterdb: 3 raft members, {len(creds)} certificates, a relay for the "
+            f"extender and one for the chassis in {time.monotonic() - t:.0f} s")
         servers = {m.name: int((m.dir / "ovsdb-server.pid").read_text()) for m in sb.members}
-        servers["relay"] = relay_pid
-        cl = measure("raft", [f"{m.ip}:6647" for m in sb.members], creds, servers,
-                     sb.members[li].name,
-                     {"direct": (sb.remote, creds["extender"]), "relay": (relay, None)},
-                     feed_s, 1, work, log)
-        li2 = sb.leader()
-        cl["leader_after"] = leader_term(sb, li2) if li2 is not None else None
-        cl["leader_before"] = before
+        servers["relay"] = int((sb.workdir / "relay" / "ovsdb-server.pid").read_text())
+        servers["wrelay"] = wrelay.pid
+        extenders = {"direct": (sb.remote, creds["extender"]), "relay": (relay, None)}
+        direct = [f"{m.ip}:6647" for m in sb.members]
+        legs["raft"] = raft_leg(sb, "raft", direct, creds, servers, extenders, feed_s, work, log)
+        clear(sb)
+        legs["raft_relay"] = raft_leg(sb, "raft_relay", [f"{wrelay.ip}:6647"], creds, servers,
+                                      extenders, feed_s, work, log)
+        if trim:
+            clear(sb)
+            legs["raft_trimmed"] = raft_leg(sb, "raft_trimmed", direct, creds, servers,
+                                            extenders, feed_s, work, log, trim=True)
         # baseline: the same feed against one standalone server
+        wrelay.stop()
         kill_pidfile(sb.workdir / "relay" / "ovsdb-server.pid")
         for m in sb.members:
             sb.stop_member(m.index)
         standalone = Standalone(sb).start()
-        st = measure("standalone", [f"{sb.members[0].ip}:6647"], creds,
-                     {"standalone": standalone.pid}, "standalone",
-                     {"direct": (f"ssl:{sb.members[0].ip}:6647", creds["extender"])},
-                     feed_s, 1, work, log)
+        legs["standalone"] = measure(
+            "standalone", [f"{sb.members[0].ip}:6647"], creds, {"standalone": standalone.pid},
+            "standalone", {"direct": (f"ssl:{sb.members[0].ip}:6647", creds["extender"])},
+            feed_s, 1, work, log)
         ok = True
     finally:
         if standalone is not None:
             standalone.stop()
+        if wrelay is not None:
+            wrelay.stop()
         sb.destroy()
         if ok:
             shutil.rmtree(work, ignore_errors=True)
         else:
             log(f"clusterdb: logs kept in {work}")
-    C, S = summary(cl), summary(st)
-    log(f"clusterdb: raft {C['tx_per_s']:.1f} tx/s committed for {C['changes_per_s']:.1f} "
-        f"changes/s; commit p50/p99 {C['commit_ms']['p50']}/{C['commit_ms']['p99']} ms "
-        f"(standalone {S['commit_ms']['p50']}/{S['commit_ms']['p99']}); freshness p99 "
-        f"direct {C['fresh_ms']['direct']['p99']} ms, relay {C['fresh_ms']['relay']['p99']} ms "
-        f"(standalone {S['fresh_ms']['direct']['p99']}); leader "
-        f"{C['leader_cpu_ms_per_tx']} ms CPU/tx (standalone {S['leader_cpu_ms_per_tx']})")
-    detail = {"raft": C, "standalone": S}
-    c50, c99 = C["commit_ms"]["p50"], C["commit_ms"]["p99"]
+    L = {n: summary(m) for n, m in legs.items()}
+    S = L["standalone"]
+    for n, x in L.items():
+        f = x["fresh_ms"]
+        log(f"clusterdb {n}: {x['tx_per_s']:.1f} tx/s committed for {x['changes_per_s']:.1f} "
+            f"changes/s; commit p50/p99 {x['commit_ms']['p50']}/{x['commit_ms']['p99']} ms; "
+            "freshness p99 " + ", ".join(f"{e} {v['p99']} ms" for e, v in f.items())
+            + f"; {x['leader']} {x['leader_cpu_ms_per_tx']} ms CPU/tx")
+    return results(L, S)
+
+
+def results(L: dict, S: dict) -> list[Result]:
+    C = L["raft"]
     s50, s99 = S["commit_ms"]["p50"], S["commit_ms"]["p99"]
-    fd, fr, fs = C["fresh_ms"]["direct"], C["fresh_ms"]["relay"], S["fresh_ms"]["direct"]
-    leader_tx, base_tx = C["leader_cpu_ms_per_tx"], S["leader_cpu_ms_per_tx"]
-    ok_rate = (C["chassis_peak_tx_per_s"] <= 1.0
-               and C["chassis_min_gap_s"] >= 0.98 * MIN_INTERVAL)
-    return [
+    fs = S["fresh_ms"]["direct"]["p99"]
+    base_tx = S["leader_cpu_ms_per_tx"]
+    ok_rate = all(x["chassis_peak_tx_per_s"] <= 1.0
+                  and x["chassis_min_gap_s"] >= 0.98 * MIN_INTERVAL for x in L.values())
+    out = [
         Result("clusterdb_chassis_tx_per_s", C["chassis_peak_tx_per_s"], "tx/s per chassis",
                C["chassis_peak_changes_per_s"],
                "the same chassis' changes/s handed to publish() (peak 10 s window)",
                ratio(C["chassis_peak_tx_per_s"], C["chassis_peak_changes_per_s"]),
                f"<= 1 tx/s per chassis (peak 10 s window; {CHASSIS} chassis)", ok_rate,
-               detail={"chassis": C["chassis"], "min_gap_s": C["chassis_min_gap_s"],
-                       "mean_tx_per_s": C["chassis_mean_tx_per_s"],
-                       "cluster_tx_per_s": C["tx_per_s"],
-                       "cluster_changes_per_s": C["changes_per_s"]}),
-        Result("clusterdb_commit_p50", c50, "ms", s50, "the same feed on one standalone server",
-               ratio(c50, s50), "(p50, informational)", None, detail=detail),
-        Result("clusterdb_commit_p99", c99, "ms", s99, "the same feed on one standalone server",
-               ratio(c99, s99), "(informational: includes the 1 s min_interval wait)", None),
-        Result("clusterdb_view_fresh_p99", fd["p99"], "ms", fs["p99"],
-               "the same, extender on one standalone server", ratio(fd["p99"], fs["p99"]),
-               "p99 <= 2 s (extender reading the members)",
-               fd["p99"] is not None and fd["p99"] <= 2000,
-               detail={"raft_direct": fd, "raft_relay": fr, "standalone": fs}),
-        Result("clusterdb_view_fresh_relay_p99", fr["p99"], "ms", fd["p99"],
-               "the extender reading the members directly, same run",
-               ratio(fr["p99"], fd["p99"]), "p99 <= 2 s (extender behind a relay)",
-               fr["p99"] is not None and fr["p99"] <= 2000),
-        Result("clusterdb_leader_cpu_per_tx", leader_tx, "ms CPU/tx", base_tx,
-               "standalone server's CPU per transaction, same feed", ratio(leader_tx, base_tx),
-               "(informational)", None,
-               detail={"raft_cpu_s": C["cpu_s"], "standalone_cpu_s": S["cpu_s"],
-                       "raft_committed": C["committed"], "standalone_committed": S["committed"],
-                       "window_s": C["window_s"], "leader_before": C["leader_before"],
-                       "leader_after": C["leader_after"]}),
+               detail={n: {"chassis": x["chassis"], "peak_tx_per_s": x["chassis_peak_tx_per_s"],
+                           "min_gap_s": x["chassis_min_gap_s"],
+                           "mean_tx_per_s": x["chassis_mean_tx_per_s"],
+                           "cluster_tx_per_s": x["tx_per_s"],
+                           "cluster_changes_per_s": x["changes_per_s"]}
+                       for n, x in L.items()}),
+        Result("clusterdb_chassis_rx_bytes_per_s", C["chassis_rx_bytes_per_s"], "B/s per chassis",
+               S["chassis_rx_bytes_per_s"], "the same on one standalone server",
+               ratio(C["chassis_rx_bytes_per_s"], S["chassis_rx_bytes_per_s"]),
+               "(informational: what each chassis receives)", None,
+               detail={n: x["chassis_rx_bytes_per_s"] for n, x in L.items()}),
+        Result("clusterdb_commit_p50", C["commit_ms"]["p50"], "ms", s50,
+               "the same feed on one standalone server", ratio(C["commit_ms"]["p50"], s50),
+               "(p50, informational)", None, detail=L),
     ]
+    names = {"raft": ("clusterdb", "chassis and extender on the members"),
+             "raft_relay": ("clusterdb_relayed", "chassis on a relay, extender on a relay"),
+             "raft_trimmed": ("clusterdb_trimmed", "as clusterdb, python-ovs _Server trimmed")}
+    for leg, (prefix, what) in names.items():
+        if leg not in L:
+            continue
+        x = L[leg]
+        ext = "relay" if leg == "raft_relay" else "direct"
+        f = x["fresh_ms"][ext]["p99"]
+        c99 = x["commit_ms"]["p99"]
+        tx = x["leader_cpu_ms_per_tx"]
+        out += [
+            Result(f"{prefix}_commit_p99", c99, "ms", s99, "the same feed on one standalone server",
+                   ratio(c99, s99), f"(informational; {what}; includes the 1 s min_interval)",
+                   None),
+            Result(f"{prefix}_view_fresh_p99", f, "ms", fs,
+                   "the same feed, extender on one standalone server", ratio(f, fs),
+                   f"p99 <= 2 s ({what})", f is not None and f <= 2000,
+                   detail={"extenders": x["fresh_ms"], "standalone": S["fresh_ms"]}),
+            Result(f"{prefix}_leader_cpu_per_tx", tx, "ms CPU/tx", base_tx,
+                   "standalone server's CPU per transaction, same feed", ratio(tx, base_tx),
+                   f"(informational; {what})", None,
+                   detail={"cpu_s": x["cpu_s"], "committed": x["committed"],
+                           "window_s": x["window_s"], "leader_before": x.get("leader_before"),
+                           "leader_after": x.get("leader_after"),
+                           "standalone_cpu_s": S["cpu_s"], "standalone_committed": S["committed"]}),
+        ]
+    return out
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
-    for r in run(quick="--quick" in sys.argv, log=lambda m: print(m, file=sys.stderr)):
+    for r in run(quick="--quick" in sys.argv, log=lambda m: print(m, file=sys.stderr),
+                 trim="--trim-server-monitor" in sys.argv):
         print(r.name, r.value, r.unit, r.baseline, r.ratio, r.met)
         if r.detail and "-v" in sys.argv:
             print(json.dumps(r.detail, indent=1, default=str))

@@ -2,7 +2,7 @@
 
     bench/run.py [--only NAME[,NAME]] [--quick] [--list]
 
-Host: pipeline, ctnetlink, publishing. VM (one boot for all three):
+Host: pipeline, ctnetlink, publishing, clusterdb. VM (one boot for all three):
 latency, datapath, churn. Prints one table and merges the results into
 bench/results.json. See bench/README.md for what each number means.
 """
@@ -20,13 +20,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, table, save  # noqa: E402
 
-HOST = ("pipeline", "ctnetlink", "publishing")
+HOST = ("pipeline", "ctnetlink", "publishing", "clusterdb")
 VM = ("latency", "datapath", "churn")
 ALL = HOST + VM
+MODULES = {"ctnetlink": "ctnetlink_scale", "clusterdb": "clusterdb_scale"}
 ABOUT = {
     "pipeline": "host: 1M recorded events through the agent (replay source, speed 0)",
     "ctnetlink": "host: one ctnetlink poll of 100,000 entries vs conntrack -L",
     "publishing": "host: 1,000 elephant starts + ends per second, OVSDB transactions",
+    "clusterdb": "host: 200 chassis' ClusterPublishers on a 3-member raft cluster vs standalone",
     "latency": "VM: threshold crossing -> OVSDB monitor sees the key, bpf vs ctnetlink",
     "datapath": "VM: iperf3 with / without the tracer; ns per run (bpf_stats)",
     "churn": "VM: connect/reset churn with the tracer; drops, evictions, agent CPU",
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
     for name in (n for n in HOST if n in only):
         say(f"{name}: {ABOUT[name]}")
         try:
-            mod = __import__(f"bench.{ {'ctnetlink': 'ctnetlink_scale'}.get(name, name)}",
+            mod = __import__(f"bench.{MODULES.get(name, name)}",
                              fromlist=["run"])
             results += mod.run(quick=a.quick, log=say)
         except Exception as e:      # one broken benchmark must not hide the others
