@@ -45,6 +45,11 @@ class Config:
     heartbeat: float = 10.0             # and one at least this often (liveness)
 
 
+def _key(ev: FlowEvent) -> str:
+    """A flow's tuple for the log (a replayed recording's addresses are any strings)."""
+    return contract.printable(str(ev.key), 160)
+
+
 class Agent:
     def __init__(self, cfg: Config, source: Source, db: LocalDb | None = None):
         self.cfg = cfg
@@ -152,7 +157,8 @@ class Agent:
                 self.cleanup = SouthboundCleanup(remote, chassis)
             else:
                 log.info("not checking OVN Southbound %s for keys of earlier versions: "
-                         "it needs SSL (--private-key, --certificate, --ca-cert)", remote)
+                         "it needs SSL (--private-key, --certificate, --ca-cert)",
+                         contract.printable(remote, 240))
         if not self.cfg.cluster_db:
             return
         c = self.cluster
@@ -186,14 +192,14 @@ class Agent:
             attribution = self.attributor.attribute(ev)
             if attribution.attributed:
                 log.info("elephant %s: port %s (workload %s) is its %s, %d bytes",
-                         ev.key, contract.printable(attribution.lport),
+                         _key(ev), contract.printable(attribution.lport),
                          contract.printable(attribution.workload), attribution.role, ev.bytes)
             else:
                 self.unattributed += 1
-                log.info("elephant %s: not attributed (%s)", ev.key,
+                log.info("elephant %s: not attributed (%s)", _key(ev),
                          contract.printable(attribution.reason, 240))
         elif ev.kind == Kind.END and ev.key in self.footprints.active:
-            log.info("elephant %s ended after %d bytes", ev.key, ev.bytes)
+            log.info("elephant %s ended after %d bytes", _key(ev), ev.bytes)
         self.footprints.apply(ev, attribution)
 
     def set_thresholds(self, t: Thresholds) -> None:
