@@ -12,7 +12,12 @@ iface-id `<namespace>_<pod>` as ovn-kubernetes names it, `external_ids:sandbox`,
 or a MAC), sets `external_ids:ovsfoot-workload` and the marker `ovsfoot-cni=<container
 id>`, and prints `prevResult` unchanged. The running agent re-reads the Interface at
 once and publishes the workload's learned class before the pod sends a byte.
-DEL removes the two keys where the marker is this container's. CHECK verifies them.
+ADD never takes over an Interface whose identity someone else set: another
+container's marker, or `ovsfoot-workload` without a marker (an operator's); it logs
+that and passes the result through. DEL removes the marker where it is this
+container's, and `ovsfoot-workload` with it unless that is no longer what this
+container's ADD set (an operator changed it since); it never touches an identity
+it did not set. CHECK verifies what ADD did (and accepts what ADD passed through).
 
 The workload, first match wins: `runtimeConfig.ovsfoot.workload`; CNI_ARGS
 `OVSFOOT_WORKLOAD`; an owner name (`runtimeConfig.ovsfoot.owner` or CNI_ARGS
@@ -21,24 +26,28 @@ the ReplicaSet / DaemonSet / StatefulSet suffix stripped (the agent's own rule);
 network config's `workload`.
 
 ovsfoot trouble (no OVSDB, no Interface found, a timeout) never fails a pod: it is
-logged (stderr and `logFile`) and the result passed through. Only malformed input
-gets a CNI error object on stdout and exit status 1, with code 1 (incompatible
-version), 4 (invalid environment variables), 6 (undecodable stdin), 7 (invalid network
-config) or 100 (CHECK: the tag is missing or different).
+logged (stderr and `logFile`) and the result passed through. Malformed input gets a
+CNI error object on stdout and exit status 1, with code 1 (incompatible version), 4
+(invalid environment variables), 6 (undecodable stdin), 7 (invalid network config,
+also a malformed `prevResult`) or 100 (CHECK: the tag is missing or different); any
+other failure (a bug) code 101, with the traceback in the log, never a bare traceback.
 
 Network config keys (all optional): `ovsdb` (remote; default unix:$OVS_RUNDIR/db.sock),
-`timeout` (seconds for OVSDB, default 2), `logFile`, `waitForClass` (seconds ADD may
-wait for the agent's class, only to log it; default 0), `workload`.
+`timeout` (seconds for OVSDB, > 0 and <= 60, default 2), `logFile`, `waitForClass`
+(seconds ADD may wait for the agent's class, only to log it; 0 to 60, default 0),
+`workload`. Out of range or non-finite (NaN, 1e309) is code 7, before anything changes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import sys
 import time
+import traceback
 
 CURRENT = "1.0.0"
 SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]
@@ -48,11 +57,19 @@ E_ENV = 4
 E_DECODE = 6
 E_CONFIG = 7
 E_CHECK = 100
+E_INTERNAL = 101
+
+MAX_SECONDS = 60.0          # timeout and waitForClass (a runtime waits minutes for a plugin)
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 _CONTAINER_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 
 log = logging.getLogger("ovsfoot.cni")
+
+
+def printable(value, limit: int = 80) -> str:
+    from ovsfoot.contract import printable as p
+    return p(value, limit)
 
 
 class CniError(Exception):
@@ -94,6 +111,9 @@ def parse_config(raw: str) -> dict:
         cfg = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise CniError(E_DECODE, "cannot decode the network configuration", str(e)) from None
+    except RecursionError:
+        raise CniError(E_DECODE, "cannot decode the network configuration",
+                       "stdin is nested too deeply") from None
     if not isinstance(cfg, dict):
         raise CniError(E_DECODE, "cannot decode the network configuration",
                        f"stdin is a JSON {type(cfg).__name__}, not an object")
@@ -101,7 +121,7 @@ def parse_config(raw: str) -> dict:
     if not isinstance(version, str) or not version:
         raise CniError(E_CONFIG, "invalid network configuration", "cniVersion is missing")
     if version not in SUPPORTED:
-        raise CniError(E_INCOMPATIBLE, f"incompatible CNI version {version}",
+        raise CniError(E_INCOMPATIBLE, f"incompatible CNI version {version[:40]}",
                        f"ovsfoot-cni supports {', '.join(SUPPORTED)}")
     name = cfg.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -112,9 +132,16 @@ def parse_config(raw: str) -> dict:
     for key, kind in types.items():
         if key in cfg and not isinstance(cfg[key], kind) or isinstance(cfg.get(key), bool):
             raise CniError(E_CONFIG, "invalid network configuration", f"{key} has the wrong type")
-    if cfg.get("timeout", 1) <= 0 or cfg.get("waitForClass", 0) < 0:
-        raise CniError(E_CONFIG, "invalid network configuration",
-                       "timeout must be > 0 and waitForClass >= 0")
+    for key, zero in (("timeout", False), ("waitForClass", True)):
+        if key in cfg:
+            try:
+                v = float(cfg[key])
+            except OverflowError:           # an integer of 400 digits
+                v = math.inf
+            if not (math.isfinite(v) and (v >= 0 if zero else v > 0) and v <= MAX_SECONDS):
+                raise CniError(E_CONFIG, "invalid network configuration",
+                               f"{key} must be a number of seconds {'>=' if zero else '>'} 0 "
+                               f"and <= {MAX_SECONDS:g}, not {str(cfg[key])[:40]}")
     rc = cfg.get("runtimeConfig", {}).get("ovsfoot", {})
     if not isinstance(rc, dict) or any(not isinstance(rc.get(k, ""), str)
                                        for k in ("workload", "owner")):
@@ -156,10 +183,26 @@ def workload_for(cfg: dict, args: dict[str, str]) -> str | None:
     return None
 
 
+def check_prev(prev: dict) -> list[dict]:
+    """The interfaces of `prevResult`, checked: a list of objects whose name, mac and
+    sandbox are strings (CNI_ERROR 7 otherwise)."""
+    ifaces = prev.get("interfaces")
+    if ifaces is None:
+        return []
+    if not isinstance(ifaces, list) or not all(isinstance(i, dict) for i in ifaces):
+        raise CniError(E_CONFIG, "invalid prevResult", "interfaces must be a list of objects")
+    for n, i in enumerate(ifaces):
+        for key in ("name", "mac", "sandbox"):
+            if i.get(key) is not None and not isinstance(i[key], str):
+                raise CniError(E_CONFIG, "invalid prevResult",
+                               f"interfaces[{n}].{key} must be a string")
+    return ifaces
+
+
 def locate(node, prev: dict, env, args: dict[str, str]) -> tuple[str, str] | None:
     """(Interface name, how it was found) of the pod's OVS port, or None."""
     infos = node.interfaces()
-    ifaces = [i for i in prev.get("interfaces") or [] if isinstance(i, dict)]
+    ifaces = check_prev(prev)
     host = [i for i in ifaces if not i.get("sandbox")]
     guest = [i for i in ifaces if i.get("sandbox") and i.get("name") == env.get("CNI_IFNAME")]
     ns, pod = args.get("K8S_POD_NAMESPACE"), args.get("K8S_POD_NAME")
@@ -187,6 +230,65 @@ def locate(node, prev: dict, env, args: dict[str, str]) -> tuple[str, str] | Non
     return None
 
 
+def _owner(ids: dict[str, str], cid: str) -> str | None:
+    """Who else set the Interface's identity, in words; None: nobody, or this container."""
+    from ovsfoot import api
+    marker = ids.get(api.CNI_MARKER_KEY)
+    if marker is not None and marker != cid:
+        return (f"its {api.CNI_MARKER_KEY} marker is another container's "
+                f"({printable(marker)}, {api.WORKLOAD_KEY}="
+                f"{printable(ids.get(api.WORKLOAD_KEY))})")
+    if marker is None and api.WORKLOAD_KEY in ids:
+        return (f"{api.WORKLOAD_KEY}={printable(ids[api.WORKLOAD_KEY])} was set by someone "
+                f"else (an operator: no {api.CNI_MARKER_KEY} marker)")
+    return None
+
+
+def claim(node, iface: str, workload: str, cid: str) -> str | None:
+    """Sets the workload and this container's marker on `iface` in one transaction that
+    verifies external_ids: unless someone else set its identity (then the reason, and
+    nothing written), even if that happens between the read and the write."""
+    from ovsfoot import api
+    why: list[str | None] = [None]
+
+    def edit(txn):
+        row = node._row(iface)
+        row.verify("external_ids")
+        why[0] = _owner(dict(row.external_ids), cid)
+        if why[0] is None:
+            row.setkey("external_ids", api.WORKLOAD_KEY, workload)
+            row.setkey("external_ids", api.CNI_MARKER_KEY, cid)
+    node.refresh()
+    node._transact(f"claim {iface} for {cid}", edit)
+    return why[0]
+
+
+def release(node, iface: str, cid: str, expected: str | None) -> str | None:
+    """Removes this container's marker from `iface`, and the workload unless it is no
+    longer `expected` (what this container's ADD set; None: not known). In one
+    transaction that verifies external_ids. What was left, in words, or None."""
+    from ovsfoot import api
+    kept: list[str | None] = [None]
+
+    def edit(txn):
+        row = node._row(iface)
+        row.verify("external_ids")
+        ids = dict(row.external_ids)
+        kept[0] = "not this container's"
+        if ids.get(api.CNI_MARKER_KEY) != cid:
+            return
+        row.delkey("external_ids", api.CNI_MARKER_KEY)
+        have = ids.get(api.WORKLOAD_KEY)
+        kept[0] = None
+        if have is not None and expected is not None and have != expected:
+            kept[0] = f"{api.WORKLOAD_KEY}={printable(have)} (ADD set {expected})"
+        elif have is not None:
+            row.delkey("external_ids", api.WORKLOAD_KEY)
+    node.refresh()
+    node._transact(f"release {iface} from {cid}", edit)
+    return kept[0]
+
+
 def _open_node(cfg: dict):
     from ovsfoot import api
     return api.Node(cfg.get("ovsdb"), timeout=float(cfg.get("timeout", 2.0)))
@@ -200,9 +302,10 @@ def cmd_add(cfg: dict, env, args: dict[str, str]) -> dict:
         raise CniError(E_CONFIG, "invalid network configuration",
                        "ovsfoot-cni is a chained plugin: ADD needs prevResult")
     prev = cfg["prevResult"]
+    check_prev(prev)
     cid = env["CNI_CONTAINERID"]
     workload = workload_for(cfg, args)
-    pod = f"{args.get('K8S_POD_NAMESPACE', '?')}/{args.get('K8S_POD_NAME', '?')}"
+    pod = printable(f"{args.get('K8S_POD_NAMESPACE', '?')}/{args.get('K8S_POD_NAME', '?')}")
     if workload is None:
         log.warning("ADD %s: no pod namespace/name or owner given: nothing to tag", cid)
         return prev
@@ -217,7 +320,11 @@ def cmd_add(cfg: dict, env, args: dict[str, str]) -> dict:
             iface, how = found
             before = node.interface(iface).workload
             since = time.time_ns() // 1_000_000
-            node.set_keys(iface, {api.WORKLOAD_KEY: workload, api.CNI_MARKER_KEY: cid})
+            other = claim(node, iface, workload, cid)
+            if other:
+                log.warning("ADD %s (pod %s): Interface %s (found by %s) not tagged: %s; "
+                            "passing the result through", cid, pod, iface, how, other)
+                return prev
             klass = None
             wait = float(cfg.get("waitForClass", 0))
             if wait:
@@ -238,12 +345,21 @@ def cmd_del(cfg: dict, env, args: dict[str, str]) -> None:
     _need(env, "CNI_CONTAINERID", "CNI_IFNAME")
     cid = env["CNI_CONTAINERID"]
     try:
+        expected = workload_for(cfg, args)      # what this container's ADD set
+    except CniError:
+        expected = None
+    try:
         with _open_node(cfg) as node:
             mine = [i.name for i in node.interfaces()
                     if i.external_ids.get(api.CNI_MARKER_KEY) == cid]
             for iface in mine:
-                node.set_keys(iface, drop=[api.WORKLOAD_KEY, api.CNI_MARKER_KEY])
-                log.info("DEL %s: removed %s from Interface %s", cid, api.WORKLOAD_KEY, iface)
+                kept = release(node, iface, cid, expected)
+                if kept:
+                    log.warning("DEL %s: Interface %s: removed the %s marker, left %s",
+                                cid, iface, api.CNI_MARKER_KEY, kept)
+                else:
+                    log.info("DEL %s: removed %s from Interface %s", cid, api.WORKLOAD_KEY,
+                             iface)
             if not mine:
                 log.info("DEL %s: no Interface tagged for it (already gone)", cid)
     except Exception as e:
@@ -257,19 +373,24 @@ def cmd_check(cfg: dict, env, args: dict[str, str]) -> None:
     _need(env, "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")
     if "prevResult" not in cfg:
         raise CniError(E_CONFIG, "invalid network configuration", "CHECK needs prevResult")
+    check_prev(cfg["prevResult"])
     cid = env["CNI_CONTAINERID"]
     workload = workload_for(cfg, args)
     try:
-        node = _open_node(cfg)
-    except api.Error as e:
-        log.warning("CHECK %s: cannot verify (%s)", cid, e)
+        with _open_node(cfg) as node:
+            found = locate(node, cfg["prevResult"], env, args)
+            if found is None:
+                log.warning("CHECK %s: no OVS Interface found for it: cannot verify", cid)
+                return
+            ids = node.interface(found[0]).external_ids
+    except Exception as e:          # ovsfoot trouble never fails a pod
+        log.warning("CHECK %s: cannot verify (%s)", cid, e,
+                    exc_info=not isinstance(e, api.Error))
         return
-    with node:
-        found = locate(node, cfg["prevResult"], env, args)
-        if found is None:
-            log.warning("CHECK %s: no OVS Interface found for it: cannot verify", cid)
-            return
-        ids = node.interface(found[0]).external_ids
+    other = _owner(ids, cid)
+    if other:
+        log.info("CHECK %s: Interface %s: %s; ADD left it as is", cid, found[0], other)
+        return
     have = (ids.get(api.WORKLOAD_KEY), ids.get(api.CNI_MARKER_KEY))
     if workload is not None and have != (workload, cid):
         raise CniError(E_CHECK, f"Interface {found[0]} is not tagged as ADD left it",
@@ -305,17 +426,33 @@ def run(raw: str, env) -> tuple[int, dict | None]:
     except CniError as e:
         log.error("%s: %s%s", command or "?", e.msg, f" ({e.details})" if e.details else "")
         return 1, {"cniVersion": version, "code": e.code, "msg": e.msg, "details": e.details}
+    except Exception as e:          # a bug: still an error object, the traceback in the log
+        return 1, internal_error(command, version, e)
+
+
+def internal_error(command, version: str, e: BaseException) -> dict:
+    log.error("%s: internal error: %s\n%s", command or "?", printable(repr(e), 300),
+              traceback.format_exc(limit=20)[-4000:])
+    return {"cniVersion": version, "code": E_INTERNAL, "msg": "ovsfoot-cni internal error",
+            "details": printable(f"{type(e).__name__}: {e}", 300)}
 
 
 def main() -> int:
-    _setup_logging(os.environ.get("OVSFOOT_CNI_LOG"))
     try:
-        raw = sys.stdin.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raw = f"\0{e}"
-    status, out = run(raw, os.environ)
-    if out is not None:
-        sys.stdout.write(json.dumps(out) + "\n")
+        _setup_logging(os.environ.get("OVSFOOT_CNI_LOG"))
+        try:
+            raw = sys.stdin.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raw = f"\0{e}"
+        status, out = run(raw, os.environ)
+        text = None if out is None else json.dumps(out)
+    except BaseException as e:      # never a bare traceback: the runtime reads stdout
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        status, out = 1, internal_error(os.environ.get("CNI_COMMAND"), CURRENT, e)
+        text = json.dumps(out)
+    if text is not None:
+        sys.stdout.write(text + "\n")
         sys.stdout.flush()
     return status
 

@@ -21,6 +21,7 @@ heavy while its pod has not sent a single packet.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -268,6 +269,20 @@ MALFORMED = [
      {k: v for k, v in {**ENV, "CNI_COMMAND": "DEL"}.items() if k != "CNI_CONTAINERID"}, 4),
     ("bad CNI_ARGS", GOOD, {**ENV, "CNI_ARGS": "K8S_POD_NAME"}, 4),
     ("bad workload in CNI_ARGS", GOOD, {**ENV, "CNI_ARGS": "OVSFOOT_WORKLOAD=a b"}, 4),
+    # issue 12: never a traceback with an empty stdout
+    ("stdin nested 100k deep", b"[" * 100_000 + b"]" * 100_000, ENV, 6),
+    ("objects nested 100k deep", b'{"a":' * 100_000 + b"1" + b"}" * 100_000, ENV, 6),
+    ("timeout NaN", json.dumps({**GOOD, "timeout": float("nan")}).encode(), ENV, 7),
+    ("timeout 1e309", json.dumps(GOOD)[:-1].encode() + b', "timeout": 1e309}', ENV, 7),
+    ("timeout of 400 digits", json.dumps(GOOD)[:-1].encode() + b', "timeout": 1'
+     + b"0" * 400 + b"}", ENV, 7),
+    ("timeout 0", {**GOOD, "timeout": 0}, ENV, 7),
+    ("timeout of an hour", {**GOOD, "timeout": 3600}, ENV, 7),
+    ("waitForClass -Infinity", json.dumps({**GOOD, "waitForClass": float("-inf")}).encode(),
+     ENV, 7),
+    ("interfaces[].name a list", {**GOOD, "prevResult": {
+        "cniVersion": "1.0.0", "interfaces": [{"name": ["a", "b"]}]}}, ENV, 7),
+    ("interfaces not a list", {**GOOD, "prevResult": {"interfaces": {"name": "a"}}}, ENV, 7),
 ]
 
 
@@ -280,6 +295,113 @@ def test_malformed_input_gets_a_cni_error(what, stdin, env, code, tmp_path):
     assert out["code"] == code and out["msg"], out
     assert out["cniVersion"] == "1.0.0"
     assert err.strip()                                  # and said on stderr
+
+
+@contextlib.contextmanager
+def veth_port(host: Host, n: int, iface_id: str):
+    """A veth plugged into OVS with `iface_id`, and a prevResult naming its host side;
+    both gone afterwards (the agent test counts the ports of shop/web)."""
+    veth = f"{TAG}v{n}"
+    sh("ip", "-n", HOSTNS, "link", "add", veth, "type", "veth", "peer", "name", f"{TAG}q{n}")
+    try:
+        host.attach(veth, iface_id)
+        yield veth, {"cniVersion": "1.0.0", "interfaces": [{"name": veth}], "ips": []}
+    finally:
+        host.ovs.vsctl("--if-exists", "del-port", host.ovs.bridge, veth)
+        sh("ip", "-n", HOSTNS, "link", "del", veth, check=False)
+
+
+def test_check_edge_cases_get_an_error_object_before_anything_changes(host):
+    """With OVSDB up and the pod's port there: CHECK with interfaces[].name a list, a NaN
+    or 1e309 timeout, or stdin nested 100,000 deep gets a CNI error object (it was a
+    Python traceback and an empty stdout); ADD with such a timeout changes nothing."""
+    cid = "c0ffee07" * 4
+    with veth_port(host, 7, "shop_web-0") as (veth, prev):
+        env = {"ADD": host.cni_env("ADD", cid, "x", pod="web-0", OVSFOOT_WORKLOAD="x/y"),
+               "CHECK": host.cni_env("CHECK", cid, "x", pod="web-0")}
+        assert cni(host.conf(prev), host.cni_env("ADD", cid, "x", pod="web-0"))[0] == 0
+        tagged = host.ids(veth)
+        assert tagged["ovsfoot-workload"] == "shop/web"
+        conf = json.dumps(host.conf(prev))[:-1]
+        cases = [
+            ("CHECK", json.dumps(host.conf({**prev, "interfaces": [{"name": [veth]}]})), 7),
+            ("CHECK", json.dumps(host.conf(prev, timeout=float("nan"))), 7),
+            ("CHECK", conf + ', "timeout": 1e309}', 7),
+            ("CHECK", "[" * 100_000 + "]" * 100_000, 6),
+            ("ADD", json.dumps(host.conf(prev, timeout=float("nan"))), 7),
+            ("ADD", conf + ', "timeout": -1e309}', 7),
+        ]
+        for command, stdin, code in cases:
+            status, out, err = cni(stdin, env[command])
+            assert status == 1 and out is not None, (command, stdin[:80], err[-500:])
+            assert set(out) == {"cniVersion", "code", "msg", "details"}, out
+            assert out["code"] == code, out
+            assert "Traceback" not in err, err
+            assert host.ids(veth) == tagged                 # nothing changed
+        assert cni(host.conf(prev), env["CHECK"])[:2] == (0, None)
+        assert cni(host.conf(prev), host.cni_env("DEL", cid, "x", pod="web-0"))[0] == 0
+
+
+def test_add_never_takes_over_and_del_never_removes_what_it_did_not_set(host):
+    """Container B's ADD naming pod A's Interface (A's marker on it) leaves it as it
+    is and passes the result through; B's CHECK accepts that, B's DEL removes nothing.
+    The same for an identity an operator set (no marker). A's DEL after an operator
+    changed the identity removes only A's marker."""
+    a, b, c = "c0ffee08" * 4, "c0ffee09" * 4, "c0ffee0a" * 4
+    with veth_port(host, 8, f"shop_{WEB}") as (veth, prev):
+        env = lambda cmd, cid, pod: host.cni_env(cmd, cid, "x", pod=pod)  # noqa: E731
+        assert cni(host.conf(prev), env("ADD", a, WEB))[0] == 0
+        mine = host.ids(veth)
+        assert mine["ovsfoot-workload"] == "shop/web" and mine["ovsfoot-cni"] == a
+
+        status, out, err = cni(host.conf(prev), env("ADD", b, "db-0"))
+        assert status == 0 and out == prev, err
+        assert host.ids(veth) == mine                       # not taken over
+        assert "another container's" in err and a in err
+        assert cni(host.conf(prev), env("CHECK", b, "db-0"))[:2] == (0, None)
+        assert cni(host.conf(prev), env("DEL", b, "db-0"))[:2] == (0, None)
+        assert host.ids(veth) == mine                       # B's DEL removed nothing
+
+        # A's own DEL, after an operator changed the identity: only A's marker goes
+        host.ovs.vsctl("set", "Interface", veth, 'external_ids:ovsfoot-workload="ops/pinned"')
+        status, _, err = cni(host.conf(prev), env("DEL", a, WEB))
+        assert status == 0
+        ids = host.ids(veth)
+        assert ids["ovsfoot-workload"] == "ops/pinned" and "ovsfoot-cni" not in ids, ids
+        assert "left ovsfoot-workload=ops/pinned" in err
+
+        # an operator's identity (no marker): C's ADD leaves it, C's DEL too
+        for command in ("ADD", "CHECK", "DEL"):
+            status, out, err = cni(host.conf(prev), env(command, c, WEB))
+            assert status == 0, (command, out, err)
+            assert host.ids(veth) == ids, command
+        assert "was set by someone else" in host.log.read_text()
+        host.ovs.vsctl("remove", "Interface", veth, "external_ids", "ovsfoot-workload")
+
+        # and a port nobody claimed is still tagged, re-tagged by its own container, removed
+        assert cni(host.conf(prev), env("ADD", c, WEB))[0] == 0
+        assert host.ids(veth)["ovsfoot-cni"] == c
+        assert cni(host.conf(prev, workload="shop/other"),
+                   host.cni_env("ADD", c, "x", OVSFOOT_WORKLOAD="shop/other"))[0] == 0
+        assert host.ids(veth)["ovsfoot-workload"] == "shop/other"
+        assert cni(host.conf(prev), host.cni_env("DEL", c, "x"))[0] == 0
+        assert not any(k.startswith("ovsfoot-") for k in host.ids(veth))
+
+
+def test_an_unexpected_failure_is_still_an_error_object(tmp_path):
+    """A broken python-ovs (an `ovs` package that does not import): ADD's failure is a
+    CNI error object (code 101) on stdout, the traceback in the log only."""
+    broken = tmp_path / "ovs"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('a broken python-ovs')\n")
+    env = {**ENV, "PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path),
+           "CNI_ARGS": "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0",
+           "OVSFOOT_CNI_LOG": str(tmp_path / "log")}
+    status, out, err = cni(GOOD, env)
+    assert status == 1 and out is not None, err[-500:]
+    assert out["code"] == 101 and "broken python-ovs" in out["details"], out
+    assert out["cniVersion"] == "1.0.0"
+    assert "Traceback" in (tmp_path / "log").read_text()
 
 
 # -- the library, and the agent -------------------------------------------------
