@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, table, save  # noqa: E402
 
-HOST = ("pipeline", "ctnetlink", "publishing", "clusterdb")
+HOST = ("pipeline", "ctnetlink", "publishing", "clusterdb", "extender")
 VM = ("latency", "datapath", "churn")
 ALL = HOST + VM
 MODULES = {"ctnetlink": "ctnetlink_scale", "clusterdb": "clusterdb_scale"}
@@ -29,6 +29,7 @@ ABOUT = {
     "ctnetlink": "host: one ctnetlink poll of 100,000 entries vs conntrack -L",
     "publishing": "host: 1,000 elephant starts + ends per second, OVSDB transactions",
     "clusterdb": "host: 200 chassis' ClusterPublishers on a 3-member raft cluster vs standalone",
+    "extender": "host: scheduler extender, 100 nodes: 20 clients on new connections, keep-alive",
     "latency": "VM: threshold crossing -> OVSDB monitor sees the key, bpf vs ctnetlink",
     "datapath": "VM: iperf3 with / without the tracer; ns per run (bpf_stats)",
     "churn": "VM: connect/reset churn with the tracer; drops, evictions, agent CPU",
