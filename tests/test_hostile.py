@@ -262,6 +262,9 @@ def test_loose_and_duplicate_zones(node, agent):
             zmap = a.json("zone/map")
             assert zmap[str(dnat)]["owner"] == dnat_name
             assert zmap[str(p1.zone)]["owner"] == p1.lport
+            assert [c["ignored"] for c in zmap[str(p1.zone)]["conflicts"]] == \
+                ["ct-zone-zz-impostor"]                 # zone/map says so too
+            assert "ct-zone-zz-impostor ignored" in a.appctl("zone/map")
             assert zmap[str(p2.zone)]["owner"] == p2.lport
             assert "655" not in zmap and not any(e["owner"].startswith("zz-")
                                                  for e in zmap.values())
@@ -303,6 +306,7 @@ def test_a_second_interface_with_a_ports_iface_id(node, agent):
                      what="the duplicate iface-id noticed")
             entry = a.json("zone/map")[str(p1.zone)]
             assert entry["interface"] == p1.interface and entry["workload"] == "shop/web"
+            assert [c["ignored"] for c in entry["conflicts"]] == ["Interface a-rogue"]
             node.flush_conntrack()
             node.iperf("p1", "p2", seconds=2)
             rows = wait_elephants(a, lambda r: any(e["zone"] == p1.zone for e in r))

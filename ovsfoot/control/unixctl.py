@@ -13,6 +13,7 @@ import ovs.unixctl
 import ovs.unixctl.server
 
 from ovsfoot import __version__, contract
+from ovsfoot.contract import printable
 from ovsfoot.events import Thresholds
 
 log = logging.getLogger(__name__)
@@ -134,11 +135,16 @@ class Control:
         for zone, o in sorted(a.attributor.zones.current.items()):
             port = a.attributor.ports.get(o.owner)
             kind = "router" if o.router else ("port" if port else "port, no interface here")
+            conflicts = a.attributor.conflicts(zone)
             data[str(zone)] = {"owner": o.owner, "kind": kind.split(",")[0],
                                "interface": port.interface if port else None,
-                               "workload": port.workload if port else None}
-            lines.append(f"zone {zone}: {o.owner} ({kind})"
-                         + (f" -> {port.interface}, workload {port.workload}" if port else ""))
+                               "workload": port.workload if port else None,
+                               "conflicts": conflicts}
+            lines.append(printable(f"zone {zone}: {o.owner} ({kind})"
+                                   + (f" -> {port.interface}, workload {port.workload}"
+                                      if port else "")
+                                   + "".join(f"; {c['ignored']} ignored ({c['why']})"
+                                             for c in conflicts), 4096))
         return data, "\n".join(lines) or f"no zones on bridge {a.cfg.bridge}"
 
     def workloads(self):
