@@ -16,12 +16,15 @@ The cluster view has its own typed schema (cluster.ovsschema).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Iterable
+
+log = logging.getLogger(__name__)
 
 PREFIX = "ovsfoot-"
 ZONE_PREFIX = "ct-zone-"            # ovn-controller's: read, never written
@@ -236,3 +239,20 @@ def printable(value, limit: int = 80) -> str:
     if len(s) > limit:
         out.append(f"...({len(s)} characters)")
     return "".join(out)
+
+
+_WARNED: set[str] = set()
+
+
+def usable_workload(name, where: str) -> bool:
+    """Whether a workload name another writer put in `where` may be used; says why not,
+    once per name."""
+    try:
+        validate_workload(name)
+        return True
+    except ContractError as e:
+        key = f"{where}\0{name}"
+        if key not in _WARNED and len(_WARNED) < 1000:
+            _WARNED.add(key)
+            log.warning("%s: ignoring an invalid workload (%s)", where, e)
+        return False

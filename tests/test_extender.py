@@ -545,3 +545,21 @@ def test_connections_beyond_the_cap_get_503(ext):
     wait_for(lambda: _status(ext, "POST", "/ovsfoot/prioritize",
                              args(pod("a-0"), ["node-a"])) == 200,
              timeout=5, what="the extender back to normal")
+
+
+def test_an_invalid_workload_in_the_database_is_ignored(ext, db):
+    """A class written for a workload name off the contract (control characters)
+    is not used: the pod is scored as if nothing was learned."""
+    bad = "data/evil\x1b[2J"
+    db.set_class("hv-c", bad, "heavy")
+    db.set_class("hv-c", "data/fine", "heavy")
+    try:
+        fine = ext.scores(pod("fine-0", namespace="data",
+                              annotations={"ovsfoot.io/footprint": "heavy"}))
+        wait_for(lambda: ext.scores(pod("fine-5f6d7c8b9d-zz2wq", namespace="data")) == fine,
+                 what="the valid class in the view")
+        assert ext.scores(pod("x-1", namespace="data",
+                              owner=("StatefulSet", "evil\x1b[2J"))) != fine
+    finally:
+        db.set_class("hv-c", bad, None)
+        db.set_class("hv-c", "data/fine", None)

@@ -156,7 +156,8 @@ class ClusterPublisher(Committer):
         self._seqno = self.idl.change_seqno
         classes: dict[str, str] = {}
         for r in self._rows("Workload_Class"):
-            if r.chassis != self.chassis and r.learned == contract.HEAVY:
+            if r.chassis != self.chassis and r.learned == contract.HEAVY \
+                    and contract.usable_workload(r.workload, "cluster database"):
                 classes[r.workload] = contract.HEAVY
         changed, self.classes = classes != self.classes, classes
         return changed

@@ -47,7 +47,8 @@ def build_view(chassis: list[dict], classes: list[dict], node_key: str,
             by_key[key] = facts
     merged: dict[str, list[str]] = {}
     for row in classes:
-        merged.setdefault(row["workload"], []).append(row["learned"])
+        if contract.usable_workload(row["workload"], "cluster database"):
+            merged.setdefault(row["workload"], []).append(row["learned"])
     return ClusterView(by_key, {w: contract.merge_classes(c) for w, c in merged.items()},
                        synced=True)
 
