@@ -40,10 +40,13 @@ SUBNET = "10.0.0"
 CHASSIS = ("hv1", "hv2", "hv3")
 # ovsfoot's cluster database: three raft members on the central node, each in a
 # network namespace of its own on the underlay (they all listen on the same
-# chassis connection, tcp 6647), started by provision/cluster-db.sh.
+# chassis connection, ssl 6647), started by provision/cluster-db.sh. SSL, with a
+# certificate per member and per chassis (CN = the chassis' name: the database's
+# RBAC lets a chassis write only its own rows) from provision/pki.sh.
 CLUSTER_DB = {"central-db1": f"{UNDERLAY}.21", "central-db2": f"{UNDERLAY}.22",
               "central-db3": f"{UNDERLAY}.23"}
 CLUSTER_PORT, RAFT_PORT = 6647, 6648
+EXTENDER = "scheduler-extender"        # the extender's certificate (it only reads)
 OVSFOOT = Path(sys.executable).with_name("ovsfoot")
 # pod -> (chassis, logical port, role in the scenario)
 PODS = {
@@ -104,8 +107,9 @@ class Lab:
         self.rundir = run_dir       # the VM's own: unix sockets cannot live on 9p
         self.report = Report()
         self.central = self.rundir / "central"
+        self.pki = self.rundir / "pki"
         # ovsfoot's cluster database, for the agents and the scheduler extender
-        self.cluster_db = ",".join(f"tcp:{ip}:{CLUSTER_PORT}" for ip in CLUSTER_DB.values())
+        self.cluster_db = ",".join(f"ssl:{ip}:{CLUSTER_PORT}" for ip in CLUSTER_DB.values())
         self.chassis: dict[str, Ovs] = {}
         self.pods: dict[str, dict] = {}
         self.agents: dict[str, AgentProcess] = {}
@@ -135,7 +139,8 @@ class Lab:
             sh("modprobe", mod)
         central = self.central
         self.provision(("underlay.sh", "--rundir", str(central), "--netns", "central",
-                        "--link", UNDERLAY_LINK, f"{CENTRAL_IP}/24"))
+                        "--link", UNDERLAY_LINK, f"{CENTRAL_IP}/24"),
+                       ("pki.sh", "--dir", str(self.pki), *CLUSTER_DB, *CHASSIS, EXTENDER))
         self.provision(("central.sh", "--rundir", str(central), "--netns", "central",
                         CENTRAL_IP))
         # The VM itself is the management host on the underlay (the agents and the
@@ -184,14 +189,20 @@ class Lab:
         for m, ip in CLUSTER_DB.items():
             join = ("--join", ",".join(joined)) if joined else ()
             self.provision(("cluster-db.sh", "--rundir", str(self.rundir / m), "--netns", m,
-                            "--ovsfoot", str(OVSFOOT), *join, ip))
-            joined.append(f"tcp:{ip}:{RAFT_PORT}")
+                            "--ovsfoot", str(OVSFOOT), *self.creds(m), *join, ip))
+            joined.append(f"ssl:{ip}:{RAFT_PORT}")
         status = self.cluster_status()
         self.report.data["cluster_db"] = {"remote": self.cluster_db, "status": status}
         self.report.event("cluster database up (provision/cluster-db.sh)",
                           members=len(CLUSTER_DB), remote=self.cluster_db,
                           leader=next((m for m, st in status.items() if "Role: leader" in st),
                                       None))
+
+    def creds(self, name: str) -> list[str]:
+        """--private-key, --certificate and --ca-cert of `name` (provision/pki.sh)."""
+        return [f"--private-key={self.pki / name}-privkey.pem",
+                f"--certificate={self.pki / name}-cert.pem",
+                f"--ca-cert={self.pki / 'cacert.pem'}"]
 
     def cluster_status(self) -> dict[str, str]:
         """`ovsfoot cluster-db status` of each member."""
@@ -200,8 +211,9 @@ class Lab:
                                   timeout=30).stdout for m in CLUSTER_DB}
 
     def cluster_rows(self, table: str) -> list[dict]:
-        """Rows of `table` in the cluster database, read as a client would."""
-        out = sh("ovsdb-client", "--timeout=20", "query", self.cluster_db, json.dumps(
+        """Rows of `table` in the cluster database, read through the members' admin sockets."""
+        admin = ",".join(f"unix:{self.rundir / m / 'db.sock'}" for m in CLUSTER_DB)
+        out = sh("ovsdb-client", "--timeout=20", "query", admin, json.dumps(
             ["OVSFoot_Cluster", {"op": "select", "table": table, "where": []}]), timeout=30)
         rows = json.loads(out)[0]["rows"]
         for row in rows:
@@ -226,7 +238,7 @@ class Lab:
     def spawn_agents(self, source: str, hvs) -> None:
         for hv in hvs:
             a = AgentProcess(self.chassis[hv], f"--source={source}", f"--netns={hv}",
-                             f"--cluster-db={self.cluster_db}", *THRESHOLDS,
+                             f"--cluster-db={self.cluster_db}", *self.creds(hv), *THRESHOLDS,
                              name=f"ovsfoot-{source}")
             a.spawn()
             self.agents[hv] = a
@@ -303,18 +315,31 @@ class Lab:
     def elephants(self, hv: str) -> list[dict]:
         return self.agents[hv].json("elephant/list")
 
+    def published(self, hv: str) -> dict:
+        """ovsfoot's keys on the chassis: of the integration bridge (the node), of the
+        Open_vSwitch row (none expected) and of each pod's Interface, in one read."""
+        ovs = self.chassis[hv]
+        out = ovs.vsctl("--format=json", "--columns=name,external_ids", "list", "Bridge",
+                        ovs.bridge, "--", "--columns=external_ids", "list", "Open_vSwitch", ".",
+                        "--", "--columns=name,external_ids", "list", "Interface")
+        bridge, root, ifaces = (json.loads(line)["data"] for line in out.splitlines())
+
+        def mine(ids) -> dict:
+            return {k: v for k, v in ids[1] if k.startswith("ovsfoot-")}
+        by_name = {name: mine(ids) for name, ids in ifaces}
+        return {"node": mine(bridge[0][1]), "open_vswitch": mine(root[0][0]),
+                "interfaces": {p["lport"]: by_name.get(p["interface"], {})
+                               for p in self.pods.values() if p["chassis"] == hv}}
+
     def snapshot(self, label: str) -> None:
-        snap = {}
-        for hv, ovs in self.chassis.items():
-            snap[hv] = {"node": {k: v for k, v in ovs.external_ids("Bridge", ovs.bridge).items()
-                                 if k.startswith("ovsfoot-")},
-                        "open_vswitch": {k: v for k, v in ovs.external_ids(
-                            "Open_vSwitch", ".").items() if k.startswith("ovsfoot-")},
-                        "interfaces": {p["lport"]: {k: v for k, v in ovs.external_ids(
-                            "Interface", p["interface"]).items() if k.startswith("ovsfoot-")}
-                            for p in self.pods.values() if p["chassis"] == hv},
-                        "footprint_show": self.agents[hv].appctl("footprint/show")
-                        if hv in self.agents else ""}
+        t0 = time.monotonic()
+        snap = {hv: self.published(hv) for hv in self.chassis}
+        took = time.monotonic() - t0
+        for hv in self.chassis:
+            snap[hv]["footprint_show"] = (self.agents[hv].appctl("footprint/show")
+                                          if hv in self.agents else "")
+        self.report.event(f"snapshot of the published keys ({label})",
+                          seconds=round(took, 1))
         try:
             cluster = {row["name"]: {k: row[k] for k in ("footprint", "elephants", "heavy_ports")}
                        for row in self.cluster_rows("Chassis")}
@@ -329,8 +354,9 @@ class Lab:
         mon = {hv: self.monitor(hv) for hv in self.chassis}
         _, mice = self.mice(14)
         started = time.time()
-        client = self.iperf(8, 5201)
-        r.event("elephant started", src="pod1@hv1", dst="pod3@hv2", flow="iperf3 200 Mbit/s 8 s")
+        client = self.iperf(10, 5201)
+        r.event("elephant started", src="pod1@hv1", dst="pod3@hv2",
+                flow="iperf3 200 Mbit/s 10 s")
         r.event("mice started", src="pod2@hv1", dst="pod4@hv2", flow="sockperf ping-pong")
         seen = {}
 
@@ -479,7 +505,8 @@ class Lab:
         """Asks a real `ovsfoot scheduler-extender` on the cluster database to rank `nodes`."""
         ext = subprocess.Popen([sys.executable, "-m", "ovsfoot", "scheduler-extender",
                                 "--listen", "127.0.0.1:0", "--cluster-db", self.cluster_db,
-                                "--node-key", "name"], stdout=subprocess.PIPE, text=True)
+                                *self.creds(EXTENDER), "--node-key", "name"],
+                               stdout=subprocess.PIPE, text=True)
         try:
             url = ext.stdout.readline().rsplit(" ", 1)[1].strip()
             pod = {"metadata": {"name": "mice-client-6c8d9f7b5c-new01", "namespace": "lab",
@@ -586,7 +613,7 @@ class Lab:
         if self.agents:
             raise RuntimeError(f"agents still running on {', '.join(self.agents)}")
         _, mice = self.mice(14)
-        client = self.iperf(8, 5206)
+        client = self.iperf(10, 5206)
         r = self.report
         r.event("control: elephant and mice again, no agents", src="pod1@hv1", dst="pod3@hv2")
         client.wait(60)
