@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -228,6 +229,7 @@ class Setup:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def big_body(mb: int = 16) -> bytes:
