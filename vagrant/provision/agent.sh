@@ -5,19 +5,21 @@
 # conntrack of the chassis' namespace; ovs-appctl -t ovsfoot finds it there.
 # --cluster-db: the members of ovsfoot's cluster database (cluster-db.sh), where
 # the agent publishes the node's summary and learned classes and reads those of
-# the other chassis; without it, no cluster view.
+# the other chassis; without it, no cluster view. With ssl: remotes, the
+# chassis' key and certificate (CN = the chassis' name) and the CA's (pki.sh).
 # Options after "--" go to the agent (thresholds, for instance).
 USAGE="agent.sh [--rundir DIR] [--netns NS] [--bridge NAME] \
-[--source auto|bpf|ctnetlink] [--cluster-db REMOTE[,REMOTE...]] [--ovsfoot PATH] \
-[-- AGENT-OPTIONS...]"
+[--source auto|bpf|ctnetlink] [--cluster-db REMOTE[,REMOTE...]] \
+[--private-key FILE --certificate FILE --ca-cert FILE] [--ovsfoot PATH] [-- AGENT-OPTIONS...]"
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
-SOURCE=auto OVSFOOT="" CLUSTER_DB=""
-parse_args "source cluster-db ovsfoot" "$@"
+SOURCE=auto OVSFOOT="" CLUSTER_DB="" PRIVATE_KEY="" CERTIFICATE="" CA_CERT=""
+parse_args "source cluster-db private-key certificate ca-cert ovsfoot" "$@"
 positional 0
 if [ "$MODE" = machine ]; then need systemctl:systemd; else need ip:iproute2 ps:procps; fi
 opts=(--source="$SOURCE" --bridge="$BRIDGE" ${CLUSTER_DB:+--cluster-db="$CLUSTER_DB"}
-      "${EXTRA[@]}")
+      ${PRIVATE_KEY:+--private-key="$PRIVATE_KEY"} ${CERTIFICATE:+--certificate="$CERTIFICATE"}
+      ${CA_CERT:+--ca-cert="$CA_CERT"} "${EXTRA[@]}")
 
 if [ "$MODE" = machine ]; then
   [ -z "$OVSFOOT" ] || die "the unit runs /opt/ovsfoot/bin/ovsfoot (see install.sh)"
