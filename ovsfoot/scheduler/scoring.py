@@ -63,6 +63,14 @@ class ClusterView:
     by_key: dict[str, NodeFacts] = field(default_factory=dict)
     classes: dict[str, str] = field(default_factory=dict)
     synced: bool = False            # the cluster database was read at least once
+    by_short: dict[str, NodeFacts | None] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        short: dict[str, NodeFacts | None] = {}
+        for key, facts in self.by_key.items():
+            k = key.split(".", 1)[0]
+            short[k] = None if k in short else facts        # None: not unique
+        object.__setattr__(self, "by_short", short)
 
     def current(self, name: str, now: float, max_age: float) -> NodeFacts | None:
         """The node's facts, or unknown ones if its agent has not refreshed them
@@ -78,9 +86,7 @@ class ClusterView:
         if facts is not None:
             return facts
         # node "a" vs hostname "a.example.com", or the other way round, if unique
-        short = name.split(".", 1)[0]
-        hits = [f for k, f in self.by_key.items() if k.split(".", 1)[0] == short]
-        return hits[0] if len(hits) == 1 else None
+        return self.by_short.get(name.split(".", 1)[0])
 
 
 # -- requests -----------------------------------------------------------------
@@ -219,23 +225,37 @@ class Assumptions:
         self._baseline: dict[str, int] = {}                # chassis: heavy ports last seen
 
     def _prune(self, now: float) -> None:
-        for pod in [p for p, (_, expiry) in self._pods.items() if expiry <= now]:
+        while self._pods:                   # oldest first: all live `ttl`
+            pod, (_, expiry) = next(iter(self._pods.items()))
+            if expiry > now:
+                return
             del self._pods[pod]
 
-    def facts(self, facts: NodeFacts | None, now: float) -> NodeFacts | None:
-        """`facts` with the node's pending heavy pods counted as heavy ports."""
-        if facts is None or not facts.known or self.ttl <= 0:
+    def adjust(self, facts: dict[str, NodeFacts | None], now: float) -> dict:
+        """`facts` by node name, each with its node's pending heavy pods counted as
+        heavy ports (and the pods its agent has reported since settled)."""
+        if self.ttl <= 0:
             return facts
         with self._lock:
             self._prune(now)
-            mine = [p for p, (c, _) in self._pods.items() if c == facts.chassis]
-            reported = max(0, facts.heavy_ports - self._baseline.get(facts.chassis, 0))
-            for pod in mine[:reported]:
-                del self._pods[pod]
-            self._baseline[facts.chassis] = facts.heavy_ports
-            pending = max(0, len(mine) - reported)
-        return dataclasses.replace(facts, heavy_ports=facts.heavy_ports + pending) \
-            if pending else facts
+            if not self._pods:
+                return facts
+            pending: dict[str, list[str]] = {}
+            for pod, (chassis, _) in self._pods.items():
+                pending.setdefault(chassis, []).append(pod)
+            out = dict(facts)
+            for name, f in facts.items():
+                mine = pending.get(f.chassis) if f is not None and f.known else None
+                if not mine:
+                    continue
+                reported = max(0, f.heavy_ports - self._baseline.get(f.chassis, 0))
+                for pod in mine[:reported]:
+                    del self._pods[pod]
+                del mine[:reported]
+                self._baseline[f.chassis] = f.heavy_ports
+                if mine:
+                    out[name] = dataclasses.replace(f, heavy_ports=f.heavy_ports + len(mine))
+            return out
 
     def forget(self, pod: str) -> None:
         with self._lock:
@@ -263,7 +283,7 @@ def prioritize(pod: PodInfo, names: list[str], view: ClusterView,
     facts = {n: view.current(n, now, max_age) for n in names}
     if assumed is not None:
         assumed.forget(key)
-        facts = {n: assumed.facts(f, now) for n, f in facts.items()}
+        facts = assumed.adjust(facts, now)
     out = [{"Host": n, "Score": score(facts[n], klass)} for n in names]
     known = [p for p in out if facts[p["Host"]] is not None and facts[p["Host"]].known]
     if assumed is not None and klass == HEAVY and known:
