@@ -20,8 +20,9 @@ $(STAMP): setup.py integration/install-deps.sh
 
 venv: $(STAMP)
 
+# the lab's own entry point, run from the source tree (integration/ is not installed)
 lab: $(STAMP)
-	$(VENV)/bin/ovsfoot lab
+	$(PY) -m integration.lab
 
 test: $(STAMP)
 	$(PY) -m pytest -v tests

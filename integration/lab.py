@@ -1,4 +1,4 @@
-"""`ovsfoot lab` (`make lab`): the whole story in one command.
+"""`python -m integration.lab` (`make lab`): the whole story in one command.
 
 Boots a VM with a Debian kernel (virtme-ng; KVM when it works, software
 emulation otherwise) on this machine's own root filesystem, runs
@@ -12,7 +12,9 @@ Exits non-zero if anything expected did not happen.
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -27,7 +29,9 @@ def run(workdir: Path) -> tuple[dict | None, str]:
     """Runs the scenario in the VM; returns its report (None if there is none) and output."""
     kernel = ensure_kernel()
     cmd = f"{sys.executable} -m integration.lab_scenario {workdir}"
-    result = run_in_vm(cmd, workdir, VM_TIMEOUT, kernel=kernel)
+    # the scenario's `-m integration...` from the source tree: the package is not installed
+    result = run_in_vm(cmd, workdir, VM_TIMEOUT, kernel=kernel,
+                       env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     output = result.output_path.read_text(errors="replace") if result.output_path.exists() else ""
     path = workdir / "lab-report.json"
     if not path.exists():
@@ -130,3 +134,20 @@ def main(args) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
         print(f"\nreport: {args.report} (keep the logs with --workdir DIR)")
     return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m integration.lab", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", help="where the lab keeps its files (default: a temp dir)")
+    p.add_argument("--report", default="lab-report.json", help="JSON report to write")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+if __name__ == "__main__":      # `make lab`; the lab's own entry point, not the product's
+    _args = parser().parse_args()
+    logging.basicConfig(level=(logging.DEBUG if _args.verbose > 1 else
+                               logging.INFO if _args.verbose else logging.WARNING),
+                        format="%(asctime)s|%(name)s|%(levelname)s|%(message)s")
+    sys.exit(main(_args))
