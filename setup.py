@@ -4,9 +4,12 @@ setup(
     name="ovsfoot",
     version="0.1.0",
     description="Per-node elephant-flow footprints for Open vSwitch / OVN hosts",
-    packages=find_packages(include=["ovsfoot", "ovsfoot.*", "integration", "integration.*"]),
-    # The cluster view's OVSDB schema, for `ovsfoot cluster-db start` (importlib.resources).
-    package_data={"ovsfoot": ["cluster.ovsschema"]},
+    # Not integration/ (the test and lab harness): it runs from the source tree.
+    packages=find_packages(include=["ovsfoot", "ovsfoot.*"]),
+    # The cluster view's OVSDB schema, for `ovsfoot cluster-db start` (importlib.resources);
+    # the eBPF program: ovsfoot/bpf/ovsfoot_ct.c is a link to bpf/ovsfoot_ct.c, the one
+    # source, that the build copies into the wheel as a file (tests/test_wheel.py).
+    package_data={"ovsfoot": ["cluster.ovsschema", "bpf/ovsfoot_ct.c"]},
     include_package_data=True,
     python_requires=">=3.11",
     # bcc comes from Debian's python3-bpfcc: the virtualenv is made with

@@ -26,8 +26,13 @@ from ovsfoot.sources import SourceUnavailable
 
 log = logging.getLogger(__name__)
 
-BPF_DIR = Path(os.environ.get("OVSFOOT_BPF_DIR") or Path(__file__).resolve().parents[2] / "bpf")
 PROGRAM = "ovsfoot_ct.c"
+# Where the C program is: $OVSFOOT_BPF_DIR if set; else the package's ovsfoot/bpf/,
+# which in the source tree is a link to bpf/ (the one source) and in a wheel the
+# file itself (package data); else bpf/ beside the package (a tree whose checkout
+# lost the link).
+PACKAGE_BPF_DIR = Path(__file__).resolve().parents[1] / "bpf"
+TREE_BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 
 # enum counter in the C file, in order
 COUNTERS = ("started", "late_starts", "ended", "elephants", "dropped", "map_full")
@@ -79,12 +84,26 @@ def _refresh_has_skb(release: str) -> bool:
     return _kernel_version() < (6, 13)
 
 
-def _plan(bcc) -> tuple[list[str], list[str]]:
+def program_file() -> Path:
+    """The eBPF C program (see PACKAGE_BPF_DIR); SourceUnavailable if it is nowhere."""
+    env = os.environ.get("OVSFOOT_BPF_DIR")
+    dirs = [Path(env)] if env else [PACKAGE_BPF_DIR, TREE_BPF_DIR]
+    for d in dirs:
+        # (a checkout without symlinks leaves the link as a 22-byte text file)
+        if (d / PROGRAM).is_file() and (d / PROGRAM).stat().st_size > 1024:
+            return d / PROGRAM
+    raise SourceUnavailable(f"the eBPF program {PROGRAM} is not in "
+                            f"{' or '.join(str(d) for d in dirs)}: a broken installation "
+                            f"(the wheel ships it as ovsfoot/bpf/{PROGRAM})")
+
+
+def _plan(bcc) -> tuple[Path, list[str], list[str]]:
     """Check what the kernel allows, cheaply, before compiling anything.
 
-    Returns the probe types to try in order ("fentry", "kprobe") and the
-    compile-time flags; raises SourceUnavailable with the reason otherwise.
+    Returns the C program, the probe types to try in order ("fentry", "kprobe")
+    and the compile-time flags; raises SourceUnavailable with the reason otherwise.
     """
+    program = program_file()
     release = os.uname().release
     if os.geteuid() != 0:
         raise SourceUnavailable("loading eBPF programs needs root")
@@ -117,7 +136,7 @@ def _plan(bcc) -> tuple[list[str], list[str]]:
         cflags.append("-DUSE_RINGBUF")
     if _refresh_has_skb(release):
         cflags.append("-DREFRESH_HAS_SKB")
-    return probes, cflags
+    return program, probes, cflags
 
 
 class BpfSource:
@@ -142,14 +161,14 @@ class BpfSource:
             raise SourceUnavailable(str(e)) from None
         self.netns = netns
         self.include_zone0 = include_zone0
-        probes, cflags = _plan(bcc)
+        program, probes, cflags = _plan(bcc)
         cflags += [f"-DMAX_FLOWS={max_flows}", f"-DRINGBUF_PAGES={buffer_pages}"]
         self.ringbuf = "-DUSE_RINGBUF" in cflags
         self._bpf, self.probe, reasons = None, None, []
         for probe in probes:
             t0 = time.monotonic()
             try:
-                self._bpf = bcc.BPF(src_file=str(BPF_DIR / PROGRAM),
+                self._bpf = bcc.BPF(src_file=str(program),
                                     cflags=cflags + (["-DUSE_FENTRY"] if probe == "fentry" else []))
             except Exception as e:   # bcc raises bare Exceptions for compile and attach errors
                 reasons.append(f"{probe}: {e}")
