@@ -179,3 +179,34 @@ def test_product_cli_runs_without_the_test_harness(venv):
     importers = [str(f.relative_to(pkg)) for f in sorted(pkg.rglob("*.py"))
                  if re.search(r"^\s*(from|import)\s+integration\b", f.read_text(), re.M)]
     assert importers == [], importers
+
+
+SUPPORT = r"""
+import json, logging, sys
+if len(sys.argv) > 1:                 # a python-ovs older than supported, first on sys.path
+    sys.path.insert(0, sys.argv[1])
+from ovsfoot import support
+try:
+    found = support.check("auto")
+    print(json.dumps({"ok": [f.text for f in found]}))
+except support.Unsupported as e:
+    print(json.dumps({"unsupported": str(e)}))
+"""
+
+
+def test_supported_versions_are_checked_at_start(venv, tmp_path):
+    """The installed package's start-up check: this host (Python 3.11, python-ovs 3.1)
+    passes, with at most warnings; a python-ovs 2.17 is refused, saying what it needs."""
+    p = subprocess.run([str(venv / "bin/python"), "-I", "-c", SUPPORT], capture_output=True,
+                       text=True, timeout=60, cwd=venv.parent)
+    assert p.returncode == 0 and "ok" in json.loads(p.stdout), (p.stdout, p.stderr)
+    assert "unsupported" not in p.stderr, p.stderr
+    old = tmp_path / "ovs"
+    old.mkdir()
+    (old / "__init__.py").write_text("")
+    (old / "version.py").write_text('VERSION = "2.17.9"\n')
+    p = subprocess.run([str(venv / "bin/python"), "-I", "-c", SUPPORT, str(tmp_path)],
+                       capture_output=True, text=True, timeout=60, cwd=venv.parent)
+    out = json.loads(p.stdout)
+    assert out == {"unsupported": "unsupported: python-ovs 2.17.9; ovsfoot needs 3.1 or later "
+                                  "(README: Supported versions)"}, (out, p.stderr)
