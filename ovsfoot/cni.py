@@ -1,8 +1,9 @@
-"""`ovsfoot-cni`: a chained CNI plugin (spec 1.0.0) that tags a pod's OVS port with its workload.
+"""`ovsfoot-cni`: a chained CNI plugin (spec 1.1.0; also 1.0.0, 0.4.0, 0.3.x) that tags a
+pod's OVS port with its workload.
 
 Put it after the plugin that plugs the pod into OVS (ovn-kubernetes, ovs-cni, ...):
 
-    {"cniVersion": "1.0.0", "name": "podnet", "plugins": [
+    {"cniVersion": "1.1.0", "name": "podnet", "plugins": [
         {"type": "ovn-k8s-cni-overlay", ...},
         {"type": "ovsfoot-cni", "ovsdb": "unix:/var/run/openvswitch/db.sock",
          "logFile": "/var/log/ovsfoot-cni.log"}]}
@@ -18,6 +19,16 @@ that and passes the result through. DEL removes the marker where it is this
 container's, and `ovsfoot-workload` with it unless that is no longer what this
 container's ADD set (an operator changed it since); it never touches an identity
 it did not set. CHECK verifies what ADD did (and accepts what ADD passed through).
+
+CNI 1.1.0 adds STATUS and GC. STATUS always answers ready (exit 0, nothing printed):
+ovsfoot trouble never keeps a pod from starting, ADD passes the result through; it
+does not even ask OVSDB, as runtimes call it often. GC removes the marker, and
+`ovsfoot-workload` with it, from every Interface whose marker names a container that
+is not in `cni.dev/valid-attachments` (each in one transaction that verifies the
+marker is still that container's); without that key it removes nothing. It assumes
+it is the only runtime and network tagging this OVS: a marker another runtime's
+network set looks stale to it. STATUS and GC with a cniVersion older than 1.1.0 are
+code 1, as CHECK with 0.3.x.
 
 The workload, first match wins: `runtimeConfig.ovsfoot.workload`; CNI_ARGS
 `OVSFOOT_WORKLOAD`; an owner name (`runtimeConfig.ovsfoot.owner` or CNI_ARGS
@@ -49,8 +60,13 @@ import sys
 import time
 import traceback
 
-CURRENT = "1.0.0"
-SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]
+CURRENT = "1.1.0"
+SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+# the cniVersion of an error object when the request's is unknown (undecodable or
+# unsupported): one runtimes of 1.0 and 1.1 both read
+ERROR_VERSION = "1.0.0"
+SINCE = {"CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}   # verbs newer than ADD/DEL
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 
 E_INCOMPATIBLE = 1
 E_ENV = 4
@@ -107,6 +123,11 @@ def parse_cni_args(text: str) -> dict[str, str]:
 
 
 def parse_config(raw: str) -> dict:
+    return check_config(decode_config(raw))
+
+
+def decode_config(raw: str) -> dict:
+    """The network config, as far as its cniVersion (a supported one)."""
     try:
         cfg = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -123,12 +144,18 @@ def parse_config(raw: str) -> dict:
     if version not in SUPPORTED:
         raise CniError(E_INCOMPATIBLE, f"incompatible CNI version {version[:40]}",
                        f"ovsfoot-cni supports {', '.join(SUPPORTED)}")
+    return cfg
+
+
+def check_config(cfg: dict) -> dict:
+    """The rest of the network config, checked (CNI_ERROR 7)."""
     name = cfg.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise CniError(E_CONFIG, "invalid network configuration",
                        "name is missing or not a valid network name")
     types = {"ovsdb": str, "logFile": str, "workload": str, "timeout": (int, float),
-             "waitForClass": (int, float), "prevResult": dict, "runtimeConfig": dict}
+             "waitForClass": (int, float), "prevResult": dict, "runtimeConfig": dict,
+             VALID_ATTACHMENTS: list}
     for key, kind in types.items():
         if key in cfg and not isinstance(cfg[key], kind) or isinstance(cfg.get(key), bool):
             raise CniError(E_CONFIG, "invalid network configuration", f"{key} has the wrong type")
@@ -398,31 +425,76 @@ def cmd_check(cfg: dict, env, args: dict[str, str]) -> None:
                        f"found {have[0]!r} {have[1]!r}")
 
 
+def cmd_status(cfg: dict, env, args: dict[str, str]) -> None:
+    """Ready, always: see the module doc."""
+
+
+def valid_containers(cfg: dict) -> set[str] | None:
+    """The container ids of `cni.dev/valid-attachments` (None: the key is absent);
+    CNI_ERROR 7 unless it is a list of objects with a string containerID."""
+    valid = cfg.get(VALID_ATTACHMENTS)
+    if valid is None:
+        return None
+    if not all(isinstance(a, dict) and isinstance(a.get("containerID"), str) for a in valid):
+        raise CniError(E_CONFIG, "invalid network configuration",
+                       f"{VALID_ATTACHMENTS} must be a list of objects with a string "
+                       f"containerID")
+    return {a["containerID"] for a in valid}
+
+
+def cmd_gc(cfg: dict, env, args: dict[str, str]) -> None:
+    from ovsfoot import api
+
+    valid = valid_containers(cfg)
+    if valid is None:
+        log.warning("GC: no %s given: nothing removed", VALID_ATTACHMENTS)
+        return
+    removed = 0
+    try:
+        with _open_node(cfg) as node:
+            stale = [(i.name, i.external_ids[api.CNI_MARKER_KEY]) for i in node.interfaces()
+                     if i.external_ids.get(api.CNI_MARKER_KEY, "") not in valid | {""}]
+            for iface, cid in stale:
+                try:
+                    kept = release(node, iface, cid, None)
+                except api.UnknownInterface:        # deleted meanwhile: nothing left to do
+                    continue
+                if kept:        # its marker changed meanwhile: a new ADD, leave it
+                    log.info("GC: Interface %s: left as it is (%s)", iface, kept)
+                    continue
+                removed += 1
+                log.info("GC: removed the %s marker of container %s, not among the %d valid "
+                         "attachments, and %s from Interface %s", api.CNI_MARKER_KEY,
+                         printable(cid), len(valid), api.WORKLOAD_KEY, iface)
+    except Exception as e:          # ovsfoot trouble: GC again next time
+        log.warning("GC: stopped after %d Interface(s) (%s)", removed, e,
+                    exc_info=not isinstance(e, api.Error))
+
+
 def run(raw: str, env) -> tuple[int, dict | None]:
     """(exit status, JSON to print) for one invocation."""
     command = env.get("CNI_COMMAND")
-    version = CURRENT
+    version = ERROR_VERSION
+    verbs = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status,
+             "GC": cmd_gc}
     try:
         if not command:
             raise CniError(E_ENV, "CNI_COMMAND is missing")
         if command == "VERSION":
             return 0, {"cniVersion": CURRENT, "supportedVersions": SUPPORTED}
-        if command not in ("ADD", "DEL", "CHECK"):
+        if command not in verbs:
             raise CniError(E_ENV, f"unknown CNI_COMMAND {command!r}",
-                           "expected ADD, DEL, CHECK or VERSION")
-        cfg = parse_config(raw)
-        version = cfg["cniVersion"]
+                           f"expected {', '.join(verbs)} or VERSION")
+        cfg = decode_config(raw)
+        version = cfg["cniVersion"]         # errors from here on answer in it
+        check_config(cfg)
         _setup_logging(cfg.get("logFile") or env.get("OVSFOOT_CNI_LOG"))
         args = parse_cni_args(env.get("CNI_ARGS", ""))
-        if command == "ADD":
-            return 0, cmd_add(cfg, env, args)
-        if command == "DEL":
-            cmd_del(cfg, env, args)
-        else:
-            if version in ("0.3.0", "0.3.1"):
-                raise CniError(E_INCOMPATIBLE, f"CHECK is not defined for cniVersion {version}")
-            cmd_check(cfg, env, args)
-        return 0, None
+        if command in SINCE and SUPPORTED.index(version) < SUPPORTED.index(SINCE[command]):
+            raise CniError(E_INCOMPATIBLE, f"{command} is not defined for cniVersion {version}",
+                           f"{command} needs cniVersion {SINCE[command]} or later")
+        out = verbs[command](cfg, env, args)
+        return 0, out if command == "ADD" else None
     except CniError as e:
         log.error("%s: %s%s", command or "?", e.msg, f" ({e.details})" if e.details else "")
         return 1, {"cniVersion": version, "code": e.code, "msg": e.msg, "details": e.details}
@@ -449,7 +521,7 @@ def main() -> int:
     except BaseException as e:      # never a bare traceback: the runtime reads stdout
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
-        status, out = 1, internal_error(os.environ.get("CNI_COMMAND"), CURRENT, e)
+        status, out = 1, internal_error(os.environ.get("CNI_COMMAND"), ERROR_VERSION, e)
         text = json.dumps(out)
     if text is not None:
         sys.stdout.write(text + "\n")

@@ -157,8 +157,8 @@ def ptp_pod(host: Host, name: str, cid: str, pod: str, subnet: str) -> tuple[str
 def test_version():
     status, out, _ = cni({"cniVersion": "1.0.0"}, {"CNI_COMMAND": "VERSION"})
     assert status == 0
-    assert out == {"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0",
-                                                                "1.0.0"]}
+    assert out == {"cniVersion": "1.1.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0",
+                                                                "1.0.0", "1.1.0"]}
 
 
 def test_add_check_del_after_ptp(host):
@@ -402,6 +402,116 @@ def test_an_unexpected_failure_is_still_an_error_object(tmp_path):
     assert out["code"] == 101 and "broken python-ovs" in out["details"], out
     assert out["cniVersion"] == "1.0.0"
     assert "Traceback" in (tmp_path / "log").read_text()
+
+
+# -- CNI 1.1.0: STATUS and GC --------------------------------------------------
+# Debian's reference plugins (ptp, host-local) speak up to 1.0.0: the 1.1.0 prevResult
+# here names a veth the test plugged in, as ovn-kubernetes would.
+def gc_env(**extra) -> dict:
+    return {"PATH": os.environ["PATH"], "CNI_COMMAND": "GC", "CNI_PATH": CNI_BIN, **extra}
+
+
+def test_cni_1_1_add_check_status_gc_del(host):
+    """cniVersion 1.1.0: ADD, CHECK and DEL as in 1.0.0; STATUS is ready; GC removes the
+    marker and the tag of containers not in cni.dev/valid-attachments, and nothing else:
+    not a valid container's, not an operator's identity, no other key."""
+    a, b, c = "c0ffee11" * 4, "c0ffee12" * 4, "c0ffee13" * 4
+    with veth_port(host, 11, f"shop_{WEB}") as (va, pa), \
+            veth_port(host, 12, "shop_db-0") as (vb, pb), \
+            veth_port(host, 13, "ops_pinned-0") as (vc, pc):
+        pa, pb = {**pa, "cniVersion": "1.1.0"}, {**pb, "cniVersion": "1.1.0"}
+        conf = lambda prev=None, **kw: {**host.conf(prev, **kw), "cniVersion": "1.1.0"}  # noqa
+        status, out, err = cni(conf(pa), host.cni_env("ADD", a, "x", pod=WEB))
+        assert status == 0 and out == pa, err
+        status, out, err = cni(conf(pb), host.cni_env("ADD", b, "x", pod="db-0"))
+        assert status == 0 and out == pb, err
+        assert cni(conf(pa), host.cni_env("CHECK", a, "x", pod=WEB))[:2] == (0, None)
+        host.ovs.vsctl("set", "Interface", vc, 'external_ids:ovsfoot-workload="ops/pinned"')
+        before = {v: host.ids(v) for v in (va, vb, vc)}
+        assert before[vb]["ovsfoot-cni"] == b and before[vb]["ovsfoot-workload"] == "shop/db"
+
+        assert cni(conf(), gc_env(CNI_COMMAND="STATUS"))[:2] == (0, None)
+        # no valid-attachments key: nothing removed
+        assert cni(conf(), gc_env())[:2] == (0, None)
+        assert {v: host.ids(v) for v in (va, vb, vc)} == before
+        assert "no cni.dev/valid-attachments given" in host.log.read_text()
+
+        valid = [{"containerID": a, "ifname": "eth0"}, {"containerID": c, "ifname": "net1"}]
+        status, out, err = cni(conf(**{"cni.dev/valid-attachments": valid}), gc_env())
+        assert (status, out) == (0, None), err
+        assert host.ids(va) == before[va]                   # valid: untouched
+        assert host.ids(vc) == before[vc]                   # an operator's: untouched
+        assert host.ids(vb) == {"iface-id": "shop_db-0"}    # stale: marker and tag gone
+        assert f"marker of container {b}" in host.log.read_text()
+        # again: nothing left to do
+        assert cni(conf(**{"cni.dev/valid-attachments": valid}), gc_env())[:2] == (0, None)
+        assert {v: host.ids(v) for v in (va, vc)} == {va: before[va], vc: before[vc]}
+
+        assert cni(conf(pa), host.cni_env("DEL", a, "x", pod=WEB))[:2] == (0, None)
+        assert host.ids(va) == {"iface-id": f"shop_{WEB}"}
+        # an empty list: every marker is stale, an operator's identity still is not ours
+        assert cni(conf(pb), host.cni_env("ADD", b, "x", pod="db-0"))[0] == 0
+        assert cni(conf(**{"cni.dev/valid-attachments": []}), gc_env())[:2] == (0, None)
+        assert host.ids(vb) == {"iface-id": "shop_db-0"} and host.ids(vc) == before[vc]
+
+
+def test_cni_1_1_status_and_gc_never_fail_on_ovsfoot_trouble(host, tmp_path):
+    """No OVSDB: STATUS is still ready (it does not ask), GC exits 0 and says why."""
+    log = tmp_path / "cni.log"
+    no_db = {**host.conf(timeout=0.5), "cniVersion": "1.1.0", "logFile": str(log),
+             "ovsdb": f"unix:{tmp_path}/none.sock",
+             "cni.dev/valid-attachments": [{"containerID": "c0ffee14", "ifname": "eth0"}]}
+    t = time.monotonic()
+    assert cni(no_db, gc_env(CNI_COMMAND="STATUS"))[:2] == (0, None)
+    assert time.monotonic() - t < 5
+    status, out, err = cni(no_db, gc_env())
+    assert (status, out) == (0, None), err
+    assert "GC: stopped after 0 Interface(s)" in log.read_text() and "none.sock" in err
+
+
+GOOD11 = {**GOOD, "cniVersion": "1.1.0", "prevResult": {"cniVersion": "1.1.0", "ips": []}}
+MALFORMED11 = [
+    ("STATUS with cniVersion 1.0.0", GOOD, "STATUS", 1, "1.0.0"),
+    ("GC with cniVersion 1.0.0", {**GOOD, "cni.dev/valid-attachments": []}, "GC", 1, "1.0.0"),
+    ("GC with cniVersion 0.4.0", {**GOOD, "cniVersion": "0.4.0"}, "GC", 1, "0.4.0"),
+    ("valid-attachments not a list", {**GOOD11, "cni.dev/valid-attachments": {}}, "GC", 7,
+     "1.1.0"),
+    ("a containerID not a string", {**GOOD11, "cni.dev/valid-attachments": [
+        {"containerID": 5, "ifname": "eth0"}]}, "GC", 7, "1.1.0"),
+    ("an attachment not an object", {**GOOD11, "cni.dev/valid-attachments": ["abc"]}, "GC",
+     7, "1.1.0"),
+    ("cniVersion 1.2.0", {**GOOD11, "cniVersion": "1.2.0"}, "ADD", 1, "1.0.0"),
+]
+
+
+@pytest.mark.parametrize("what,stdin,command,code,version", MALFORMED11,
+                         ids=[m[0] for m in MALFORMED11])
+def test_cni_1_1_malformed_input_gets_a_cni_error(what, stdin, command, code, version,
+                                                  tmp_path):
+    """A verb the request's cniVersion does not have is code 1 (as CHECK with 0.3.x), a
+    malformed valid-attachments code 7, before anything changes (no OVSDB here)."""
+    env = {**ENV, "CNI_COMMAND": command, "PATH": os.environ["PATH"],
+           "OVSFOOT_CNI_LOG": str(tmp_path / "log")}
+    status, out, err = cni(stdin, env)
+    assert status == 1 and set(out) == {"cniVersion", "code", "msg", "details"}, (out, err)
+    assert (out["code"], out["cniVersion"]) == (code, version), out
+    assert "Traceback" not in err
+
+
+def test_older_versions_keep_working(host):
+    """0.3.1 and 0.4.0: ADD and DEL as before (CHECK too with 0.4.0)."""
+    cid = "c0ffee15" * 4
+    with veth_port(host, 15, "shop_web-1") as (veth, prev):
+        for version in ("0.3.1", "0.4.0"):
+            p = {**prev, "cniVersion": version}
+            conf = {**host.conf(p), "cniVersion": version}
+            status, out, err = cni(conf, host.cni_env("ADD", cid, "x", pod="web-1"))
+            assert status == 0 and out == p, err
+            assert host.ids(veth)["ovsfoot-cni"] == cid
+            if version == "0.4.0":
+                assert cni(conf, host.cni_env("CHECK", cid, "x", pod="web-1"))[:2] == (0, None)
+            assert cni(conf, host.cni_env("DEL", cid, "x", pod="web-1"))[:2] == (0, None)
+            assert host.ids(veth) == {"iface-id": "shop_web-1"}
 
 
 # -- the library, and the agent -------------------------------------------------
