@@ -168,7 +168,7 @@ def test_product_cli_runs_without_the_test_harness(venv):
     assert p.returncode == 0 and "agent" in p.stdout, p.stderr
     p = subprocess.run([str(venv / "bin/ovsfoot-cni")], input="", capture_output=True,
                        text=True, timeout=60, cwd=venv.parent, env={"CNI_COMMAND": "VERSION"})
-    assert p.returncode == 0 and "1.0.0" in json.loads(p.stdout)["supportedVersions"]
+    assert p.returncode == 0 and json.loads(p.stdout)["cniVersion"] == "1.1.0"
     p = py(venv, "import sys; from ovsfoot import cli; cli.parser(); "
                  "print(sorted(m for m in sys.modules if m.split('.')[0] == 'integration'))")
     assert p.returncode == 0 and p.stdout.strip() == "[]", (p.stdout, p.stderr)
