@@ -31,6 +31,8 @@ class Committer:
         self.txn: Txn | None = None
         self.transactions = 0
         self.failures = 0
+        self.built = 0      # time.time_ns() when the transaction in flight was built
+        self.on_commit: Callable[[int], None] | None = None   # metrics: called with `built`
 
     def settled(self) -> bool:
         """Advances the transaction in flight; True once there is none."""
@@ -43,6 +45,8 @@ class Committer:
             self.failures += 1
             log.error("%s refused an update: %s (%s); will retry", self.what, status,
                       self.txn.get_error())
+        elif status == Txn.SUCCESS and self.on_commit is not None:
+            self.on_commit(self.built)
         self.txn = None
         return True
 
@@ -91,6 +95,7 @@ class ExternalIdsPublisher(Committer):
             return
         self._last = time.monotonic()
         self.txn = Txn(self.idl)
+        self.built = time.time_ns()
         self.txn.add_comment("ovsfoot: publish footprints")
         for row, put, drop in changes:
             for k, v in put.items():
