@@ -148,8 +148,9 @@ def timed_publisher_class():
             self.starts: list[float] = []
             self.committed: list[tuple[int, float]] = []   # (state carried, t SUCCESS)
             self.latency: list[tuple[float, float]] = []   # (t publish, s to SUCCESS)
-            self.refused = self.reverted = 0
+            self.refused = self.reverted = self.repeats = 0
             self._inside = False
+            self._ok_state = -1
 
         def publish_state(self, state: int, node: dict, lessons: dict) -> None:
             self.state = state
@@ -170,6 +171,7 @@ def timed_publisher_class():
                 status = before.commit()        # a finished transaction keeps its status
                 if status in (Txn.SUCCESS, Txn.UNCHANGED):
                     self.committed.append((self.carried, now))
+                    self._ok_state = self.carried
                     self.latency += [(t, now - t) for _, t in self.inflight]
                 else:
                     self.refused += 1
@@ -177,6 +179,8 @@ def timed_publisher_class():
                 self.inflight, self.carried = [], -1
             if self.transactions > n:
                 self.starts.append(self._last)      # the publisher's own start time
+                if self.state == self._ok_state:
+                    self.repeats += 1               # this state was committed already
                 if self.txn is not None:
                     self.inflight, self.pending = self.pending, []
                     self.carried = self.state
@@ -326,10 +330,12 @@ def worker(conn, spec: dict) -> None:
     loop = Loop(pubs)
     fd = conn.fileno()
     deadline = time.monotonic() + 120
-    while not all(p.idl.has_ever_connected() and p.txn is None and not p.pending
-                  and p.committed for p in pubs):
+    def settled(p) -> bool:
+        return (p.idl.has_ever_connected() and p.txn is None and not p.pending
+                and not p.diff())
+    while not all(settled(p) for p in pubs):
         if time.monotonic() > deadline:
-            conn.send(("error", f"{sum(bool(p.committed) for p in pubs)} of {len(pubs)} "
+            conn.send(("error", f"{sum(settled(p) for p in pubs)} of {len(pubs)} "
                                 "chassis connected and published within 120 s"))
             return
         loop.run_due()
@@ -343,9 +349,12 @@ def worker(conn, spec: dict) -> None:
     if go[0] != "go":
         return
     _, t0, t_feed_end, t_end = go
+    for p in pubs:
+        p.reverted = p.repeats = 0              # the seeded first state, matched on connect
     heap = [(t0 + f.rng.uniform(0, 2 * MEAN_GAP), k) for k, f in enumerate(feeds)]
     heapq.heapify(heap)
     changes: list[list] = [[] for _ in pubs]        # (state, t, score)
+    lag: list[float] = []                           # publish() - when it was due
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     wake0, rx0 = loop.wakeups, received(pubs)
     while True:
@@ -353,10 +362,11 @@ def worker(conn, spec: dict) -> None:
         if now >= t_end:
             break
         while heap and heap[0][0] <= now and heap[0][0] < t_feed_end:
-            _, k = heapq.heappop(heap)
+            due, k = heapq.heappop(heap)
             state, node, lessons, score = feeds[k].change(now)
             pubs[k].publish_state(state, node, lessons)
             changes[k].append((state, time.monotonic(), score))
+            lag.append(changes[k][-1][1] - due)
             loop.due.add(pubs[k])
             heapq.heappush(heap, (now + feeds[k].gap(), k))
         loop.run_due()
@@ -365,12 +375,14 @@ def worker(conn, spec: dict) -> None:
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     conn.send(("done", {
         "rx_bytes": received(pubs) - rx0,
+        "lag": lag,
         "cpu_s": (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime),
         "wakeups": loop.wakeups - wake0,
         "chassis": {p.chassis: {"i": spec["chassis"][k], "changes": changes[k],
                                 "starts": p.starts, "committed": p.committed,
                                 "latency": p.latency, "refused": p.refused,
                                 "reverted": p.reverted, "failures": p.failures,
+                                "repeats": p.repeats,
                                 "pending": len(p.pending) + len(p.inflight)}
                     for k, p in enumerate(pubs)}}))
 
@@ -615,7 +627,7 @@ def measure(label: str, members: list[str], creds: dict, servers: dict[str, int]
         exts = [Extender(n, r, cr, logdir) for n, (r, cr) in extenders.items()]
         for e in exts:
             e.wait_synced(CHASSIS)
-        log(f"clusterdb {label}: {CHASSIS} chassis connected and published in {t_conn:.1f} s;"
+        log(f"clusterdb {label}: {CHASSIS} chassis connected and in sync in {t_conn:.1f} s;"
             f" extenders synced; feed for {feed_s:.0f} s")
         body = json.dumps({"Pod": PROBE_POD,
                            "NodeNames": [hostname(i) for i in range(CHASSIS)]}).encode()
@@ -623,6 +635,7 @@ def measure(label: str, members: list[str], creds: dict, servers: dict[str, int]
             e.probe(body)
         pids = {**servers, **{f"extender-{e.name}": e.proc.pid for e in exts}}
         cpu0 = {n: proc_cpu_s(p) for n, p in pids.items()}
+        idle0, total0 = host_cpu()
         t0 = time.monotonic() + 0.5
         t_feed_end, t_end = t0 + feed_s, t0 + feed_s + DRAIN_S
         for c in conns:
@@ -634,6 +647,7 @@ def measure(label: str, members: list[str], creds: dict, servers: dict[str, int]
             nxt += POLL_S
             time.sleep(max(0.0, nxt - time.monotonic()))
         cpu1 = {n: proc_cpu_s(p) for n, p in pids.items()}
+        idle1, total1 = host_cpu()
         results = []
         for c in conns:
             if not c.poll(60):
@@ -658,10 +672,11 @@ def measure(label: str, members: list[str], creds: dict, servers: dict[str, int]
                 p.join(5)
     chassis = {k: v for r in results for k, v in r["chassis"].items()}
     window = t_end - t0
-    lat = [s for c in chassis.values() for t, s in c["latency"] if t0 <= t < t_feed_end]
+    lat = [s for c in chassis.values() for t, s in c["latency"] if t0 <= t < t_end]
     committed = sum(1 for c in chassis.values() for _, t in c["committed"] if t0 <= t < t_end)
-    n_changes = sum(1 for c in chassis.values() for _, t, _ in c["changes"]
-                    if t0 <= t < t_feed_end)
+    # changes due before the feed's end but handed over later (a late loop) count too
+    n_changes = sum(1 for c in chassis.values() for _, t, _ in c["changes"] if t0 <= t < t_end)
+    lag = [x * 1000 for r in results for x in r["lag"]]
     # per chassis: peak transactions in any 10 s window, smallest gap between two
     peak, min_gap, rates = 0.0, float("inf"), []
     for c in chassis.values():
@@ -673,20 +688,23 @@ def measure(label: str, members: list[str], creds: dict, servers: dict[str, int]
             peak = max(peak, (bisect.bisect_left(st, t + 10.0) - k) / 10.0)
     chg_peak = 0.0
     for c in chassis.values():
-        ct = [t for _, t, _ in c["changes"] if t0 <= t < t_feed_end]
+        ct = [t for _, t, _ in c["changes"] if t0 <= t < t_end]
         for k, t in enumerate(ct):
             chg_peak = max(chg_peak, (bisect.bisect_left(ct, t + 10.0) - k) / 10.0)
-    fresh = {e.name: freshness(chassis, e.obs, t0, t_feed_end) for e in exts}
+    fresh = {e.name: freshness(chassis, e.obs, t0, t_end) for e in exts}
     cpu = {n: cpu1[n] - cpu0[n] for n in pids}
     out = {
         "label": label, "chassis": len(chassis), "feed_s": feed_s, "window_s": round(window, 2),
         "connect_s": round(t_conn, 1),
         "changes": n_changes, "committed": committed,
         "tx_per_s": committed / window, "changes_per_s": n_changes / feed_s,
+        "feed_lag_ms": {"p50": _p(lag, 50), "p99": _p(lag, 99), "max": _p(lag, 100)},
+        "host_busy": round(1 - (idle1 - idle0) / max(1, total1 - total0), 3),
         "commit_ms": [x * 1000 for x in lat],
         "refused": sum(c["refused"] for c in chassis.values()),
         "failures": sum(c["failures"] for c in chassis.values()),
         "reverted": sum(c["reverted"] for c in chassis.values()),
+        "repeats": sum(c["repeats"] for c in chassis.values()),
         "left_pending": sum(c["pending"] for c in chassis.values()),
         "chassis_peak_tx_per_s": peak, "chassis_min_gap_s": min_gap,
         "chassis_mean_tx_per_s": sum(rates) / len(rates),
@@ -704,6 +722,12 @@ def measure(label: str, members: list[str], creds: dict, servers: dict[str, int]
         "extender_health": health,
     }
     return out
+
+
+def host_cpu() -> tuple[int, int]:
+    """(idle, total) jiffies of the whole machine, from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return f[3] + f[4], sum(f[:8])
 
 
 def _p(xs, q):
@@ -747,6 +771,105 @@ def leader_term(sb, i: int) -> tuple[str, str]:
     return sb.members[i].name, term
 
 
+def extender_rebuild(sizes=(CHASSIS, 1000, 10000), repeats: int = 5, log=print) -> dict:
+    """The extender's reader at 200, 1,000 and 10,000 chassis: the real
+    `ClusterDbView` (its IDL thread) on a local standalone server (unix socket,
+    no SSL) holding that many Chassis rows; one row changed at a time with
+    ovsdb-client, and the time until `.view` shows it. With nothing else
+    changing, that is one update received plus one rebuild of the whole view,
+    which ClusterDbView does on every change."""
+    import logging
+    import ovs.jsonrpc
+    import ovs.stream
+    from integration.sandbox import sh
+    from ovsfoot import contract
+    from ovsfoot.scheduler.clusterview import ClusterDbView
+    d = Path(tempfile.mkdtemp(prefix="ovsfoot-bench-reader-"))
+    db, sock = d / "reader.db", d / "db.sock"
+    sh("ovsdb-tool", "create", str(db), contract.cluster_schema_path())
+    server = subprocess.Popen(["ovsdb-server", str(db), f"--remote=punix:{sock}",
+                               f"--unixctl={d / 'ctl'}", "--no-chdir"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    remote = f"unix:{sock}"
+    out, have = {}, 0
+    quiet = logging.getLogger("ovsfoot.scheduler.clusterview")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)           # "waiting for the cluster database": it is coming
+    rpc = None
+
+    def transact(ops):
+        err, reply = rpc.transact_block(ovs.jsonrpc.Message.create_request(
+            "transact", [contract.CLUSTER_DB, *ops]))
+        if err or reply.error or any("error" in r for r in reply.result if r):
+            raise RuntimeError(f"reader table: transaction failed: {err or reply.error or reply.result}")
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        err, stream = ovs.stream.Stream.open_block(ovs.stream.Stream.open(remote), 5000)
+        if err:
+            raise OSError(err, f"cannot connect to {remote}")
+        rpc = ovs.jsonrpc.Connection(stream)
+        for n in sizes:
+            rows = [{"op": "insert", "table": "Chassis",
+                     "row": {"name": f"r{i:05d}", "hostname": f"r{i:05d}", "footprint": "light",
+                             "elephants": 0, "heavy_ports": 0, "updated": 1}}
+                    for i in range(have, n)]
+            for k in range(0, len(rows), 2000):
+                transact(rows[k:k + 2000])
+            have = n
+            view = ClusterDbView(remote).start()
+            t = time.monotonic()
+            while len(view.view.by_key) < n:
+                if time.monotonic() - t > 60:
+                    raise TimeoutError(f"the reader did not sync {n} rows in 60 s")
+                time.sleep(0.01)
+            sync = time.monotonic() - t
+            took = []
+            for r in range(repeats):
+                host = f"r{(r * 7919) % n:05d}"
+                value = 1 + r + n % 97
+                t = time.monotonic()
+                transact([{"op": "update", "table": "Chassis", "where": [["name", "==", host]],
+                           "row": {"elephants": value}}])
+                while view.view.by_key[host].elephants != value:
+                    if time.monotonic() - t > 30:
+                        raise TimeoutError(f"the reader did not see a change in 30 s at {n}")
+                    time.sleep(0.002)
+                took.append((time.monotonic() - t) * 1000)
+            view.stop()
+            out[n] = {"sync_s": round(sync, 2), "change_ms": [round(x, 1) for x in took],
+                      "median_ms": round(sorted(took)[len(took) // 2], 1)}
+            log(f"clusterdb reader: {n:,} chassis: synced in {sync:.1f} s; one change "
+                f"seen after {out[n]['median_ms']} ms (median of {repeats})")
+    finally:
+        quiet.setLevel(level)
+        if rpc is not None:
+            rpc.close()
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
+def seed(admin: str) -> None:
+    """Every chassis' row as its first publish() would write it (one transaction on
+    an admin socket), so that 200 chassis connecting find their row and send
+    nothing: the legs measure the steady state, not a start-up storm."""
+    from integration.sandbox import sh
+    from ovsfoot.contract import CLUSTER_DB
+    now = time.time_ns() // 1_000_000
+    ops = [{"op": "insert", "table": "Chassis",
+            "row": {"name": chassis_name(i), "hostname": hostname(i), "footprint": "light",
+                    "elephants": 0, "heavy_ports": 0, "updated": now}}
+           for i in range(CHASSIS)]
+    out = json.loads(sh("ovsdb-client", "--timeout=30", "transact", admin,
+                        json.dumps([CLUSTER_DB, *ops])))
+    bad = [r for r in out if isinstance(r, dict) and "error" in r]
+    if bad:
+        raise RuntimeError(f"seeding the Chassis rows failed: {bad[:2]}")
+
+
 def clear(sb) -> None:
     """Deletes what the previous leg's chassis wrote (on the leader's admin socket)."""
     sb.transact(None, [{"op": "delete", "table": "Chassis", "where": []},
@@ -755,6 +878,7 @@ def clear(sb) -> None:
 
 def raft_leg(sb, label, members, creds, servers, extenders, feed_s, work, log, trim=False):
     li = sb.leader()
+    seed(sb.members[li].admin)
     before = leader_term(sb, li)
     m = measure(label, members, creds, servers, sb.members[li].name, extenders, feed_s, 1,
                 work, log, trim)
@@ -804,10 +928,12 @@ def run(quick: bool = False, log=print, trim: bool = False) -> list[Result]:
         for m in sb.members:
             sb.stop_member(m.index)
         standalone = Standalone(sb).start()
+        seed(f"unix:{standalone.dir / 'db.sock'}")
         legs["standalone"] = measure(
             "standalone", [f"{sb.members[0].ip}:6647"], creds, {"standalone": standalone.pid},
             "standalone", {"direct": (f"ssl:{sb.members[0].ip}:6647", creds["extender"])},
             feed_s, 1, work, log)
+        reader = extender_rebuild(log=log)
         ok = True
     finally:
         if standalone is not None:
@@ -827,10 +953,21 @@ def run(quick: bool = False, log=print, trim: bool = False) -> list[Result]:
             f"changes/s; commit p50/p99 {x['commit_ms']['p50']}/{x['commit_ms']['p99']} ms; "
             "freshness p99 " + ", ".join(f"{e} {v['p99']} ms" for e, v in f.items())
             + f"; {x['leader']} {x['leader_cpu_ms_per_tx']} ms CPU/tx")
-    return results(L, S)
+    out = results(L, S, reader)
+    out[0].detail["tree"] = tree_state()
+    return out
 
 
-def results(L: dict, S: dict) -> list[Result]:
+def tree_state() -> dict:
+    """The commit measured, and the files of ovsfoot/ that differed from it (the
+    tree is shared: others' uncommitted changes are part of what ran)."""
+    git = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True,  # noqa: E731
+                                    text=True).stdout.strip()
+    return {"head": git("rev-parse", "--short", "HEAD"),
+            "modified": [ln[3:] for ln in git("status", "--porcelain", "--", "ovsfoot").splitlines()]}
+
+
+def results(L: dict, S: dict, reader: dict) -> list[Result]:
     C = L["raft"]
     s50, s99 = S["commit_ms"]["p50"], S["commit_ms"]["p99"]
     fs = S["fresh_ms"]["direct"]["p99"]
@@ -885,6 +1022,11 @@ def results(L: dict, S: dict) -> list[Result]:
                            "leader_after": x.get("leader_after"),
                            "standalone_cpu_s": S["cpu_s"], "standalone_committed": S["committed"]}),
         ]
+    small, big = reader[min(reader)]["median_ms"], reader[max(reader)]["median_ms"]
+    out.append(Result("clusterdb_extender_view_10k_ms", big, "ms", small,
+                      f"the same with {min(reader)} chassis",
+                      ratio(big, small), "(informational: the reader's cost of one change)",
+                      None, detail={str(n): v for n, v in reader.items()}))
     return out
 
 
