@@ -1,4 +1,4 @@
-"""Command line: `ovsfoot agent`, `ovsfoot record`, `ovsfoot lab`."""
+"""Command line: `ovsfoot agent`, `ovsfoot record`, `ovsfoot scheduler-extender`, `ovsfoot cluster-db`."""
 
 from __future__ import annotations
 
@@ -104,6 +104,8 @@ def cmd_agent(args) -> int:
 
     from ovsfoot.learning import StateFile
 
+    from ovsfoot import support
+    support.check(args.source)  # before detaching: too old is exit 1, untested a warning
     thresholds = Thresholds(args.elephant_bytes, args.elephant_seconds, args.idle_seconds)
     thresholds.validate()
     try:        # before anything starts: a directory would be renamed, a FIFO would block
@@ -158,11 +160,6 @@ def cmd_record(args) -> int:
     return 0
 
 
-def cmd_lab(args) -> int:
-    from integration.lab import main as lab_main
-    return lab_main(args)
-
-
 def cmd_scheduler_extender(args) -> int:
     from ovsfoot.scheduler.server import serve
     return serve(args)
@@ -206,12 +203,6 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("-v", "--verbose", action="count", default=0)
     r.set_defaults(func=cmd_record, log_file=None)
     _source_args(r)
-
-    lab = sub.add_parser("lab", help="run the lab: OVN over Geneve in a VM, with the agents")
-    lab.add_argument("--workdir", help="where the lab keeps its files (default: a temp dir)")
-    lab.add_argument("--report", default="lab-report.json", help="JSON report to write")
-    lab.add_argument("-v", "--verbose", action="count", default=0)
-    lab.set_defaults(func=cmd_lab, log_file=None)
 
     x = sub.add_parser("scheduler-extender", help="kube-scheduler extender over the "
                        "footprints the agents publish in the cluster database")
