@@ -3,6 +3,7 @@
     POST <prefix>/filter       ExtenderArgs -> ExtenderFilterResult
     POST <prefix>/prioritize   ExtenderArgs -> HostPriorityList
     GET  /healthz              {"synced": ..., "connected": ..., "chassis": N, ...}
+    GET  /metrics              Prometheus metrics (ovsfoot/control/metrics.py)
 
 The JSON keys are the Go field names of k8s.io/kube-scheduler/extender/v1
 (`Pod`, `Nodes`, `NodeNames`, `FailedNodes`, `FailedAndUnresolvableNodes`, `Error`,
@@ -18,6 +19,11 @@ answered at once, the others wait up to `QUEUE_WAIT` s, then 503; at most
 `MAX_CONNECTIONS` open connections (503 and closed above); `BODY_TIMEOUT` s to send a
 body once its headers are in, `IDLE_TIMEOUT` s idle on a keep-alive connection. One
 INFO line per request, without the node list (DEBUG: the first scores).
+
+HTTPS with `--tls-cert` (and `--tls-key`); with `--client-ca`, mutual TLS: a client
+must present a certificate that CA signed (kube-scheduler's `tlsConfig.certFile`),
+others are refused in the handshake. The handshake runs on the connection's worker
+thread, within `BODY_TIMEOUT`, never in the accept loop.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ import json
 import logging
 import queue
 import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ovsfoot import __version__
+from ovsfoot.control.metrics import ExtenderMetrics
 from ovsfoot.scheduler import scoring
 from ovsfoot.scheduler.clusterview import ClusterDbView
 
@@ -185,6 +193,34 @@ class Handler(BaseHTTPRequestHandler):
     wbufsize = 1 << 16                  # status, headers and body leave in one write
     timeout = IDLE_TIMEOUT
     extender: Extender      # set on the subclass made by make_server
+    metrics: ExtenderMetrics    # likewise
+    _t0: float | None = None
+    _code: int | None = None
+
+    def handle_one_request(self):
+        self._t0 = None
+        try:
+            super().handle_one_request()
+        finally:
+            if self._t0 is not None:
+                self.metrics.request(self._label(), self._code, time.monotonic() - self._t0)
+
+    def parse_request(self):
+        self._t0, self._code = time.monotonic(), None      # the request line is in
+        return super().parse_request()
+
+    def send_response(self, code, message=None):
+        self._code = code
+        super().send_response(code, message)
+
+    def _label(self) -> str:
+        """The verb for metrics: one of a fixed few, never the path as sent."""
+        path = getattr(self, "path", "").split("?", 1)[0]
+        if self.command == "POST" and self._verb() in ("filter", "prioritize"):
+            return self._verb()
+        if self.command == "GET" and path in ("/healthz", "/metrics"):
+            return path[1:]
+        return "other"
 
     def log_message(self, fmt, *args):
         if log.isEnabledFor(logging.DEBUG):
@@ -192,7 +228,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, code: int, body, content_type="application/json", close=False,
               headers=()) -> None:
-        data = (body if isinstance(body, str) else json.dumps(body)).encode()
+        data = body if isinstance(body, bytes) else (
+            body if isinstance(body, str) else json.dumps(body)).encode()
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
@@ -212,9 +249,11 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] == "/healthz":
             self._send(200, {**self.extender.cluster.status(),
                              "assumed_heavy_pods": self.extender.assumed.pending()})
+        elif self.path.split("?", 1)[0] == "/metrics":
+            self._send(200, *self.metrics.render(self.headers.get("Accept")))
         else:
-            self._send(404, f"no such path {_short(self.path)}: GET /healthz, POST "
-                       f"<prefix>/filter or <prefix>/prioritize\n", "text/plain")
+            self._send(404, f"no such path {_short(self.path)}: GET /healthz, GET /metrics, "
+                       f"POST <prefix>/filter or <prefix>/prioritize\n", "text/plain")
 
     def do_POST(self):
         verb = self._verb()
@@ -287,9 +326,32 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, p
 
 
-def make_server(listen: str, extender: Extender) -> ThreadingHTTPServer:
+def tls_context(cert: str, key: str | None = None, client_ca: str | None = None
+                ) -> ssl.SSLContext:
+    """A server context with the certificate `cert` (its key in `key`, or in `cert`);
+    with `client_ca`, clients must present a certificate that CA signed."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except OSError as e:            # ssl.SSLError too
+        raise ValueError(f"--tls-cert {cert}" + (f" / --tls-key {key}" if key else "")
+                         + f": cannot load the certificate and its key: {e}") from None
+    if client_ca:
+        try:
+            ctx.load_verify_locations(cafile=client_ca)
+        except OSError as e:
+            raise ValueError(f"--client-ca {client_ca}: cannot load it: {e}") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def make_server(listen: str, extender: Extender, tls: ssl.SSLContext | None = None
+                ) -> ThreadingHTTPServer:
+    """The extender's server; HTTPS with `tls` (`tls_context`)."""
     host, port = parse_listen(listen)
-    handler = type("ExtenderHandler", (Handler,), {"extender": extender})
+    metrics = ExtenderMetrics(extender)
+    handler = type("ExtenderHandler", (Handler,), {"extender": extender, "metrics": metrics})
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
@@ -302,17 +364,38 @@ def make_server(listen: str, extender: Extender) -> ThreadingHTTPServer:
             if not self.workers.submit(self._connection, request, client_address):
                 log.warning("%d connections open: refusing one from %s", MAX_CONNECTIONS,
                             client_address[0])
+                metrics.refused.inc()
                 try:
                     request.settimeout(1)
-                    request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
-                                    b"Content-Type: text/plain\r\nContent-Length: 5\r\n"
-                                    b"Connection: close\r\n\r\nbusy\n")
+                    if tls is None:     # a TLS client would not read a plain answer
+                        request.sendall(b"HTTP/1.1 503 Service Unavailable\r\n"
+                                        b"Retry-After: 1\r\nContent-Type: text/plain\r\n"
+                                        b"Content-Length: 5\r\nConnection: close\r\n\r\n"
+                                        b"busy\n")
                 except OSError:
                     pass
                 self.shutdown_request(request)
 
+        def _handshake(self, request, client_address):
+            """The TLS handshake, on this worker; None if it failed."""
+            try:
+                request.settimeout(BODY_TIMEOUT)
+                return tls.wrap_socket(request, server_side=True)
+            except (OSError, ValueError) as e:      # ssl.SSLError is an OSError
+                metrics.tls_failures.inc()
+                refused = "CERTIFICATE" in str(getattr(e, "reason", "") or "").upper()
+                log.log(logging.WARNING if refused else logging.INFO,
+                        "TLS handshake with %s failed%s: %s", client_address[0],
+                        " (client certificate refused)" if refused else "", _short(e))
+                return None
+
         def _connection(self, request, client_address):
             try:
+                if tls is not None:
+                    wrapped = self._handshake(request, client_address)
+                    if wrapped is None:
+                        return
+                    request = wrapped
                 self.finish_request(request, client_address)
             except Exception:
                 self.handle_error(request, client_address)
@@ -321,16 +404,38 @@ def make_server(listen: str, extender: Extender) -> ThreadingHTTPServer:
     return Server((host, port), handler)
 
 
+class TimedView(ClusterDbView):
+    """The cluster view, and when it last changed (`changed`, monotonic): the metrics'
+    view age."""
+
+    changed: float | None = None
+
+    @property
+    def view(self):
+        return self._view
+
+    @view.setter
+    def view(self, view):
+        self._view, self.changed = view, time.monotonic()
+
+
 def serve(args) -> int:
-    view = ClusterDbView(args.cluster_db, args.node_key).start()
+    cert, key, client_ca = (getattr(args, n, None) for n in ("tls_cert", "tls_key",
+                                                              "client_ca"))
+    if (key or client_ca) and not cert:
+        raise ValueError("--tls-key and --client-ca need --tls-cert")
+    tls = tls_context(cert, key, client_ca) if cert else None
+    view = TimedView(args.cluster_db, args.node_key).start()
     extender = Extender(view, args.filter_heavy, args.assume_seconds, args.stale_seconds)
-    server = make_server(args.listen, extender)
+    server = make_server(args.listen, extender, tls)
     host, port = server.server_address[:2]
-    log.info("scheduler extender on %s:%d, cluster view from %s (nodes by %s)%s", host, port,
-             args.cluster_db, args.node_key, ", filtering heavy nodes for light pods"
-             if args.filter_heavy else "")
+    log.info("scheduler extender on %s:%d (%s), cluster view from %s (nodes by %s)%s",
+             host, port, "HTTP" if tls is None else "HTTPS, mutual TLS" if client_ca
+             else "HTTPS", args.cluster_db, args.node_key,
+             ", filtering heavy nodes for light pods" if args.filter_heavy else "")
     shown = f"[{host}]" if ":" in host else host
-    print(f"ovsfoot scheduler-extender listening on http://{shown}:{port}", flush=True)
+    print(f"ovsfoot scheduler-extender listening on {'http' if tls is None else 'https'}://"
+          f"{shown}:{port}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
