@@ -492,3 +492,67 @@ def test_prometheus_scrapes_the_agent_and_the_extender(node, db, pki, tmp_path):
             ext.stop()
         agent.stop()
         node.flush_conntrack()
+
+
+# -- the parts the host cannot run for real ----------------------------------------
+def _samples(registry) -> dict[str, float]:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    return {s.name + json.dumps(s.labels, sort_keys=True): s.value
+            for f in text_string_to_metric_families(generate_latest(registry).decode())
+            for s in f.samples}
+
+
+def test_bpf_source_losses_are_exported_from_its_stats():
+    """The bpf source runs in the VM only (tests/test_bpf_vm.py): its stats(), as it
+    returns them, become the loss counters (ctnetlink's run above shows them at 0)."""
+    from prometheus_client import CollectorRegistry
+    from ovsfoot.control import metrics
+    stats = {"source": "bpf", "probe": "fentry", "events": 12, "flows_tracked": 7,
+             "evictions": 3, "started": 10, "late_starts": 0, "ended": 0, "elephants": 2,
+             "dropped": 5, "map_full": 4}
+    snap = metrics.Snapshot(time.monotonic(), {"events": 12, "detected": 2, "ended": 0,
+                                               "unattributed": 0},
+                            dict.fromkeys(metrics.ROLES, 0), [], (0, False, 0),
+                            {"ovsdb": (1, 0)}, "bpf", stats)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics._AgentCollector(mock.Mock(current=lambda: snap)))
+    s = _samples(registry)
+    assert s['ovsfoot_source_dropped_total{"source": "bpf"}'] == 5
+    assert s['ovsfoot_source_map_full_total{"source": "bpf"}'] == 4
+    assert s['ovsfoot_source_evictions_total{"source": "bpf"}'] == 3
+    assert s['ovsfoot_source_flows_tracked{"source": "bpf"}'] == 7
+    assert not any("ctnetlink" in k for k in s)
+
+
+def test_detection_latency_counts_an_elephant_at_the_commit_that_carried_it():
+    """An elephant detected after the transaction in flight was built is observed at
+    the next commit, not this one; each elephant once; a replay observes nothing."""
+    import types
+    from ovsfoot.control import metrics
+    active = {}
+    agent = types.SimpleNamespace(
+        footprints=types.SimpleNamespace(active=active), publisher=types.SimpleNamespace(),
+        source=types.SimpleNamespace(name="bpf", clock=time.time_ns))
+    m = metrics.AgentMetrics(agent)
+    try:
+        assert agent.publisher.on_commit == m._committed
+        now = time.time_ns()
+        active["a"] = types.SimpleNamespace(detected_at=now - 300_000_000)   # 0.3 s ago
+        active["b"] = types.SimpleNamespace(detected_at=now + 10**9)         # after `built`
+        m._committed(now)
+        s = _samples(m.latency)
+        assert s["ovsfoot_detection_latency_seconds_count{}"] == 1
+        assert 0.3 <= s["ovsfoot_detection_latency_seconds_sum{}"] < 1
+        m._committed(now + 2 * 10**9)          # the next transaction carries b
+        m._committed(now + 3 * 10**9)          # nothing new
+        assert _samples(m.latency)["ovsfoot_detection_latency_seconds_count{}"] == 2
+    finally:
+        m.close()
+    agent.source.clock = lambda: 0               # a replay's clock
+    m = metrics.AgentMetrics(agent)
+    try:
+        m._committed(time.time_ns() + 10**9)
+        assert _samples(m.latency)["ovsfoot_detection_latency_seconds_count{}"] == 0
+    finally:
+        m.close()
