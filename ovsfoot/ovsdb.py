@@ -10,12 +10,17 @@ import errno
 import logging
 import math
 import os
+import socket
+import ssl
 import time
+
+import _ssl
 
 import ovs.db.idl
 import ovs.dirs
 import ovs.jsonrpc
 import ovs.poller
+import ovs.socket_util
 import ovs.stream
 import ovs.util
 
@@ -33,27 +38,254 @@ def default_remote() -> str:
     return "unix:" + os.path.join(os.environ.get("OVS_RUNDIR", ovs.dirs.RUNDIR), "db.sock")
 
 
+class _SslConfig:
+    """What configure_ssl() was given: file names, read again at each connection."""
+    private_key: str | None = None
+    certificate: str | None = None
+    ca_cert: str | None = None
+    bootstrap = False       # ca_cert is --bootstrap-ca-cert: fetched from the server if absent
+    configured = False
+
+
+SSL = _SslConfig()
+SSL_RENOTE_S = 60.0         # how often a problem that persists is said again
+_ssl_notes: dict[str, tuple[str, float]] = {}    # remote: (problem, when said)
+_ssl_contexts: dict[tuple, ssl.SSLContext] = {}
+
+
 def configure_ssl(private_key: str | None, certificate: str | None,
-                  ca_cert: str | None) -> None:
+                  ca_cert: str | None, bootstrap_ca_cert: str | None = None) -> None:
     """Credentials for every ssl: remote of this process, as OVS daemons take them
-    (--private-key, --certificate, --ca-cert); all three or none."""
-    given = [f for f in (private_key, certificate, ca_cert) if f]
-    if not given:
-        return
-    if len(given) != 3:
-        raise ValueError("SSL needs all of --private-key, --certificate and --ca-cert")
-    for f in given:
-        if not os.access(f, os.R_OK):
-            raise ValueError(f"cannot read SSL file {f}")
+    (--private-key, --certificate, --ca-cert or --bootstrap-ca-cert).
+
+    Never fails on the files themselves: they are read at each connection
+    attempt, so that a missing, unreadable or wrong file is a log line and a
+    retry (`ssl_problem()` says what), and a fixed one is taken without a restart.
+    """
+    if ca_cert and bootstrap_ca_cert and ca_cert != bootstrap_ca_cert:
+        raise ValueError("give --ca-cert or --bootstrap-ca-cert, not both")
+    ca = bootstrap_ca_cert or ca_cert
+    SSL.private_key, SSL.certificate, SSL.ca_cert = private_key, certificate, ca
+    SSL.bootstrap = bool(bootstrap_ca_cert)
+    SSL.configured = bool(private_key or certificate or ca)
+    # python-ovs's own variables too, for code that looks at them
     ovs.stream.Stream.ssl_set_private_key_file(private_key)
     ovs.stream.Stream.ssl_set_certificate_file(certificate)
-    ovs.stream.Stream.ssl_set_ca_cert_file(ca_cert)
+    ovs.stream.Stream.ssl_set_ca_cert_file(ca)
+    ovs.stream.Stream.register_method("ssl", _SslStream)
+    if SSL.configured and _missing_options():
+        log.warning("SSL remotes will not connect: %s", _missing_options())
+
+
+def _missing_options() -> str | None:
+    missing = [o for o, v in (("--private-key", SSL.private_key),
+                              ("--certificate", SSL.certificate),
+                              ("--ca-cert (or --bootstrap-ca-cert)", SSL.ca_cert)) if not v]
+    if not missing:
+        return None
+    return "SSL needs " + ", ".join(missing)
 
 
 def ssl_ready(remote: str) -> bool:
-    """False if `remote` names an ssl: server but no SSL credentials are configured."""
+    """False if `remote` names an ssl: server but the SSL options are incomplete."""
     needs = any(r.strip().startswith("ssl:") for r in remote.split(","))
-    return not needs or bool(ovs.stream.Stream._SSL_ca_cert_file)
+    return not needs or (bool(SSL.private_key and SSL.certificate and SSL.ca_cert)
+                         if SSL.configured else bool(ovs.stream.Stream._SSL_ca_cert_file))
+
+
+def ssl_problem(remote: str) -> str | None:
+    """Why the last SSL connection to (one of) `remote` failed; None once it worked."""
+    for one in remote.split(","):
+        note = _ssl_notes.get(one.strip())
+        if note:
+            return f"{one.strip()}: {note[0]}"
+    return None
+
+
+def _note(remote: str, problem: str | None) -> None:
+    """Logs an SSL `problem` of `remote` when it is new, then every SSL_RENOTE_S;
+    None: the connection works (said if there was a problem)."""
+    now = time.monotonic()
+    last = _ssl_notes.get(remote)
+    if problem is None:
+        if last is not None:
+            del _ssl_notes[remote]
+            log.info("%s: SSL connection established", remote)
+        return
+    if last is None or last[0] != problem or now - last[1] >= SSL_RENOTE_S:
+        log.warning("%s: %s; retrying", remote, problem)
+        _ssl_notes[remote] = (problem, now)
+
+
+def _ssl_reason(e: Exception) -> str:
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"the server's certificate is not trusted: {e.verify_message}"
+    if isinstance(e, ssl.SSLError):
+        return f"SSL error: {e.reason or e}" + (f" ({e.library})" if e.library else "")
+    return str(e)
+
+
+def _context(bootstrapping: bool) -> ssl.SSLContext:
+    """A client context from the configured files (cached while they do not change);
+    raises ValueError saying which file is wrong."""
+    missing = _missing_options()
+    if missing:
+        raise ValueError(missing)
+    files = [("--private-key", SSL.private_key), ("--certificate", SSL.certificate)]
+    if not bootstrapping:
+        files.append(("--ca-cert", SSL.ca_cert))
+    key = [bootstrapping]
+    for option, name in files:
+        try:
+            st = os.stat(name)
+            with open(name, "rb"):
+                pass
+        except OSError as e:
+            raise ValueError(f"cannot read {option} {name}: {e.strerror}") from None
+        key.append((name, st.st_mtime_ns, st.st_size, st.st_ino))
+    key = tuple(key)
+    ctx = _ssl_contexts.get(key)
+    if ctx is not None:
+        return ctx
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False      # as OVS: the CA is what is checked, not names
+    if bootstrapping:
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        try:
+            ctx.load_verify_locations(cafile=SSL.ca_cert)
+        except (ssl.SSLError, OSError) as e:
+            raise ValueError(f"--ca-cert {SSL.ca_cert} is not a CA certificate: "
+                             f"{_ssl_reason(e)}") from None
+    try:
+        ctx.load_cert_chain(SSL.certificate, SSL.private_key)
+    except (ssl.SSLError, OSError) as e:
+        raise ValueError(f"--certificate {SSL.certificate} and --private-key "
+                         f"{SSL.private_key} are not a certificate and its key: "
+                         f"{_ssl_reason(e)}") from None
+    _ssl_contexts.clear()
+    _ssl_contexts[key] = ctx
+    return ctx
+
+
+def _bootstrap_ca(remote: str, sock: ssl.SSLSocket) -> None:
+    """Saves the CA certificate the server sent at the end of its chain into the
+    --bootstrap-ca-cert file (trust on first use, as OVS does); raises ValueError."""
+    chain = sock._sslobj.get_unverified_chain() or []
+    top = chain[-1] if chain else None
+    info = top.get_info() if top is not None else {}
+    if top is None or info.get("subject") != info.get("issuer"):
+        raise ValueError("cannot bootstrap the CA certificate: the server sent none "
+                         "(its ovsdb-server needs --peer-ca-cert)")
+    pem = top.public_bytes(_ssl.ENCODING_PEM)
+    path = SSL.ca_cert
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "x") as f:
+            f.write(pem)
+        os.link(tmp, path)          # never over a file that appeared meanwhile
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise ValueError(f"cannot write --bootstrap-ca-cert {path}: {e.strerror}") from None
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    subject = ",".join("=".join(kv) for rdn in info.get("subject", ()) for kv in rdn)
+    log.info("%s: bootstrapped the CA certificate (%s) into %s; reconnecting with it",
+             remote, subject, path)
+
+
+class _SslStream(ovs.stream.SSLStream):
+    """python-ovs's ssl: stream, for every OVSDB connection of the process, where a
+    missing or bad credential, an untrusted server or a refused certificate is an
+    errno (the IDL or jsonrpc session retries) and a log line, never an exception;
+    and --bootstrap-ca-cert."""
+
+    @staticmethod
+    def _open(suffix, dscp):
+        remote = "ssl:" + suffix
+        bootstrapping = bool(SSL.bootstrap and SSL.ca_cert and not os.path.exists(SSL.ca_cert))
+        try:
+            ctx = _context(bootstrapping)
+            address = ovs.socket_util.inet_parse_active(suffix, 0)
+        except ValueError as e:
+            _note(remote, str(e))
+            return errno.EPROTO, None
+        family, sock = ovs.socket_util.inet_create_socket_active(socket.SOCK_STREAM, address)
+        if sock is None:
+            return family, sock
+        ssl_sock = ctx.wrap_socket(sock, do_handshake_on_connect=False)
+        error = ovs.socket_util.inet_connect_active(ssl_sock, address, family, dscp)
+        if not error:
+            try:
+                ssl_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as e:
+                ssl_sock.close()
+                return ovs.socket_util.get_exception_errno(e), None
+        return error, ssl_sock
+
+    def __init__(self, sock, *args, **kwargs):
+        super().__init__(sock, *args, **kwargs)
+        # a context that checks nothing is only made to bootstrap the CA certificate
+        self.bootstrapping = sock is not None and sock.context.verify_mode == ssl.CERT_NONE
+        self.handshaken = False
+
+    def connect(self):
+        try:
+            retval = ovs.stream.Stream.connect(self)
+            if retval or self.handshaken:
+                return retval
+            self.socket.do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return errno.EAGAIN
+        except ssl.SSLSyscallError as e:
+            return ovs.socket_util.get_exception_errno(e)
+        except ssl.SSLError as e:
+            _note(self.name, _ssl_reason(e))
+            return errno.EPROTO
+        self.handshaken = True
+        if self.bootstrapping:
+            try:
+                _bootstrap_ca(self.name, self.socket)
+            except ValueError as e:
+                _note(self.name, str(e))
+            return errno.EPROTO     # as OVS: the next connection checks the server with it
+        return 0
+
+    def recv(self, n):
+        try:
+            retval = ovs.stream.Stream._recv(self, n)
+        except ssl.SSLWantReadError:
+            return (errno.EAGAIN, "")
+        except ssl.SSLSyscallError as e:
+            return (ovs.socket_util.get_exception_errno(e), "")
+        except ssl.SSLZeroReturnError:
+            return (0, "")
+        except ssl.SSLError as e:       # e.g. the server refused our certificate
+            _note(self.name, "the server refused the connection: " + _ssl_reason(e))
+            return (errno.EPROTO, "")
+        except OSError as e:
+            return (ovs.socket_util.get_exception_errno(e), "")
+        if retval[0] == 0 and retval[1]:
+            _note(self.name, None)      # it answered: credentials and server are fine
+        return retval
+
+    def send(self, buf):
+        try:
+            return ovs.stream.Stream._send(self, buf)
+        except ssl.SSLWantWriteError:
+            return -errno.EAGAIN
+        except ssl.SSLSyscallError as e:
+            return -ovs.socket_util.get_exception_errno(e)
+        except ssl.SSLError as e:
+            _note(self.name, "the server refused the connection: " + _ssl_reason(e))
+            return -errno.EPROTO
+        except OSError as e:
+            return -ovs.socket_util.get_exception_errno(e)
 
 
 ATTEMPT_S = 5.0         # one attempt to reach a server that is not there (or hung)
@@ -118,7 +350,8 @@ class _SchemaFetch:
     def _fail(self, err: int, what: str) -> None:
         """Gives up on this server: `what` failed with `err` (0: `what` says it all)."""
         if err:
-            what = f"{what}: {ovs.util.ovs_retval_to_string(err)}"
+            why = _ssl_notes.get(self.remote)
+            what = f"{what}: {why[0] if why else ovs.util.ovs_retval_to_string(err)}"
         self.error = OSError(errno.EIO if err <= 0 else err, what)
         self.close()
 

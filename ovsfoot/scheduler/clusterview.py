@@ -17,6 +17,7 @@ import ovs.db.idl
 import ovs.poller
 
 from ovsfoot import contract
+from ovsfoot.ovsdb import ssl_problem
 from ovsfoot.scheduler.scoring import ClusterView, NodeFacts
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,17 @@ class ClusterDbView:
         self._thread.join(5)
 
     def status(self) -> dict:
-        return {"cluster_db": self.remote, "synced": self.view.synced,
-                "connected": self.connected, "chassis": len(self.view.by_key),
-                "updates": self.updates, "node_key": self.node_key,
-                "workload_classes": len(self.view.classes)}
+        """What /healthz shows; `synced` is the readiness: a view of the database
+        was received (until then every node scores as unknown). `problem`: why the
+        connection fails, e.g. a missing or refused SSL credential."""
+        status = {"cluster_db": self.remote, "synced": self.view.synced,
+                  "connected": self.connected, "chassis": len(self.view.by_key),
+                  "updates": self.updates, "node_key": self.node_key,
+                  "workload_classes": len(self.view.classes)}
+        problem = None if self.connected else ssl_problem(self.remote)
+        if problem:
+            status["problem"] = problem
+        return status
 
     def _run(self) -> None:
         helper = ovs.db.idl.SchemaHelper(location=contract.cluster_schema_path())

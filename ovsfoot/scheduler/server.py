@@ -2,7 +2,8 @@
 
     POST <prefix>/filter       ExtenderArgs -> ExtenderFilterResult
     POST <prefix>/prioritize   ExtenderArgs -> HostPriorityList
-    GET  /healthz              {"synced": ..., "connected": ..., "chassis": N, ...}
+    GET  /healthz              {"synced": ..., "connected": ..., "chassis": N, ...}:
+                               200 once the cluster view is synced, 503 until then
     GET  /metrics              Prometheus metrics (ovsfoot/control/metrics.py)
 
 The JSON keys are the Go field names of k8s.io/kube-scheduler/extender/v1
@@ -246,9 +247,10 @@ class Handler(BaseHTTPRequestHandler):
         return self.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
 
     def do_GET(self):
-        if self.path.split("?", 1)[0] == "/healthz":
-            self._send(200, {**self.extender.cluster.status(),
-                             "assumed_heavy_pods": self.extender.assumed.pending()})
+        if self.path.split("?", 1)[0] == "/healthz":     # 503 until the view is synced
+            status = self.extender.cluster.status()
+            self._send(200 if status["synced"] else 503,
+                       {**status, "assumed_heavy_pods": self.extender.assumed.pending()})
         elif self.path.split("?", 1)[0] == "/metrics":
             self._send(200, *self.metrics.render(self.headers.get("Accept")))
         else:
