@@ -72,15 +72,23 @@ def configure_ssl(private_key: str | None, certificate: str | None,
     ovs.stream.Stream.ssl_set_private_key_file(private_key)
     ovs.stream.Stream.ssl_set_certificate_file(certificate)
     ovs.stream.Stream.ssl_set_ca_cert_file(ca)
-    ovs.stream.Stream.register_method("ssl", _SslStream)
     if SSL.configured and _missing_options():
         log.warning("SSL remotes will not connect: %s", _missing_options())
 
 
+def _files() -> tuple[str | None, str | None, str | None, bool]:
+    """private key, certificate, CA certificate, bootstrap: from configure_ssl(), else
+    what was set on python-ovs's Stream directly (ssl_set_*)."""
+    if SSL.configured:
+        return SSL.private_key, SSL.certificate, SSL.ca_cert, SSL.bootstrap
+    s = ovs.stream.Stream
+    return s._SSL_private_key_file, s._SSL_certificate_file, s._SSL_ca_cert_file, False
+
+
 def _missing_options() -> str | None:
-    missing = [o for o, v in (("--private-key", SSL.private_key),
-                              ("--certificate", SSL.certificate),
-                              ("--ca-cert (or --bootstrap-ca-cert)", SSL.ca_cert)) if not v]
+    key, cert, ca, _ = _files()
+    missing = [o for o, v in (("--private-key", key), ("--certificate", cert),
+                              ("--ca-cert (or --bootstrap-ca-cert)", ca)) if not v]
     if not missing:
         return None
     return "SSL needs " + ", ".join(missing)
@@ -89,8 +97,7 @@ def _missing_options() -> str | None:
 def ssl_ready(remote: str) -> bool:
     """False if `remote` names an ssl: server but the SSL options are incomplete."""
     needs = any(r.strip().startswith("ssl:") for r in remote.split(","))
-    return not needs or (bool(SSL.private_key and SSL.certificate and SSL.ca_cert)
-                         if SSL.configured else bool(ovs.stream.Stream._SSL_ca_cert_file))
+    return not needs or _missing_options() is None
 
 
 def ssl_problem(remote: str) -> str | None:
@@ -131,9 +138,10 @@ def _context(bootstrapping: bool) -> ssl.SSLContext:
     missing = _missing_options()
     if missing:
         raise ValueError(missing)
-    files = [("--private-key", SSL.private_key), ("--certificate", SSL.certificate)]
+    private_key, certificate, ca_cert, _ = _files()
+    files = [("--private-key", private_key), ("--certificate", certificate)]
     if not bootstrapping:
-        files.append(("--ca-cert", SSL.ca_cert))
+        files.append(("--ca-cert", ca_cert))
     key = [bootstrapping]
     for option, name in files:
         try:
@@ -154,15 +162,15 @@ def _context(bootstrapping: bool) -> ssl.SSLContext:
     else:
         ctx.verify_mode = ssl.CERT_REQUIRED
         try:
-            ctx.load_verify_locations(cafile=SSL.ca_cert)
+            ctx.load_verify_locations(cafile=ca_cert)
         except (ssl.SSLError, OSError) as e:
-            raise ValueError(f"--ca-cert {SSL.ca_cert} is not a CA certificate: "
+            raise ValueError(f"--ca-cert {ca_cert} is not a CA certificate: "
                              f"{_ssl_reason(e)}") from None
     try:
-        ctx.load_cert_chain(SSL.certificate, SSL.private_key)
+        ctx.load_cert_chain(certificate, private_key)
     except (ssl.SSLError, OSError) as e:
-        raise ValueError(f"--certificate {SSL.certificate} and --private-key "
-                         f"{SSL.private_key} are not a certificate and its key: "
+        raise ValueError(f"--certificate {certificate} and --private-key "
+                         f"{private_key} are not a certificate and its key: "
                          f"{_ssl_reason(e)}") from None
     _ssl_contexts.clear()
     _ssl_contexts[key] = ctx
@@ -208,7 +216,8 @@ class _SslStream(ovs.stream.SSLStream):
     @staticmethod
     def _open(suffix, dscp):
         remote = "ssl:" + suffix
-        bootstrapping = bool(SSL.bootstrap and SSL.ca_cert and not os.path.exists(SSL.ca_cert))
+        _, _, ca_cert, bootstrap = _files()
+        bootstrapping = bool(bootstrap and ca_cert and not os.path.exists(ca_cert))
         try:
             ctx = _context(bootstrapping)
             address = ovs.socket_util.inet_parse_active(suffix, 0)
@@ -286,6 +295,10 @@ class _SslStream(ovs.stream.SSLStream):
             return -errno.EPROTO
         except OSError as e:
             return -ovs.socket_util.get_exception_errno(e)
+
+
+# Every process that uses this module (agent, extender, ovsfoot-cni, api.Node) gets it.
+ovs.stream.Stream.register_method("ssl", _SslStream)
 
 
 ATTEMPT_S = 5.0         # one attempt to reach a server that is not there (or hung)
