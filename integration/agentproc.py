@@ -28,7 +28,8 @@ class AgentProcess:
     def spawn(self) -> None:
         cmd = [sys.executable, "-m", "ovsfoot", "agent", f"--db={self.ovs.remote}",
                f"--bridge={self.bridge}", f"--state={self.state}",
-               f"--pidfile={self.pidfile}", f"--log-file={self.log}", "-v", *self.args]
+               f"--pidfile={self.pidfile}", f"--log-file={self.log}", "-vconsole:off",
+               *self.args]
         self.proc = subprocess.Popen(cmd, env=self.ovs.env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
 

@@ -10,13 +10,17 @@ import sys
 import time
 
 import ovs.daemon
+import ovs.dirs
+import ovs.unixctl
 import ovs.util
+import ovs.vlog
 
+import ovsfoot
 from ovsfoot import __version__
 from ovsfoot.events import MAX_BYTES, MAX_SECONDS, Thresholds
 from ovsfoot.sources import NAMES, SourceUnavailable, open_source
 
-log = logging.getLogger("ovsfoot")
+log = logging.getLogger(__name__)
 _DEFAULTS = Thresholds()
 ovs.util.PROGRAM_NAME = "ovsfoot"     # pidfile and ctl socket names for ovs-appctl -t ovsfoot
 
@@ -65,29 +69,189 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                    help="an elephant idle this long has ended (default %(default)s)")
 
 
+def _ssl_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("SSL, for every ssl: remote (as OVS and OVN daemons take it)")
+    g.add_argument("-p", "--private-key", metavar="FILE", help="SSL private key")
+    g.add_argument("-c", "--certificate", metavar="FILE",
+                   help="SSL certificate (for an agent, its CN is the chassis name)")
+    g.add_argument("-C", "--ca-cert", metavar="FILE", help="SSL CA certificate")
+    g.add_argument("--bootstrap-ca-cert", metavar="FILE",
+                   help="SSL CA certificate, fetched from the first server and saved "
+                        "here if FILE does not exist (trust on first use)")
+
+
 def _cluster_args(p: argparse.ArgumentParser, what: str, required: bool = False) -> None:
     g = p.add_argument_group("cluster database")
     g.add_argument("--cluster-db", metavar="REMOTE[,REMOTE...]", required=required,
                    help=f"ovsfoot's cluster database to {what}; e.g. "
                         "ssl:10.0.0.11:6647,ssl:10.0.0.12:6647")
-    g.add_argument("-p", "--private-key", metavar="FILE", help="SSL private key")
-    g.add_argument("-c", "--certificate", metavar="FILE",
-                   help="SSL certificate (for an agent, its CN is the chassis name)")
-    g.add_argument("-C", "--ca-cert", metavar="FILE", help="SSL CA certificate")
+    _ssl_args(p)
+
+
+# -- logging: ovs.vlog, as every OVS daemon --------------------------------------
+# ovsfoot's modules log with the standard library (logging.getLogger(__name__));
+# VlogHandler hands each record to the ovs.vlog module named after the logger
+# without "ovsfoot." (ovsfoot.agent: "agent", ovsfoot.scheduler.server:
+# "scheduler.server"; anything else: "ovsfoot"), so that -v/--verbose and
+# vlog/set|list|reopen treat them as python-ovs's own (idl, jsonrpc, reconnect...).
+VLOG_DEFAULTS = {"console": "warn", "syslog": "err", "file": "info"}
+_OVS_VLOG_USERS = ("ovs.daemon", "ovs.db.idl", "ovs.fatal_signal", "ovs.jsonrpc",
+                   "ovs.poller", "ovs.reconnect", "ovs.socket_util", "ovs.stream",
+                   "ovs.unixctl.client", "ovs.unixctl.server")
+_OVS_LEVELS = ((logging.CRITICAL, "emer"), (logging.ERROR, "err"),
+               (logging.WARNING, "warn"), (logging.INFO, "info"), (0, "dbg"))
+
+
+def vlog_modules() -> list[str]:
+    """ovs.vlog module names of ovsfoot's modules (from the package's files)."""
+    top = os.path.dirname(ovsfoot.__file__)
+    names = {"ovsfoot"}
+    for path, dirs, files in os.walk(top):
+        dirs[:] = sorted(d for d in dirs if os.path.exists(os.path.join(path, d, "__init__.py")))
+        rel = os.path.relpath(path, top)
+        pkg = "" if rel == "." else rel.replace(os.sep, ".")
+        for f in files:
+            if f.endswith(".py") and f != "__main__.py":
+                mod = f[:-3]
+                name = pkg if mod == "__init__" else f"{pkg}.{mod}" if pkg else mod
+                names.add((name or "ovsfoot").lower())
+    return sorted(names)
+
+
+class VlogHandler(logging.Handler):
+    """Forwards standard-library log records to ovs.vlog, one Vlog per ovsfoot module
+    (made before Vlog.init, as python-ovs requires), with OVS's level names."""
+
+    def __init__(self, modules: list[str]):
+        super().__init__(logging.DEBUG)
+        self.vlogs = {m: ovs.vlog.Vlog(m) for m in modules}
+        self._module: dict[str, str] = {}
+        self.log_file: str | None = None
+
+    def module(self, logger: str) -> str:
+        m = self._module.get(logger)
+        if m is None:
+            name = logger.lower()
+            m = "ovsfoot"
+            if name.startswith("ovsfoot."):
+                parts = name[len("ovsfoot."):].split(".")
+                for n in range(len(parts), 0, -1):
+                    if ".".join(parts[:n]) in self.vlogs:
+                        m = ".".join(parts[:n])
+                        break
+            self._module[logger] = m
+        return m
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name in ovs.vlog.DESTINATIONS:   # vlog's own loggers: never back in
+            return
+        try:
+            msg = record.getMessage()
+            if record.exc_info:
+                msg += "\n" + logging.Formatter().formatException(record.exc_info)
+            level = next(name for at, name in _OVS_LEVELS if record.levelno >= at)
+            getattr(self.vlogs[self.module(record.name)], level)(msg)
+        except Exception:
+            self.handleError(record)
+
+    def sync_levels(self) -> None:
+        """Sets each ovsfoot logger's level to the lowest its Vlog module logs at in a
+        destination that writes somewhere, so that what nobody logs costs nothing."""
+        levels = ovs.vlog.Vlog._Vlog__mfl     # module: destination: level name
+        dests = ["console"] + (["file"] if self.log_file else []) + \
+            ([] if logging.getLogger("syslog").disabled else ["syslog"])
+        for m in self.vlogs:
+            lvl = min(ovs.vlog.LEVELS.get(levels[m][d], logging.CRITICAL) for d in dests)
+            logging.getLogger("ovsfoot" if m == "ovsfoot" else f"ovsfoot.{m}").setLevel(lvl)
+            if m == "ovsfoot":
+                logging.getLogger().setLevel(lvl)
+
+    # unixctl, registered before Vlog.init registers python-ovs's own
+    def unixctl_set(self, conn, argv, _aux) -> None:
+        for arg in argv:
+            msg = ovs.vlog.Vlog.set_levels_from_string(arg)
+            if msg:
+                conn.reply_error(msg)
+                return
+        self.sync_levels()
+        conn.reply(None)
+
+    def unixctl_reopen(self, conn, _argv, _aux) -> None:
+        if not self.log_file:
+            conn.reply("Logging to file not configured")
+            return
+        old = ovs.vlog.Vlog._Vlog__file_handler
+        try:
+            ovs.vlog.Vlog.reopen_log_file()
+        except OSError as e:
+            logging.getLogger("file").addHandler(old)   # keep writing where it did
+            conn.reply_error(f"cannot reopen {self.log_file}: {e.strerror or e}")
+            return
+        if old is not None:
+            old.close()
+        log.info("log file %s reopened", self.log_file)
+        conn.reply(None)
+
+
+_vlog: VlogHandler | None = None
+
+
+def _vlog_args(p: argparse.ArgumentParser) -> None:
+    """As OVS daemons take them (python-ovs's add_args, but -v accumulates)."""
+    g = p.add_argument_group("logging (ovs.vlog)")
+    g.add_argument("--log-file", nargs="?", const="default", metavar="FILE",
+                   help="log to FILE (without FILE: $OVS_LOGDIR/ovsfoot.log for the agent, "
+                        "ovsfoot-COMMAND.log otherwise); vlog/reopen reopens it")
+    g.add_argument("-v", "--verbose", action="append", nargs="?", const="dbg",
+                   metavar="module[:dest[:level]]",
+                   help="log levels, as ovs-vswitchd(8): -v alone is -vdbg (all modules, "
+                        "all destinations); e.g. -vagent:file:dbg, -vconsole:off. "
+                        f"Destinations console, syslog, file (defaults "
+                        f"{', '.join(f'{d}:{lv}' for d, lv in VLOG_DEFAULTS.items())}); "
+                        "modules: see ovs-appctl -t ovsfoot vlog/list")
 
 
 def _logging(args) -> None:
-    level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
-    fmt = logging.Formatter("%(asctime)s|%(name)s|%(levelname)s|%(message)s")
-    handlers = [logging.StreamHandler(sys.stderr)]
-    if args.log_file:
-        handlers.append(logging.FileHandler(args.log_file))
-        level = min(level, logging.INFO)
-    root = logging.getLogger()
-    root.setLevel(level)
-    for h in handlers:
-        h.setFormatter(fmt)
-        root.addHandler(h)
+    """--log-file[=FILE] and -v/--verbose[=module[:dest[:level]]] through ovs.vlog."""
+    global _vlog
+    verbose = args.verbose if isinstance(getattr(args, "verbose", None), list) else None
+    log_file = getattr(args, "log_file", None)
+    if log_file == "default":
+        name = {"agent": "ovsfoot"}.get(args.command, f"ovsfoot-{args.command}")
+        log_file = os.path.join(ovs.dirs.LOGDIR, f"{name}.log")
+    if log_file:
+        log_file = os.path.abspath(log_file)        # --detach changes directory
+    if _vlog is None:
+        import importlib
+        for m in _OVS_VLOG_USERS:       # each makes its Vlog on import: before init
+            importlib.import_module(m)
+        _vlog = VlogHandler(vlog_modules())
+        for dest, level in VLOG_DEFAULTS.items():
+            ovs.vlog.Vlog.set_level("any", dest, level)
+        for spec in verbose or []:
+            msg = ovs.vlog.Vlog.set_levels_from_string(spec)
+            if msg:
+                raise SystemExit(f"ovsfoot: -v {spec}: {msg}")
+        ovs.unixctl.command_register("vlog/set", "spec", 1, sys.maxsize,
+                                     _vlog.unixctl_set, None)
+        ovs.unixctl.command_register("vlog/reopen", "", 0, 0, _vlog.unixctl_reopen, None)
+        problem = None
+        if log_file:
+            try:
+                open(log_file, "a").close()
+            except OSError as e:
+                problem = f"cannot open --log-file {log_file}: {e.strerror}"
+        _vlog.log_file = None if problem else log_file
+        ovs.vlog.Vlog.init(_vlog.log_file)
+        for dest in ovs.vlog.DESTINATIONS:
+            logger = logging.getLogger(dest)
+            logger.propagate = False
+            if not logger.handlers:
+                logger.addHandler(logging.NullHandler())
+        logging.getLogger().addHandler(_vlog)
+        _vlog.sync_levels()
+        if problem:
+            log.warning("%s: logging to the console only", problem)
 
 
 def _open(args, thresholds: Thresholds):
@@ -191,18 +355,17 @@ def parser() -> argparse.ArgumentParser:
                         "this often, so that readers tell a dead agent from a quiet node "
                         "(default %(default)s s)")
     a.add_argument("--unixctl", help="control socket (default: $OVS_RUNDIR/ovsfoot.PID.ctl)")
-    a.add_argument("--log-file", help="also log to this file")
-    a.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     _source_args(a)
+    _vlog_args(a)
     ovs.daemon.add_args(a)
     a.set_defaults(func=cmd_agent)
 
     r = sub.add_parser("record", help="record a live source's events for replay")
     r.add_argument("-o", "--output", required=True, help="msgpack file to write")
     r.add_argument("--duration", type=_positive(float), default=10.0, help="seconds (default 10)")
-    r.add_argument("-v", "--verbose", action="count", default=0)
-    r.set_defaults(func=cmd_record, log_file=None)
+    r.set_defaults(func=cmd_record)
     _source_args(r)
+    _vlog_args(r)
 
     x = sub.add_parser("scheduler-extender", help="kube-scheduler extender over the "
                        "footprints the agents publish in the cluster database")
@@ -221,8 +384,7 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--assume-seconds", type=_positive(float), default=60.0,
                    help="a heavy pod ranked best on a node counts there until its agent "
                         "reports it, or this long (default %(default)s; 0: off)")
-    x.add_argument("--log-file", help="also log to this file")
-    x.add_argument("-v", "--verbose", action="count", default=0)
+    _vlog_args(x)
     x.set_defaults(func=cmd_scheduler_extender)
 
     from ovsfoot import clusterdb
@@ -236,7 +398,8 @@ def main(argv=None) -> int:
     try:
         if hasattr(args, "ca_cert"):
             from ovsfoot.ovsdb import configure_ssl
-            configure_ssl(args.private_key, args.certificate, args.ca_cert)
+            configure_ssl(args.private_key, args.certificate, args.ca_cert,
+                          args.bootstrap_ca_cert)
         return args.func(args)
     except (SourceUnavailable, ValueError, OSError) as e:
         log.error("%s", e)
