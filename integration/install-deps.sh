@@ -6,7 +6,8 @@ set -e
 PKGS="openvswitch-switch openvswitch-common ovn-central ovn-host ovn-common python3-venv
 python3-pip python3-bpfcc bpfcc-tools bpftool iperf3 sockperf iputils-ping conntrack
 nftables iproute2 ethtool tcpdump procps psmisc kmod qemu-system-x86
-containernetworking-plugins busybox-static vagrant vagrant-libvirt shellcheck systemd"
+containernetworking-plugins busybox-static vagrant vagrant-libvirt shellcheck systemd
+prometheus logrotate"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -16,4 +17,8 @@ if [ -n "$missing" ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $missing
+  # the tests run their own prometheus: the package's system service is not wanted
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
