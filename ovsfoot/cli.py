@@ -1,4 +1,4 @@
-"""Command line: `ovsfoot agent`, `ovsfoot record`, `ovsfoot scheduler-extender`, `ovsfoot cluster-db`."""
+"""Command line: `ovsfoot agent|record|scheduler-extender|cluster-db`."""
 
 from __future__ import annotations
 
@@ -263,12 +263,11 @@ def _open(args, thresholds: Thresholds):
 
 
 def cmd_agent(args) -> int:
+    from ovsfoot import support
     from ovsfoot.agent import Agent, Config
     from ovsfoot.control.unixctl import Control
-
     from ovsfoot.learning import StateFile
 
-    from ovsfoot import support
     support.check(args.source)  # before detaching: too old is exit 1, untested a warning
     thresholds = Thresholds(args.elephant_bytes, args.elephant_seconds, args.idle_seconds)
     thresholds.validate()
@@ -285,17 +284,21 @@ def cmd_agent(args) -> int:
                  heavy_at=args.heavy_at, half_life=args.half_life,
                  cluster_db=args.cluster_db, heartbeat=args.heartbeat)
     agent = Agent(cfg, source)
-    control = Control(agent, args.unixctl)
+    extra = [Control(agent, args.unixctl)]
+    if args.metrics:
+        from ovsfoot.control.metrics import serve_agent
+        extra.append(serve_agent(agent, args.metrics))
     ovs.daemon.daemonize_complete()
     log.info("ovsfoot %s agent running on %s, bridge %s", __version__, agent.db.remote,
              args.bridge)
     try:
-        agent.loop(extra=[control])
+        agent.loop(extra=extra)
     except KeyboardInterrupt:
         pass
     finally:
         agent.shutdown()
-        control.close()
+        for x in extra:
+            x.close()
     return 0
 
 
@@ -355,6 +358,8 @@ def parser() -> argparse.ArgumentParser:
                         "this often, so that readers tell a dead agent from a quiet node "
                         "(default %(default)s s)")
     a.add_argument("--unixctl", help="control socket (default: $OVS_RUNDIR/ovsfoot.PID.ctl)")
+    a.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)")
     _source_args(a)
     _vlog_args(a)
     ovs.daemon.add_args(a)
@@ -384,6 +389,12 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--assume-seconds", type=_positive(float), default=60.0,
                    help="a heavy pod ranked best on a node counts there until its agent "
                         "reports it, or this long (default %(default)s; 0: off)")
+    t = x.add_argument_group("HTTPS")
+    t.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    t.add_argument("--tls-key", metavar="FILE",
+                   help="the certificate's private key (default: in --tls-cert's file)")
+    t.add_argument("--client-ca", metavar="FILE", help="mutual TLS: serve only clients "
+                   "whose certificate this CA signed (kube-scheduler's tlsConfig.certFile)")
     _vlog_args(x)
     x.set_defaults(func=cmd_scheduler_extender)
 

@@ -156,7 +156,7 @@ def test_a_dead_agent_reads_as_unknown_and_its_restart_replaces_its_keys(cluster
         [sys.executable, "-m", "ovsfoot", "scheduler-extender", "--listen=127.0.0.1:0",
          f"--cluster-db={db.remote}", f"--private-key={ext_key}", f"--certificate={ext_cert}",
          f"--ca-cert={ca}", "--node-key=name", "--stale-seconds=3",
-         f"--log-file={tmp_path}/extender.log", "-v"],
+         f"--log-file={tmp_path}/extender.log"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     url = ext.stdout.readline().split()[-1]
     node = chassis_name(a)

@@ -82,7 +82,7 @@ class Extender:
     def __init__(self, db: ClusterDb, *args: str):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ovsfoot", "scheduler-extender", "--listen=127.0.0.1:0",
-             f"--cluster-db={db.remote}", "-v", f"--log-file={db.dir}/extender{len(args)}.log",
+             f"--cluster-db={db.remote}", f"--log-file={db.dir}/extender{len(args)}.log",
              *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         assert "listening on http://127.0.0.1:" in line, line
@@ -90,8 +90,14 @@ class Extender:
         wait_for(lambda: self.get("/healthz")["synced"], what="extender synced with the DB")
 
     def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=10) as r:
-            return json.loads(r.read())
+        """The JSON answer, also of a 503 (/healthz before the view is synced)."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            if e.code != 503:
+                raise
+            return json.loads(e.read())
 
     def post(self, verb: str, body) -> tuple[int, object]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import ssl
 import subprocess
 import sys
@@ -27,70 +26,11 @@ import pytest
 
 from conftest import THRESHOLDS
 from integration.agentproc import AgentProcess
-from integration.programs import PACKAGES, MissingProgram, require
+from integration.programs import require
 from integration.sandbox import Daemons, free_port, sh, wait_for
 from ovsfoot.contract import cluster_schema_path
 
-# Until cli.py has `agent --metrics` and `scheduler-extender --tls-cert/--tls-key/
-# --client-ca`, this wires them the way cli.py will (ovsfoot.control.metrics.serve_agent
-# as a loop extra; the three options as attributes of the parsed arguments); once it
-# has them, it is exactly `python -m ovsfoot` (see has()).
-WRAPPER = r"""
-import sys
-from ovsfoot import cli
-
-def has(command, option):
-    sub = next(a for a in cli.parser()._actions if a.dest == "command")
-    return option in sub.choices[command]._option_string_actions
-
-argv = sys.argv[1:]
-if argv[0] == "agent" and not has("agent", "--metrics"):
-    addr = [a.split("=", 1)[1] for a in argv if a.startswith("--metrics=")]
-    argv = [a for a in argv if not a.startswith("--metrics=")]
-    if addr:
-        from ovsfoot.agent import Agent
-        from ovsfoot.control import metrics
-        loop = Agent.loop
-
-        def with_metrics(self, extra=()):
-            m = metrics.serve_agent(self, addr[0])
-            try:
-                loop(self, extra=[*extra, m])
-            finally:
-                m.close()
-        Agent.loop = with_metrics
-if argv[0] == "scheduler-extender" and not has("scheduler-extender", "--tls-cert"):
-    from ovsfoot.scheduler import server
-    tls, rest = {}, []
-    for a in argv:
-        k, _, v = a.partition("=")
-        if k in ("--tls-cert", "--tls-key", "--client-ca"):
-            tls[k[2:].replace("-", "_")] = v
-        else:
-            rest.append(a)
-    argv, serve = rest, server.serve
-
-    def serve_tls(args):
-        for k, v in tls.items():
-            setattr(args, k, v)
-        return serve(args)
-    server.serve = serve_tls
-sys.exit(cli.main(argv))
-"""
-OVSFOOT = [sys.executable, "-c", WRAPPER]     # then: [sys.executable, "-m", "ovsfoot"]
-
-# programs these tests run that integration/programs.py does not list yet, and their
-# Debian packages (to move there; then need() is require())
-NOT_LISTED = {"prometheus": "prometheus", "curl": "curl", "ovsdb-client": "openvswitch-common"}
-
-
-def need(*programs: str) -> None:
-    require(*[p for p in programs if p in PACKAGES])
-    gone = [p for p in programs if p not in PACKAGES and not shutil.which(p)]
-    if gone:
-        raise MissingProgram("ovsfoot: not found: " + ", ".join(
-            f"{p!r} (Debian package {NOT_LISTED[p]})" for p in gone))
-
+OVSFOOT = [sys.executable, "-m", "ovsfoot"]
 
 # -- the PKI ------------------------------------------------------------------
 def _openssl(d: Path, *args: str) -> None:
@@ -121,7 +61,7 @@ def _sign(d: Path, name: str, ca: str, ext: str) -> None:
 def pki(tmp_path_factory) -> Path:
     """ca: signs `server` (127.0.0.1, localhost) and `client`; `rogue` is a client
     certificate with the same subject from `rogue-ca`."""
-    need("openssl", "curl")
+    require("openssl", "curl")
     d = tmp_path_factory.mktemp("pki")
     _ca(d, "ca")
     _ca(d, "rogue-ca")
@@ -177,7 +117,7 @@ class ClusterDb(Daemons):
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
-    need("ovsdb-tool", "ovsdb-server", "ovsdb-client")
+    require("ovsdb-tool", "ovsdb-server", "ovsdb-client")
     d = ClusterDb(tmp_path_factory.mktemp("clusterdb"))
     yield d
     d.stop_all()
@@ -310,7 +250,7 @@ class Prometheus:
     """Debian's prometheus with its own config and storage, on 127.0.0.1."""
 
     def __init__(self, workdir: Path, scrape_configs: list[dict]):
-        need("prometheus")
+        require("prometheus")
         self.dir = workdir
         self.port = free_port()
         config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s",
@@ -376,19 +316,6 @@ class Prometheus:
         self.log.close()
 
 
-class MetricsAgent(AgentProcess):
-    """AgentProcess, its `python -m ovsfoot` replaced by OVSFOOT (the --metrics wiring)."""
-
-    def spawn(self) -> None:
-        popen = subprocess.Popen
-
-        def wrapped(cmd, **kw):
-            assert cmd[1:3] == ["-m", "ovsfoot"], cmd
-            return popen([*OVSFOOT, *cmd[3:]], **kw)
-        with mock.patch.object(subprocess, "Popen", wrapped):
-            super().spawn()
-
-
 def test_prometheus_scrapes_the_agent_and_the_extender(node, db, pki, tmp_path):
     """The agent (ctnetlink, publishing into the cluster database) and the extender over
     mutual TLS, scraped by prometheus every second while an iperf3 elephant runs p1 ->
@@ -396,7 +323,7 @@ def test_prometheus_scrapes_the_agent_and_the_extender(node, db, pki, tmp_path):
     series are read back from prometheus' HTTP API."""
     metrics_port = free_port()
     node.flush_conntrack()
-    agent = MetricsAgent(node.ovs, "--source=ctnetlink", f"--netns={node.kp.netns}",
+    agent = AgentProcess(node.ovs, "--source=ctnetlink", f"--netns={node.kp.netns}",
                          "--interval=0.2", *THRESHOLDS, f"--cluster-db={db.remote}",
                          "--heartbeat=1", f"--metrics=127.0.0.1:{metrics_port}",
                          state=tmp_path / "state").start()
