@@ -16,10 +16,12 @@ import argparse
 import json
 import logging
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from integration.lab_scenario import PKI_NAMES, PROVISION
 from integration.vm import ensure_kernel, progress, run_in_vm
 
 VM_TIMEOUT = 1800
@@ -28,6 +30,11 @@ VM_TIMEOUT = 1800
 def run(workdir: Path) -> tuple[dict | None, str]:
     """Runs the scenario in the VM; returns its report (None if there is none) and output."""
     kernel = ensure_kernel()
+    # The cluster database's keys, made here: in the VM, under emulation, they take a minute.
+    pki = subprocess.run(["bash", str(PROVISION / "pki.sh"), "--dir", str(workdir / "pki"),
+                          *PKI_NAMES], capture_output=True, text=True, timeout=120)
+    if pki.returncode:
+        return None, f"provision/pki.sh failed:\n{pki.stdout}{pki.stderr}"
     cmd = f"{sys.executable} -m integration.lab_scenario {workdir}"
     # the scenario's `-m integration...` from the source tree: the package is not installed
     result = run_in_vm(cmd, workdir, VM_TIMEOUT, kernel=kernel,

@@ -47,6 +47,7 @@ CLUSTER_DB = {"central-db1": f"{UNDERLAY}.21", "central-db2": f"{UNDERLAY}.22",
               "central-db3": f"{UNDERLAY}.23"}
 CLUSTER_PORT, RAFT_PORT = 6647, 6648
 EXTENDER = "scheduler-extender"        # the extender's certificate (it only reads)
+PKI_NAMES = (*CLUSTER_DB, *CHASSIS, EXTENDER)
 OVSFOOT = Path(sys.executable).with_name("ovsfoot")
 # pod -> (chassis, logical port, role in the scenario)
 PODS = {
@@ -68,6 +69,9 @@ SEED_P99_MS = {"alone": 0.28, "beside the elephant": 14.04}
 BOTTLENECK = ["tbf", "rate", "40mbit", "burst", "16kb", "latency", "100ms"]   # a FIFO
 THRESHOLDS = ["--elephant-bytes=10000000", "--elephant-seconds=1", "--idle-seconds=2",
               "--interval=1"]
+# The elephant phase's elephant: long enough to be seen published while it runs
+# when the host is busy and everything in the VM is emulated.
+ELEPHANT_S = 20
 # What the OVN cost counters count (integration/ovncost.py), per daemon.
 COST_COUNTERS = {
     "ovn-controller": "recomputes of its flow engine nodes (runtime_data, logical_flow_output, "
@@ -107,7 +111,9 @@ class Lab:
         self.rundir = run_dir       # the VM's own: unix sockets cannot live on 9p
         self.report = Report()
         self.central = self.rundir / "central"
-        self.pki = self.rundir / "pki"
+        # Made on the host before the VM boots (integration/lab.py), as the Vagrant lab
+        # makes its keys on its host: RSA keys take long under emulation.
+        self.pki = self.work / "pki"
         # ovsfoot's cluster database, for the agents and the scheduler extender
         self.cluster_db = ",".join(f"ssl:{ip}:{CLUSTER_PORT}" for ip in CLUSTER_DB.values())
         self.chassis: dict[str, Ovs] = {}
@@ -140,7 +146,7 @@ class Lab:
         central = self.central
         self.provision(("underlay.sh", "--rundir", str(central), "--netns", "central",
                         "--link", UNDERLAY_LINK, f"{CENTRAL_IP}/24"),
-                       ("pki.sh", "--dir", str(self.pki), *CLUSTER_DB, *CHASSIS, EXTENDER))
+                       ("pki.sh", "--dir", str(self.pki), *PKI_NAMES))
         self.provision(("central.sh", "--rundir", str(central), "--netns", "central",
                         CENTRAL_IP))
         # The VM itself is the management host on the underlay (the agents and the
@@ -352,11 +358,11 @@ class Lab:
     def elephant_phase(self) -> None:
         r = self.report
         mon = {hv: self.monitor(hv) for hv in self.chassis}
-        _, mice = self.mice(14)
+        _, mice = self.mice(ELEPHANT_S + 6)
         started = time.time()
-        client = self.iperf(10, 5201)
+        client = self.iperf(ELEPHANT_S, 5201)
         r.event("elephant started", src="pod1@hv1", dst="pod3@hv2",
-                flow="iperf3 200 Mbit/s 10 s")
+                flow=f"iperf3 200 Mbit/s {ELEPHANT_S} s")
         r.event("mice started", src="pod2@hv1", dst="pod4@hv2", flow="sockperf ping-pong")
         seen = {}
 
@@ -369,11 +375,20 @@ class Lab:
                                 port=e["port"], workload=e["workload"], role=e["role"],
                                 zone=e["zone"])
             return len(seen) == 2
+
+        def visible():
+            """Do the monitor clients see both elephant ports' keys published?"""
+            return all(any(e["table"] == "Interface" and e["name"] == self.pods[pod]["interface"]
+                           and e["ids"].get("ovsfoot-elephants") == "1"
+                           for e in self.monitor_events(hv))
+                       for hv, pod in (("hv1", "pod1"), ("hv2", "pod3")))
+        # What was published first, as soon as a consumer sees it: asking the agents
+        # (ovs-appctl) is slow while the elephant takes the emulated CPUs.
+        _try_wait(visible, 60)
+        self.snapshot("during")
         ok = _try_wait(detected, 60)
         r.check("elephant detected on both chassis", ok, ",".join(seen))
         rows1 = {hv: self.elephants(hv) for hv in self.chassis}
-        time.sleep(1.0)
-        self.snapshot("during")
         client.wait(60)
         ended = time.time()
         r.event("elephant ended (iperf3 done)", at=ended,
@@ -612,8 +627,8 @@ class Lab:
         """The elephant phase's traffic (elephant and mice), with no agent running."""
         if self.agents:
             raise RuntimeError(f"agents still running on {', '.join(self.agents)}")
-        _, mice = self.mice(14)
-        client = self.iperf(10, 5206)
+        _, mice = self.mice(ELEPHANT_S + 6)
+        client = self.iperf(ELEPHANT_S, 5206)
         r = self.report
         r.event("control: elephant and mice again, no agents", src="pod1@hv1", dst="pod3@hv2")
         client.wait(60)
