@@ -404,77 +404,55 @@ def _worker_main(conn, spec) -> None:
 
 
 # -- the servers ----------------------------------------------------------------
-class Standalone:
-    """One standalone (not clustered) OVSFoot_Cluster server in member 1's namespace
-    and address, with the same SSL files, Connection row and RBAC role."""
+def netns_on_bridge(sb, ns: str, ip: str) -> None:
+    """A network namespace with `ip` on the sandbox's bridge, like the members'."""
+    from integration.sandbox import sh
+    sh("ip", "netns", "add", ns)
+    sh("ip", "-n", ns, "link", "set", "lo", "up")
+    sh("ip", "link", "add", ns, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    sh("ip", "link", "set", ns, "master", sb.bridge, "up")
+    sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+    sh("ip", "-n", ns, "link", "set", "eth0", "up")
 
-    def __init__(self, sb):
-        self.m = sb.members[0]
-        self.dir = sb.workdir / "standalone"
+
+def listening(ns: str, port: int = 6647) -> bool:
+    out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Hltn", "sport", f"= :{port}"],
+                         capture_output=True, text=True).stdout
+    return bool(out.strip())
+
+
+class Server:
+    """An ovsdb-server of the bench in a namespace of its own on the sandbox's
+    bridge, serving the chassis on the Connection rows of OVSFoot_Cluster (pssl:6647,
+    RBAC role ovsfoot-chassis), with the same CA as the members."""
+
+    def __init__(self, sb, name: str, host: int):
+        self.sb, self.name = sb, name
+        self.ns = f"{sb.tag}{name[:4]}"
+        self.ip = f"{sb.subnet}.{host}"
+        self.dir = sb.workdir / name
         self.pidfile = self.dir / "ovsdb-server.pid"
-        self.sb = sb
+        self.admin = f"unix:{self.dir / 'db.sock'}"
 
-    def start(self) -> "Standalone":
-        from integration.sandbox import sh, wait_for
-        from ovsfoot import clusterdb, contract
-        self.dir.mkdir(exist_ok=True)
-        db = self.dir / "standalone.db"
-        sh("ovsdb-tool", "create", str(db), contract.cluster_schema_path())
-        key, cert, ca = self.sb._sign(self.sb.pki, self.m.name)
-        sh("ip", "netns", "exec", self.m.netns, "ovsdb-server", str(db),
-           f"--pidfile={self.pidfile}", f"--log-file={self.dir / 'ovsdb-server.log'}",
-           f"--unixctl={self.dir / 'ovsdb-server.ctl'}", f"--remote=punix:{self.dir / 'db.sock'}",
-           f"--remote=db:{clusterdb.DB_NAME},Cluster_Global,connections",
-           f"--private-key={key}", f"--certificate={cert}", f"--ca-cert={ca}",
-           "--detach", "--no-chdir")
-        clusterdb.bootstrap(f"unix:{self.dir / 'db.sock'}", clusterdb.listen_target(None, True))
-        wait_for(lambda: listening(self.m.netns), timeout=20,
-                 what="the standalone server to listen on 6647")
-        return self
-
-    @property
-    def pid(self) -> int:
-        return int(self.pidfile.read_text())
-
-    def stop(self) -> None:
-        from integration.sandbox import kill_pidfile
-        kill_pidfile(self.pidfile)
-
-
-class WriterRelay:
-    """An ovsdb-server relay for the chassis, the way OVN's relay tutorial puts
-    ovn-controllers behind relays: in a namespace of its own on the sandbox's
-    bridge (.10), listening on the relayed database's Connection rows, so it
-    applies their RBAC role to each chassis (CN of its certificate), and
-    forwarding writes to the members over their admin sockets (no role)."""
-
-    def __init__(self, sb):
-        self.sb = sb
-        self.ns = f"{sb.tag}wr"
-        self.ip = f"{sb.subnet}.10"
-        self.dir = sb.workdir / "wrelay"
-        self.pidfile = self.dir / "ovsdb-server.pid"
-
-    def start(self) -> "WriterRelay":
+    def _start(self, db: str) -> None:
         from integration.sandbox import sh, wait_for
         from ovsfoot import clusterdb
         self.dir.mkdir(exist_ok=True)
-        sh("ip", "netns", "add", self.ns)
-        sh("ip", "-n", self.ns, "link", "set", "lo", "up")
-        sh("ip", "link", "add", self.ns, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
-        sh("ip", "link", "set", self.ns, "master", self.sb.bridge, "up")
-        sh("ip", "-n", self.ns, "addr", "add", f"{self.ip}/24", "dev", "eth0")
-        sh("ip", "-n", self.ns, "link", "set", "eth0", "up")
-        key, cert, ca = self.sb._sign(self.sb.pki, "wrelay")
-        source = ",".join(m.admin for m in self.sb.members)
-        sh("ip", "netns", "exec", self.ns, "ovsdb-server", f"relay:{clusterdb.DB_NAME}:{source}",
+        netns_on_bridge(self.sb, self.ns, self.ip)
+        key, cert, ca = self.sb._sign(self.sb.pki, self.name)
+        sh("ip", "netns", "exec", self.ns, "ovsdb-server", db,
            f"--remote=db:{clusterdb.DB_NAME},Cluster_Global,connections",
            f"--remote=punix:{self.dir / 'db.sock'}", f"--unixctl={self.dir / 'ovsdb-server.ctl'}",
            f"--pidfile={self.pidfile}", f"--log-file={self.dir / 'ovsdb-server.log'}",
            f"--private-key={key}", f"--certificate={cert}", f"--ca-cert={ca}",
            "--detach", "--no-chdir")
-        wait_for(lambda: listening(self.ns), timeout=20, what="the chassis relay to listen")
-        return self
+        if not db.startswith("relay:"):
+            clusterdb.bootstrap(self.admin, clusterdb.listen_target(None, True))
+        wait_for(lambda: listening(self.ns), timeout=20, what=f"{self.name} to listen on 6647")
+
+    @property
+    def remote(self) -> str:
+        return f"{self.ip}:6647"
 
     @property
     def pid(self) -> int:
@@ -486,10 +464,36 @@ class WriterRelay:
         sh("ip", "netns", "del", self.ns, check=False)
 
 
-def listening(ns: str, port: int = 6647) -> bool:
-    out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Hltn", "sport", f"= :{port}"],
-                         capture_output=True, text=True).stdout
-    return bool(out.strip())
+class Standalone(Server):
+    """The baseline: one standalone (not clustered) OVSFoot_Cluster server, with the
+    same SSL files, Connection row and RBAC role as the cluster (host .11)."""
+
+    def __init__(self, sb):
+        super().__init__(sb, "standalone", 11)
+
+    def start(self) -> "Standalone":
+        from integration.sandbox import sh
+        from ovsfoot import contract
+        db = self.sb.workdir / "standalone.db"
+        sh("ovsdb-tool", "create", str(db), contract.cluster_schema_path())
+        self._start(str(db))
+        return self
+
+
+class WriterRelay(Server):
+    """An ovsdb-server relay for the chassis, the way OVN's relay tutorial puts
+    ovn-controllers behind relays (host .10): it listens on the relayed
+    database's Connection rows, so it applies their RBAC role to each chassis
+    (CN of its certificate), and forwards writes to the members over their admin
+    sockets (no role)."""
+
+    def __init__(self, sb):
+        super().__init__(sb, "wrelay", 10)
+
+    def start(self) -> "WriterRelay":
+        from ovsfoot import clusterdb
+        self._start(f"relay:{clusterdb.DB_NAME}:" + ",".join(m.admin for m in self.sb.members))
+        return self
 
 
 class Extender:
@@ -678,10 +682,9 @@ def measure(label: str, members: list[str], creds: dict, servers: dict[str, int]
     n_changes = sum(1 for c in chassis.values() for _, t, _ in c["changes"] if t0 <= t < t_end)
     lag = [x * 1000 for r in results for x in r["lag"]]
     # per chassis: peak transactions in any 10 s window, smallest gap between two
-    peak, min_gap, rates = 0.0, float("inf"), []
+    peak, min_gap = 0.0, float("inf")
     for c in chassis.values():
         st = [t for t in c["starts"] if t0 <= t < t_end]
-        rates.append(len(st) / window)
         for a, b in zip(st, st[1:]):
             min_gap = min(min_gap, b - a)
         for k, t in enumerate(st):
@@ -693,13 +696,10 @@ def measure(label: str, members: list[str], creds: dict, servers: dict[str, int]
             chg_peak = max(chg_peak, (bisect.bisect_left(ct, t + 10.0) - k) / 10.0)
     fresh = {e.name: freshness(chassis, e.obs, t0, t_end) for e in exts}
     cpu = {n: cpu1[n] - cpu0[n] for n in pids}
-    out = {
-        "label": label, "chassis": len(chassis), "feed_s": feed_s, "window_s": round(window, 2),
-        "connect_s": round(t_conn, 1),
-        "changes": n_changes, "committed": committed,
-        "tx_per_s": committed / window, "changes_per_s": n_changes / feed_s,
-        "feed_lag_ms": {"p50": _p(lag, 50), "p99": _p(lag, 99), "max": _p(lag, 100)},
-        "host_busy": round(1 - (idle1 - idle0) / max(1, total1 - total0), 3),
+    return {
+        "label": label, "chassis": len(chassis), "feed_s": feed_s, "window_s": window,
+        "connect_s": [round(t_conn, 1)], "changes": n_changes, "committed": committed,
+        "lag_ms": lag, "idle": idle1 - idle0, "jiffies": total1 - total0,
         "commit_ms": [x * 1000 for x in lat],
         "refused": sum(c["refused"] for c in chassis.values()),
         "failures": sum(c["failures"] for c in chassis.values()),
@@ -707,20 +707,40 @@ def measure(label: str, members: list[str], creds: dict, servers: dict[str, int]
         "repeats": sum(c["repeats"] for c in chassis.values()),
         "left_pending": sum(c["pending"] for c in chassis.values()),
         "chassis_peak_tx_per_s": peak, "chassis_min_gap_s": min_gap,
-        "chassis_mean_tx_per_s": sum(rates) / len(rates),
         "chassis_peak_changes_per_s": chg_peak,
         "fresh": {n: {"ms": [x * 1000 for x in f["samples"]], "missing": f["missing"],
                       "ambiguous": f["ambiguous"]} for n, f in fresh.items()},
         "answer_ms": {e.name: [x * 1000 for x in e.answer_s] for e in exts},
         "probe_failures": {e.name: e.failed for e in exts},
-        "cpu_s": {n: round(v, 2) for n, v in cpu.items()},
-        "leader": leader, "leader_cpu_s": cpu[leader],
-        "leader_cpu_ms_per_tx": 1000 * cpu[leader] / committed if committed else None,
-        "workers_cpu_s": round(sum(r["cpu_s"] for r in results), 2),
+        "cpu_s": cpu, "leader": [leader], "leader_cpu_s": cpu[leader],
+        "workers_cpu_s": sum(r["cpu_s"] for r in results),
         "workers_wakeups": sum(r["wakeups"] for r in results),
-        "chassis_rx_bytes_per_s": sum(r["rx_bytes"] for r in results) / len(chassis) / window,
+        "rx_bytes": sum(r["rx_bytes"] for r in results),
         "extender_health": health,
     }
+
+
+def combine(parts: list[dict]) -> dict:
+    """One leg from its alternated parts: counts and CPU add up, samples pool."""
+    out = dict(parts[0])
+    for m in parts[1:]:
+        for k, v in m.items():
+            if k in ("label", "chassis", "extender_health"):
+                continue
+            if k == "chassis_min_gap_s":
+                out[k] = min(out[k], v)
+            elif k in ("chassis_peak_tx_per_s", "chassis_peak_changes_per_s"):
+                out[k] = max(out[k], v)
+            elif k in ("fresh",):
+                out[k] = {n: {"ms": out[k][n]["ms"] + f["ms"],
+                              "missing": out[k][n]["missing"] + f["missing"],
+                              "ambiguous": out[k][n]["ambiguous"] + f["ambiguous"]}
+                          for n, f in v.items()}
+            elif isinstance(v, dict):
+                out[k] = {n: out[k][n] + x for n, x in v.items()}
+            else:
+                out[k] = out[k] + v
+    out["parts"] = len(parts)
     return out
 
 
@@ -736,23 +756,38 @@ def _p(xs, q):
 
 
 def summary(m: dict) -> dict:
-    """What goes into results.json's detail: no raw lists."""
-    s = {k: v for k, v in m.items() if k not in ("commit_ms", "fresh", "answer_ms")}
-    s["commit_ms"] = {"n": len(m["commit_ms"]), "p50": _p(m["commit_ms"], 50),
+    """A leg's figures for results.json's detail: rates and percentiles, no raw lists."""
+    skip = ("commit_ms", "fresh", "answer_ms", "lag_ms", "idle", "jiffies", "rx_bytes")
+    s = {k: v for k, v in m.items() if k not in skip}
+    w = m["window_s"]
+    s.update({
+        "window_s": round(w, 1),
+        # both over the feed's time: the drain commits what the feed handed over
+        "tx_per_s": round(m["committed"] / m["feed_s"], 2),
+        "changes_per_s": round(m["changes"] / m["feed_s"], 2),
+        "chassis_mean_tx_per_s": round(m["committed"] / m["chassis"] / m["feed_s"], 3),
+        "chassis_rx_bytes_per_s": round(m["rx_bytes"] / m["chassis"] / w, 1),
+        "leader_cpu_ms_per_tx": (round(1000 * m["leader_cpu_s"] / m["committed"], 3)
+                                 if m["committed"] else None),
+        "host_busy": round(1 - m["idle"] / max(1, m["jiffies"]), 3),
+        "feed_lag_ms": {"p50": _p(m["lag_ms"], 50), "p99": _p(m["lag_ms"], 99),
+                        "max": _p(m["lag_ms"], 100)},
+        "cpu_s": {n: round(v, 2) for n, v in m["cpu_s"].items()},
+        "leader_cpu_s": round(m["leader_cpu_s"], 2),
+        "workers_cpu_s": round(m["workers_cpu_s"], 2),
+        "chassis_peak_tx_per_s": round(m["chassis_peak_tx_per_s"], 2),
+        "chassis_min_gap_s": round(m["chassis_min_gap_s"], 3),
+        "commit_ms": {"n": len(m["commit_ms"]), "p50": _p(m["commit_ms"], 50),
                       "p90": _p(m["commit_ms"], 90), "p99": _p(m["commit_ms"], 99),
-                      "max": _p(m["commit_ms"], 100)}
-    s["fresh_ms"] = {n: {"n": len(f["ms"]), "missing": f["missing"],
+                      "max": _p(m["commit_ms"], 100)},
+        "fresh_ms": {n: {"n": len(f["ms"]), "missing": f["missing"],
                          "ambiguous": f["ambiguous"], "p50": _p(f["ms"], 50),
                          "p90": _p(f["ms"], 90), "p99": fresh_p99(f),
                          "p99_reflected": _p(f["ms"], 99), "max": _p(f["ms"], 100)}
-                     for n, f in m["fresh"].items()}
-    s["answer_ms"] = {n: {"n": len(a), "p50": _p(a, 50), "p99": _p(a, 99)}
-                      for n, a in m["answer_ms"].items()}
-    for k in ("tx_per_s", "changes_per_s", "chassis_peak_tx_per_s", "chassis_min_gap_s",
-              "chassis_mean_tx_per_s", "chassis_peak_changes_per_s", "leader_cpu_s",
-              "leader_cpu_ms_per_tx", "chassis_rx_bytes_per_s"):
-        if isinstance(s.get(k), float):
-            s[k] = round(s[k], 3)
+                     for n, f in m["fresh"].items()},
+        "answer_ms": {n: {"n": len(a), "p50": _p(a, 50), "p99": _p(a, 99)}
+                      for n, a in m["answer_ms"].items()},
+    })
     return s
 
 
@@ -870,89 +905,88 @@ def seed(admin: str) -> None:
         raise RuntimeError(f"seeding the Chassis rows failed: {bad[:2]}")
 
 
-def clear(sb) -> None:
-    """Deletes what the previous leg's chassis wrote (on the leader's admin socket)."""
-    sb.transact(None, [{"op": "delete", "table": "Chassis", "where": []},
-                       {"op": "delete", "table": "Workload_Class", "where": []}])
-
-
-def raft_leg(sb, label, members, creds, servers, extenders, feed_s, work, log, trim=False):
-    li = sb.leader()
-    seed(sb.members[li].admin)
-    before = leader_term(sb, li)
-    m = measure(label, members, creds, servers, sb.members[li].name, extenders, feed_s, 1,
-                work, log, trim)
-    li2 = sb.leader()
-    m["leader_before"] = before
-    m["leader_after"] = leader_term(sb, li2) if li2 is not None else None
-    return m
+def clear(admin: str) -> None:
+    """Deletes what the previous part's chassis wrote."""
+    from integration.sandbox import sh
+    from ovsfoot.contract import CLUSTER_DB
+    sh("ovsdb-client", "--timeout=30", "transact", admin, json.dumps(
+        [CLUSTER_DB, {"op": "delete", "table": "Chassis", "where": []},
+         {"op": "delete", "table": "Workload_Class", "where": []}]))
 
 
 def run(quick: bool = False, log=print, trim: bool = False) -> list[Result]:
     """`trim`: also a leg with python-ovs' _Server monitor trimmed (an experiment)."""
     from integration.clusterdb import ClusterDbSandbox
     from integration.programs import require
-    from integration.sandbox import kill_pidfile
     # ovsdb-client (relay, bootstrap) comes with ovsdb-server (openvswitch-common)
     require("ip", "openssl", "ss", "ovs-pki", "ovsdb-tool", "ovsdb-server", "ovs-appctl")
-    feed_s = 12.0 if quick else 30.0
+    part_s, raft_s = (6.0, 8.0) if quick else (15.0, 20.0)
     work = Path(tempfile.mkdtemp(prefix="ovsfoot-bench-clusterdb-"))
     sb = ClusterDbSandbox(work / "db", members=3, ssl=True)
     standalone = wrelay = None
     ok = False
-    legs: dict[str, dict] = {}
+    parts: dict[str, list[dict]] = {}
     try:
         t = time.monotonic()
         sb.start()
         creds = make_creds(sb, [chassis_name(i) for i in range(CHASSIS)] + ["extender"])
         relay = sb.relay("relay")
         wrelay = WriterRelay(sb).start()
-        log(f"clusterdb: 3 raft members, {len(creds)} certificates, a relay for the "
-            f"extender and one for the chassis in {time.monotonic() - t:.0f} s")
+        standalone = Standalone(sb).start()
+        log(f"clusterdb: 3 raft members, a relay for the extenders, one for the chassis, a "
+            f"standalone server, {len(creds)} certificates in {time.monotonic() - t:.0f} s")
         servers = {m.name: int((m.dir / "ovsdb-server.pid").read_text()) for m in sb.members}
-        servers["relay"] = int((sb.workdir / "relay" / "ovsdb-server.pid").read_text())
-        servers["wrelay"] = wrelay.pid
+        servers.update({"relay": int((sb.workdir / "relay" / "ovsdb-server.pid").read_text()),
+                        "wrelay": wrelay.pid})
         extenders = {"direct": (sb.remote, creds["extender"]), "relay": (relay, None)}
         direct = [f"{m.ip}:6647" for m in sb.members]
-        legs["raft"] = raft_leg(sb, "raft", direct, creds, servers, extenders, feed_s, work, log)
-        clear(sb)
-        legs["raft_relay"] = raft_leg(sb, "raft_relay", [f"{wrelay.ip}:6647"], creds, servers,
-                                      extenders, feed_s, work, log)
+
+        def raft(label, members, feed_s, trim=False):
+            li = sb.leader()
+            admin = sb.members[li].admin
+            clear(admin)
+            seed(admin)
+            m = measure(label, members, creds, servers, sb.members[li].name, extenders,
+                        feed_s, 1 + len(parts.get(label, [])), work, log, trim)
+            m["leader_term"] = [leader_term(sb, li), leader_term(sb, sb.leader() or 0)]
+            parts.setdefault(label, []).append(m)
+
+        def alone(feed_s):
+            clear(standalone.admin)
+            seed(standalone.admin)
+            m = measure("standalone", [standalone.remote], creds, {"standalone": standalone.pid},
+                        "standalone", {"direct": (f"ssl:{standalone.remote}", creds["extender"])},
+                        feed_s, 1 + len(parts.get("standalone", [])), work, log)
+            parts.setdefault("standalone", []).append(m)
+        # the relayed cluster and the baseline alternate, so that the machine's
+        # noise falls on both; the direct leg comes last: it overloads the host
+        for _ in range(2):
+            raft("raft_relay", [wrelay.remote], part_s)
+            alone(part_s)
         if trim:
-            clear(sb)
-            legs["raft_trimmed"] = raft_leg(sb, "raft_trimmed", direct, creds, servers,
-                                            extenders, feed_s, work, log, trim=True)
-        # baseline: the same feed against one standalone server
-        wrelay.stop()
-        kill_pidfile(sb.workdir / "relay" / "ovsdb-server.pid")
-        for m in sb.members:
-            sb.stop_member(m.index)
-        standalone = Standalone(sb).start()
-        seed(f"unix:{standalone.dir / 'db.sock'}")
-        legs["standalone"] = measure(
-            "standalone", [f"{sb.members[0].ip}:6647"], creds, {"standalone": standalone.pid},
-            "standalone", {"direct": (f"ssl:{sb.members[0].ip}:6647", creds["extender"])},
-            feed_s, 1, work, log)
+            raft("raft_trimmed", direct, raft_s, trim=True)
+        raft("raft", direct, raft_s)
+        for x in (wrelay, standalone):
+            x.stop()
         reader = extender_rebuild(log=log)
         ok = True
     finally:
-        if standalone is not None:
-            standalone.stop()
-        if wrelay is not None:
-            wrelay.stop()
+        for x in (wrelay, standalone):
+            if x is not None:
+                x.stop()
         sb.destroy()
         if ok:
             shutil.rmtree(work, ignore_errors=True)
         else:
             log(f"clusterdb: logs kept in {work}")
-    L = {n: summary(m) for n, m in legs.items()}
+    L = {n: summary(combine(ps)) for n, ps in parts.items()}
     S = L["standalone"]
     for n, x in L.items():
         f = x["fresh_ms"]
         log(f"clusterdb {n}: {x['tx_per_s']:.1f} tx/s committed for {x['changes_per_s']:.1f} "
             f"changes/s; commit p50/p99 {x['commit_ms']['p50']}/{x['commit_ms']['p99']} ms; "
             "freshness p99 " + ", ".join(f"{e} {v['p99']} ms" for e, v in f.items())
-            + f"; {x['leader']} {x['leader_cpu_ms_per_tx']} ms CPU/tx")
+            + f"; leader {x['leader_cpu_ms_per_tx']} ms CPU/tx; host busy {x['host_busy']}")
     out = results(L, S, reader)
     out[0].detail["tree"] = tree_state()
     return out
@@ -974,12 +1008,13 @@ def results(L: dict, S: dict, reader: dict) -> list[Result]:
     base_tx = S["leader_cpu_ms_per_tx"]
     ok_rate = all(x["chassis_peak_tx_per_s"] <= 1.0
                   and x["chassis_min_gap_s"] >= 0.98 * MIN_INTERVAL for x in L.values())
+    peak = max(x["chassis_peak_tx_per_s"] for x in L.values())
+    peak_chg = max(x["chassis_peak_changes_per_s"] for x in L.values())
     out = [
-        Result("clusterdb_chassis_tx_per_s", C["chassis_peak_tx_per_s"], "tx/s per chassis",
-               C["chassis_peak_changes_per_s"],
-               "the same chassis' changes/s handed to publish() (peak 10 s window)",
-               ratio(C["chassis_peak_tx_per_s"], C["chassis_peak_changes_per_s"]),
-               f"<= 1 tx/s per chassis (peak 10 s window; {CHASSIS} chassis)", ok_rate,
+        Result("clusterdb_chassis_tx_per_s", peak, "tx/s per chassis", peak_chg,
+               "changes/s handed to publish(), the same measure",
+               ratio(peak, peak_chg),
+               f"<= 1 tx/s per chassis (peak 10 s window, any leg; {CHASSIS} chassis)", ok_rate,
                detail={n: {"chassis": x["chassis"], "peak_tx_per_s": x["chassis_peak_tx_per_s"],
                            "min_gap_s": x["chassis_min_gap_s"],
                            "mean_tx_per_s": x["chassis_mean_tx_per_s"],
@@ -1018,8 +1053,8 @@ def results(L: dict, S: dict, reader: dict) -> list[Result]:
                    "standalone server's CPU per transaction, same feed", ratio(tx, base_tx),
                    f"(informational; {what})", None,
                    detail={"cpu_s": x["cpu_s"], "committed": x["committed"],
-                           "window_s": x["window_s"], "leader_before": x.get("leader_before"),
-                           "leader_after": x.get("leader_after"),
+                           "window_s": x["window_s"], "leader": x["leader"],
+                           "leader_term": x.get("leader_term"),
                            "standalone_cpu_s": S["cpu_s"], "standalone_committed": S["committed"]}),
         ]
     small, big = reader[min(reader)]["median_ms"], reader[max(reader)]["median_ms"]
