@@ -46,7 +46,9 @@ other failure (a bug) code 101, with the traceback in the log, never a bare trac
 Network config keys (all optional): `ovsdb` (remote; default unix:$OVS_RUNDIR/db.sock),
 `timeout` (seconds for OVSDB, > 0 and <= 60, default 2), `logFile`, `waitForClass`
 (seconds ADD may wait for the agent's class, only to log it; 0 to 60, default 0),
-`workload`. Out of range or non-finite (NaN, 1e309) is code 7, before anything changes.
+`workload`, and for an `ssl:` `ovsdb` the files `sslPrivateKey`, `sslCertificate` and
+`sslCaCert` (all three). Out of range or non-finite (NaN, 1e309) is code 7, before
+anything changes.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ E_CONFIG = 7
 E_CHECK = 100
 E_INTERNAL = 101
 
+SSL_KEYS = ("sslPrivateKey", "sslCertificate", "sslCaCert")   # as configure_ssl takes them
 MAX_SECONDS = 60.0          # timeout and waitForClass (a runtime waits minutes for a plugin)
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
@@ -154,6 +157,7 @@ def check_config(cfg: dict) -> dict:
         raise CniError(E_CONFIG, "invalid network configuration",
                        "name is missing or not a valid network name")
     types = {"ovsdb": str, "logFile": str, "workload": str, "timeout": (int, float),
+             **{k: str for k in SSL_KEYS},
              "waitForClass": (int, float), "prevResult": dict, "runtimeConfig": dict,
              VALID_ATTACHMENTS: list}
     for key, kind in types.items():
@@ -318,6 +322,11 @@ def release(node, iface: str, cid: str, expected: str | None) -> str | None:
 
 def _open_node(cfg: dict):
     from ovsfoot import api
+    from ovsfoot.ovsdb import configure_ssl
+    try:
+        configure_ssl(*(cfg.get(k) for k in SSL_KEYS))
+    except ValueError as e:            # ovsfoot trouble: logged, never fails the pod
+        raise api.DatabaseUnavailable(f"SSL for {cfg.get('ovsdb')}: {e}") from None
     return api.Node(cfg.get("ovsdb"), timeout=float(cfg.get("timeout", 2.0)))
 
 

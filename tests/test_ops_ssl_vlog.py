@@ -8,6 +8,7 @@ processes, and the real logrotate on the shipped vagrant/systemd/ovsfoot.logrota
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import ssl
 import subprocess
@@ -320,4 +321,35 @@ def test_shipped_logrotate_file_makes_the_agent_write_the_new_file(tmp_path):
     finally:
         agent.stop()
         agent.kill()
+        ovs.stop_all()
+
+
+def test_cni_plugin_over_ssl(pki, tmp_path):
+    """ovsfoot-cni with an ssl: `ovsdb` and its three files in the network config tags the
+    pod's Interface; without the files it passes the result through and tags nothing."""
+    ovs = SslOvs(tmp_path / "cni-ovs", pki)
+    try:
+        ovs.vsctl("add-port", ovs.bridge, "vethpod1", "--", "set", "Interface", "vethpod1",
+                  "type=internal", "external_ids:iface-id=shop_web-0")
+        key, cert = pki.sign("cni")
+        prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "vethpod1"}], "ips": []}
+        env = {"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1",
+               "CNI_NETNS": "/var/run/netns/x", "CNI_IFNAME": "eth0",
+               "CNI_ARGS": "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0"}
+        conf = {"cniVersion": "1.0.0", "name": "podnet", "type": "ovsfoot-cni",
+                "ovsdb": ovs.ssl_remote, "timeout": 2, "prevResult": prev,
+                "logFile": str(tmp_path / "cni.log")}
+        plugin = str(Path(sys.executable).parent / "ovsfoot-cni")
+        p = subprocess.run([plugin], input=json.dumps(conf), env=env, capture_output=True,
+                           text=True, timeout=30)
+        assert p.returncode == 0 and json.loads(p.stdout)["interfaces"] == prev["interfaces"]
+        assert "ovsfoot-workload" not in ovs.external_ids("Interface", "vethpod1")
+        assert "SSL" in (tmp_path / "cni.log").read_text()        # said why, in the log
+        conf.update(sslPrivateKey=str(key), sslCertificate=str(cert), sslCaCert=str(pki.ca))
+        p = subprocess.run([plugin], input=json.dumps(conf), env=env, capture_output=True,
+                           text=True, timeout=30)
+        assert p.returncode == 0, p.stdout + p.stderr
+        ids = ovs.external_ids("Interface", "vethpod1")
+        assert ids["ovsfoot-workload"] == "shop/web" and ids["ovsfoot-cni"] == "c1"
+    finally:
         ovs.stop_all()
