@@ -1,11 +1,12 @@
-# ovsfoot: `make lab` runs the lab demo, `make test` the test suite.
-# Both install what they need first (Debian packages, a virtualenv in .venv).
+# ovsfoot: `make lab` runs the lab demo, `make test` the test suite (lint, unit tests,
+# system tests), `make unit` the unit tests alone (any user, seconds).
+# All install what they need first (Debian packages, a virtualenv in .venv).
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: deps venv lab test bench clean
+.PHONY: deps venv lab test unit lint bench clean
 
 deps:
 	sudo_() { if [ "$$(id -u)" = 0 ]; then "$$@"; else sudo "$$@"; fi; }; \
@@ -24,7 +25,13 @@ venv: $(STAMP)
 lab: $(STAMP)
 	$(PY) -m integration.lab
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+test: lint
 	$(PY) -m pytest -v tests
 
 bench: $(STAMP)

@@ -15,6 +15,6 @@ setup(
     # bcc comes from Debian's python3-bpfcc: the virtualenv is made with
     # --system-site-packages so that it sees it.
     install_requires=["ovs>=3.1", "pyroute2>=0.9", "msgpack>=1.0", "prometheus_client>=0.16"],
-    extras_require={"test": ["pytest>=7"], "lab": ["virtme-ng>=1.42"]},
+    extras_require={"test": ["pytest>=7", "ruff>=0.4"], "lab": ["virtme-ng>=1.42"]},
     entry_points={"console_scripts": ["ovsfoot=ovsfoot.cli:main", "ovsfoot-cni=ovsfoot.cni:main"]},
 )

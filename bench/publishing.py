@@ -172,7 +172,8 @@ def run(quick: bool = False, log=print) -> list[Result]:
     finally:
         mon.terminate()
         mon.wait(10)
-        lines = [json.loads(x) for x in mon_log.read_text().splitlines()] if mon_log.exists() else []
+        lines = [json.loads(x) for x in mon_log.read_text().splitlines()] \
+            if mon_log.exists() else []
         sb.close()
     # one transaction arrives as one update: rows changed together share its arrival time
     seen = len({x["t"] for x in lines if t_start <= x["t"] <= t_end + 0.2})

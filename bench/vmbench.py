@@ -61,7 +61,8 @@ def _latencies(rows: list[dict], source: str, age_s: float) -> tuple[list[float]
     for r in rows:
         if r.get("visible") and r.get("detected_ns"):
             flows.setdefault(r["flow"], []).append(r)
-    apart = [(1000 * abs(a["visible"] - b["visible"]), abs(a["detected_ns"] - b["detected_ns"]) / 1e6)
+    apart = [(1000 * abs(a["visible"] - b["visible"]),
+              abs(a["detected_ns"] - b["detected_ns"]) / 1e6)
              for a, b in (v for v in flows.values() if len(v) == 2)]
     detail["flows_zones_visible_apart_ms"] = [round(v) for v, _ in apart if v > 50]
     detail["their_kernel_crossings_apart_ms"] = [round(k, 1) for v, k in apart if v > 50]
@@ -105,7 +106,8 @@ def results(data: dict, only=NAMES) -> list[Result]:
         out.append(Result("datapath_throughput", v, "Mbit/s", b,
                           "iperf3 without the tracer, alternated in pairs", r,
                           "ratio >= 0.97", r is not None and r >= 0.97,
-                          detail={"pairs": len(per_pair), "with": on, "without": off, "per_pair_ratio": per_pair,
+                          detail={"pairs": len(per_pair), "with": on, "without": off,
+                                  "per_pair_ratio": per_pair,
                                   "where": where}))
         progs: dict[str, list[int]] = {}
         elapsed = 0

@@ -141,9 +141,9 @@ table=2,priority=0,actions=NORMAL
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sh("ip", "netns", "exec", "pod2", "iperf3", "-s", "-D")
     sh("ip", "netns", "exec", "pod1", "sysctl", "-qw", "net.ipv4.ip_local_port_range=10000 65000")
-    monitor = subprocess.Popen([PY, "-m", "integration.monitor", ovs.remote,
-                                str(RUN / "monitor.jsonl")], cwd=str(BENCH.parent),
-                               stdout=subprocess.DEVNULL, stderr=open(work / "monitor.err", "w"))
+    subprocess.Popen([PY, "-m", "integration.monitor", ovs.remote, str(RUN / "monitor.jsonl")],
+                     cwd=str(BENCH.parent), stdout=subprocess.DEVNULL,
+                     stderr=open(work / "monitor.err", "w"))
     wait_for(lambda: (RUN / "monitor.jsonl").exists(), timeout=60, what="monitor client")
     return ovs, driver
 
@@ -177,7 +177,8 @@ def latency(agent: AgentProcess, mon: Monitor, work: Path, label: str) -> list[d
                         "bytes": row and row["bytes_orig"] + row["bytes_reply"],
                         "port": row and row["port"]})
         log(f"{label}: elephant {i}: " + ", ".join(
-            f"zone {o['zone']} {1000 * (o['visible'] - o['detected_ns'] / 1e9):.0f} ms after detection"
+            f"zone {o['zone']} {1000 * (o['visible'] - o['detected_ns'] / 1e9):.0f} ms "
+            "after detection"
             if o["visible"] and o["detected_ns"] else f"zone {o['zone']} not seen"
             for o in out[-2:]))
     return out
@@ -190,7 +191,8 @@ def churn(agent: AgentProcess, label: str, work: Path) -> dict:
     before = agent.json("stats")
     cpu0, t0 = proc_cpu_s(agent.proc.pid), time.monotonic()
     procs = [subprocess.Popen(["ip", "netns", "exec", "pod1", PY, FLOWS, "churn", "10.0.0.2",
-                               "5002", str(CHURN_S), "200000", str(work / f"churn-{label}-{k}.json")])
+                               "5002", str(CHURN_S), "200000",
+                               str(work / f"churn-{label}-{k}.json")])
              for k in range(2)]
     counts = []
     while any(p.poll() is None for p in procs) and time.monotonic() - t0 < CHURN_S + 30:

@@ -98,7 +98,8 @@ def ensure_kernel() -> KernelInfo:
             k.headers_tar.unlink(missing_ok=True)
         if not k.headers_tar.exists():
             common = Path(os.path.realpath(k.modules / "source"))
-            _run("tar", "-C", "/usr/src", "-cf", f"{k.headers_tar}.tmp", k.headers.name, common.name)
+            _run("tar", "-C", "/usr/src", "-cf", f"{k.headers_tar}.tmp", k.headers.name,
+                 common.name)
             os.replace(f"{k.headers_tar}.tmp", k.headers_tar)
     return k
 
@@ -194,7 +195,8 @@ def _boot(script: str | Path, workdir: Path, timeout: float, *, kvm: bool,
         # bcc's clang reads ~1000 kernel headers: from tmpfs, not 9p (30 s less under TCG)
         "mkdir -p /run/headers && tar -C /run/headers -xf .vm-headers.tar && rm .vm-headers.tar"
         " && for d in /run/headers/*; do mount --bind $d /usr/src/${d##*/}; done\n"
-        f"( echo \"vm: kernel $(uname -r), $(nproc) cpus\"; {cmd} ) >{OUTPUT_FILE} 2>&1 </dev/null\n"
+        f"( echo \"vm: kernel $(uname -r), $(nproc) cpus\"; {cmd} ) "
+        f">{OUTPUT_FILE} 2>&1 </dev/null\n"
         f"echo $? >{RC_FILE}.tmp && mv {RC_FILE}.tmp {RC_FILE}\n"
         "sync\n")
     wrapper.chmod(0o755)
@@ -207,7 +209,8 @@ def _boot(script: str | Path, workdir: Path, timeout: float, *, kvm: bool,
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            progress("waiting for another ovsfoot VM to finish (2 VMs would halve each one's speed)")
+            progress("waiting for another ovsfoot VM to finish "
+                     "(2 VMs would halve each one's speed)")
             fcntl.flock(lock, fcntl.LOCK_EX)
         r = _spawn(argv, work, console, timeout, f"{kernel.version} "
                    f"({'KVM' if kvm else 'TCG'}) for {what!r}")
@@ -274,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     output = r.output_path.read_text() if r.output_path.exists() else ""
     print(output, end="")
     if not r.ok:
-        print(f"VM run failed (exit status {r.rc}); console tail:\n{r.log[-2000:]}", file=sys.stderr)
+        print(f"VM run failed (exit status {r.rc}); console tail:\n{r.log[-2000:]}",
+              file=sys.stderr)
     return 0 if r.ok and (not a.check or "check-ok" in output) else 1
 
 

@@ -50,7 +50,8 @@ PERMISSIONS: dict[str, tuple[list[str], bool, list[str]]] = {
 
 _TOOLS = {"ovsdb-tool": "openvswitch-common", "ovsdb-server": "openvswitch-common",
           "ovsdb-client": "openvswitch-common", "ovs-appctl": "openvswitch-common"}
-_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
+_HOST = (r"(?:\[[0-9A-Fa-f:.]+\]|[0-9]{1,3}(?:\.[0-9]{1,3}){3}"
+         r"|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)")
 _RAFT_RE = re.compile(rf"^(?:(tcp|ssl):)?({_HOST})(?::([0-9]+))?$")
 _LISTEN_RE = re.compile(rf"^(ptcp|pssl):([0-9]+)(?::({_HOST}))?$")
 

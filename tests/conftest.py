@@ -22,8 +22,19 @@ from integration.kernelpath import KernelPath
 from integration.programs import require
 from integration.sandbox import Ovs, OvnCentral, sh, wait_for
 
-if os.geteuid() != 0:
-    raise pytest.UsageError("the tests start OVS/OVN and network namespaces: run them as root")
+UNIT = Path(__file__).resolve().parent / "unit"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The system tests (everything but tests/unit) start OVS/OVN daemons, network
+    namespaces and a VM: they need root. The unit tests run as anyone (`make unit`)."""
+    system = [i for i in items if UNIT not in Path(str(i.fspath)).parents]
+    for item in system:
+        item.add_marker(pytest.mark.system)
+    if system and os.geteuid() != 0:
+        raise pytest.UsageError(f"{len(system)} system tests start OVS/OVN, network namespaces "
+                                "and a VM: run them as root (`make test`), or only the unit "
+                                "tests (`make unit`)")
 
 # pod name -> (logical port, extra Interface external_ids, expected workload)
 PODS = {

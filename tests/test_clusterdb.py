@@ -13,7 +13,7 @@ import time
 import pytest
 
 from integration.clusterdb import DB, ClusterDbSandbox
-from integration.sandbox import free_port, sh, wait_for
+from integration.sandbox import sh, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -222,7 +222,8 @@ def test_add_finds_the_port_by_iface_id_after_host_local(host):
 
 
 def test_ovsfoot_trouble_never_fails_a_pod(host, tmp_path):
-    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "vethnothere", "mac": "02:00:00:00:00:01"}],
+    prev = {"cniVersion": "1.0.0",
+            "interfaces": [{"name": "vethnothere", "mac": "02:00:00:00:00:01"}],
             "ips": [{"address": "10.99.9.5/24", "interface": 0}]}
     log = tmp_path / "cni.log"
     no_db = {**host.conf(prev, timeout=0.5), "ovsdb": f"unix:{tmp_path}/none.sock",

@@ -275,7 +275,8 @@ def test_loose_and_duplicate_zones(node, agent):
             assert mine[0]["port"] == p1.lport and mine[0]["workload"] == "shop/web"
             log = a.log_text()[since:] if a is b else a.log_text()
             assert log.count(f"zone {p1.zone} is claimed by") == 1, log
-            assert f"ignoring malformed zone {next(iter(hostile))}='{hostile['ct-zone-zz-arabic']}'" \
+            arabic = hostile['ct-zone-zz-arabic']
+            assert f"ignoring malformed zone {next(iter(hostile))}='{arabic}'" \
                 in log
         assert "keeping shop_web-7d9f8b6c5d-x2x4z (it held the zone first)" in agent.log_text()
         assert "(its logical port has an Interface here)" in b.log_text()

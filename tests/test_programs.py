@@ -16,7 +16,8 @@ from integration.programs import PACKAGES, MissingProgram, require
 
 REPO = Path(__file__).resolve().parents[1]
 FRESH = REPO.parent / "shared" / "tools" / "fresh-debian12-packages.txt"
-SCRIPTS = sorted((REPO / "vagrant" / "provision").glob("*.sh")) + [REPO / "vagrant" / "experiment.sh"]
+SCRIPTS = [*sorted((REPO / "vagrant" / "provision").glob("*.sh")),
+           REPO / "vagrant" / "experiment.sh"]
 
 
 def install_step_packages() -> set[str]:

@@ -4,8 +4,9 @@ The program counts every packet of every committed flow in the kernel and
 sends user space one ELEPHANT event when a flow passes the thresholds and one
 END event when that flow's conntrack entry is deleted; mice never leave the
 kernel. Each second the elephants' counters are read back from the map as
-UPDATE events, so that an elephant that has gone quiet ends on time. It is compiled with bcc when the source opens. Everything that would
-keep it from running is checked first and reported as SourceUnavailable.
+UPDATE events, so that an elephant that has gone quiet ends on time. It is
+compiled with bcc when the source opens. Everything that would keep it from
+running is checked first and reported as SourceUnavailable.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def _plan(bcc) -> tuple[Path, list[str], list[str]]:
         raise SourceUnavailable("loading eBPF programs needs root")
     lockdown = Path("/sys/kernel/security/lockdown")
     if lockdown.exists() and "[confidentiality]" in lockdown.read_text():
-        raise SourceUnavailable("kernel lockdown (confidentiality) forbids eBPF reading kernel memory")
+        raise SourceUnavailable("kernel lockdown (confidentiality) forbids eBPF reading "
+                                "kernel memory")
     if not (Path(f"/lib/modules/{release}/build").exists()
             or Path("/sys/kernel/kheaders.tar.xz").exists()):
         raise SourceUnavailable(f"no kernel headers for {release} "
@@ -119,7 +121,8 @@ def _plan(bcc) -> tuple[Path, list[str], list[str]]:
     destroy = next((d for d in DESTROY_FNS if d in syms), None)
     if missing or not destroy:
         raise SourceUnavailable(f"conntrack functions not in /proc/kallsyms "
-                                f"({', '.join(missing) or 'nf_ct_destroy'}): is nf_conntrack loaded?")
+                                f"({', '.join(missing) or 'nf_ct_destroy'}): "
+                                "is nf_conntrack loaded?")
     hooked = [*HOOKS, destroy]
     probes = []
     # bcc (0.26) resolves fentry targets in vmlinux BTF only, not in modules.

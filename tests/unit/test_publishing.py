@@ -1,0 +1,72 @@
+"""What the publishers would write, without a server: the external_ids reconciler and
+the CNI plugin's config checks."""
+
+import json
+
+import pytest
+
+from ovsfoot import cni
+from ovsfoot.contract import OUTPUT_KEYS, TS
+from ovsfoot.publishers.externalids import ExternalIdsPublisher
+
+
+class Row:
+    def __init__(self, **ids):
+        self.external_ids = ids
+
+
+def publisher(rows: dict) -> ExternalIdsPublisher:
+    return ExternalIdsPublisher(None, lambda: rows.items(), OUTPUT_KEYS.__contains__)
+
+
+def test_diff_sets_what_differs_and_stamps_it():
+    rows = {"p1": Row(**{"iface-id": "x", "ovsfoot-footprint": "light"}), "p2": Row()}
+    pub = publisher(rows)
+    pub.want({"p1": {"ovsfoot-footprint": "heavy", "ovsfoot-elephants": "1"}})
+    [(row, put, drop)] = pub.diff()
+    assert row is rows["p1"] and drop == []
+    assert put["ovsfoot-footprint"] == "heavy" and put["ovsfoot-elephants"] == "1"
+    assert int(put[TS]) > 0
+
+
+def test_diff_drops_only_our_keys_and_leaves_others_alone():
+    rows = {"p1": Row(**{"iface-id": "x", "ovsfoot-footprint": "heavy", TS: "1",
+                         "ovsfoot-workload": "team/a", "ct-zone-x": "3"})}
+    pub = publisher(rows)
+    pub.want({})
+    [(_, put, drop)] = pub.diff()
+    assert put == {} and sorted(drop) == ["ovsfoot-footprint", TS]
+
+
+def test_nothing_to_do_is_no_transaction():
+    rows = {"p1": Row(**{"ovsfoot-footprint": "light", "ovsfoot-elephants": "0", TS: "1"})}
+    pub = publisher(rows)
+    pub.want({"p1": {"ovsfoot-footprint": "light", "ovsfoot-elephants": "0"}})
+    assert pub.diff() == []
+
+
+GOOD = {"cniVersion": "1.0.0", "name": "podnet", "type": "ovsfoot-cni"}
+
+
+@pytest.mark.parametrize("change,code", [
+    ({"cniVersion": "9.9.9"}, cni.E_INCOMPATIBLE),
+    ({"name": ""}, cni.E_CONFIG),
+    ({"timeout": float("nan")}, cni.E_CONFIG),
+    ({"timeout": 0}, cni.E_CONFIG),
+    ({"timeout": 61}, cni.E_CONFIG),
+    ({"waitForClass": -1}, cni.E_CONFIG),
+    ({"ovsdb": 5}, cni.E_CONFIG),
+    ({"sslCaCert": ["x"]}, cni.E_CONFIG),
+    ({"runtimeConfig": {"ovsfoot": {"workload": 3}}}, cni.E_CONFIG),
+])
+def test_cni_config_errors(change, code):
+    with pytest.raises(cni.CniError) as e:
+        cni.parse_config(json.dumps({**GOOD, **change}))
+    assert e.value.code == code
+
+
+def test_cni_config_good_and_undecodable():
+    assert cni.parse_config(json.dumps({**GOOD, "timeout": 2.5}))["timeout"] == 2.5
+    with pytest.raises(cni.CniError) as e:
+        cni.parse_config("[" * 100000)
+    assert e.value.code == cni.E_DECODE
