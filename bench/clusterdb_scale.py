@@ -11,14 +11,17 @@ publishers each in one poll loop. Two real scheduler extenders
 from the members, one through an ovsdb-server relay, and a prober POSTs
 `/prioritize` for all 200 nodes to each every 100 ms.
 
-Legs, one after the other, each with the same feed (30 s, 12 s with --quick):
-  raft          the chassis connect to the members (what `--cluster-db` lists)
+Legs, each on freshly seeded Chassis rows (the steady state, not a start-up storm):
   raft_relay    the chassis connect to one relay in front of the members that
-                applies the RBAC role itself (OVN's relay layout for ovn-controller)
+                applies the RBAC role itself (OVN's relay layout for ovn-controller);
+                2 parts of 15 s (6 s with --quick)
+  standalone    the baseline: one standalone ovsdb-server (not clustered; same
+                SSL, Connection row and RBAC role); 2 parts, alternated with raft_relay
   raft_trimmed  (only with --trim-server-monitor) as raft, with python-ovs'
                 _Server monitor trimmed in the workers: an experiment
-  standalone    the baseline: one standalone ovsdb-server (not clustered; same
-                SSL, Connection row and RBAC role) at member 1's address
+  raft          the chassis connect to the members (what `--cluster-db` lists);
+                20 s (8 s), last: it overloads the host
+then the extender's reader (the real ClusterDbView) at 200, 1,000 and 10,000 chassis.
 
 Measured over the feed plus 4 s to drain:
   commit latency     change handed to publish() -> its transaction's SUCCESS
@@ -180,7 +183,7 @@ def timed_publisher_class():
             if self.transactions > n:
                 self.starts.append(self._last)      # the publisher's own start time
                 if self.state == self._ok_state:
-                    self.repeats += 1               # this state was committed already
+                    self.repeats += 1               # committed already: a heartbeat
                 if self.txn is not None:
                     self.inflight, self.pending = self.pending, []
                     self.carried = self.state
@@ -195,8 +198,8 @@ def timed_publisher_class():
 def trim_server_monitor() -> None:
     """python-ovs's Idl monitors every column of _Server.Database, `index`
     included, which each member updates on every commit: every client then
-    receives one `update` per cluster transaction, carrying the whole row (the
-    database schema, about 6 KB). This variant (an experiment, not the agent:
+    receives one `update` per cluster transaction, carrying the whole row with
+    the database schema (3.2 KB measured). This variant (an experiment, not the agent:
     `--trim-server-monitor`) leaves `index` out, so a client hears from _Server
     only when the member's role or connection changes; it gives up python-ovs'
     check for a reconnection to a member with stale data."""
