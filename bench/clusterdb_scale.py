@@ -839,7 +839,8 @@ def extender_rebuild(sizes=(CHASSIS, 1000, 10000), repeats: int = 5, log=print) 
         err, reply = rpc.transact_block(ovs.jsonrpc.Message.create_request(
             "transact", [contract.CLUSTER_DB, *ops]))
         if err or reply.error or any("error" in r for r in reply.result if r):
-            raise RuntimeError(f"reader table: transaction failed: {err or reply.error or reply.result}")
+            raise RuntimeError("reader table: transaction failed: "
+                               f"{err or reply.error or reply.result}")
     try:
         deadline = time.monotonic() + 10
         while not sock.exists() and time.monotonic() < deadline:
@@ -1000,8 +1001,8 @@ def tree_state() -> dict:
     tree is shared: others' uncommitted changes are part of what ran)."""
     git = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True,  # noqa: E731
                                     text=True).stdout.strip()
-    return {"head": git("rev-parse", "--short", "HEAD"),
-            "modified": [ln[3:] for ln in git("status", "--porcelain", "--", "ovsfoot").splitlines()]}
+    changed = git("status", "--porcelain", "--", "ovsfoot").splitlines()
+    return {"head": git("rev-parse", "--short", "HEAD"), "modified": [ln[3:] for ln in changed]}
 
 
 def results(L: dict, S: dict, reader: dict) -> list[Result]:
