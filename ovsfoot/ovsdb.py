@@ -16,6 +16,7 @@ import time
 
 import _ssl
 
+import ovs.db.custom_index
 import ovs.db.idl
 import ovs.dirs
 import ovs.jsonrpc
@@ -453,6 +454,35 @@ def open_idl(remote: str, db: str, tables: dict[str, list[str]],
     for table, columns in tables.items():
         helper.register_columns(table, columns)
     return ovs.db.idl.Idl(remote, helper, leader_only=False)
+
+
+class ClusterIdl(ovs.db.idl.Idl):
+    """An Idl for a raft database read by many clients (the cluster view).
+
+    python-ovs monitors every column of `_Server.Database`, `index` included,
+    which each member bumps on every commit: each client then receives the whole
+    row, schema and all (3.2 KB), per transaction of the whole cluster, a cost
+    that grows with the square of the number of chassis (bench/clusterdb_scale.py).
+    This leaves `index` out: a client hears from `_Server` only when a member's
+    role or connection changes. It gives up python-ovs's check that a reconnection
+    did not land on a member with older data; the cluster view is rewritten by its
+    owners at least every heartbeat, so that costs a few seconds at most."""
+
+    def _Idl__send_server_monitor_request(self):       # python-ovs 3.1's, less `index`
+        self.state = self.IDL_S_SERVER_MONITOR_REQUESTED
+        table = self.server_tables[self._server_db_table]
+        for column in table.columns.values():
+            if not hasattr(column, "alert"):
+                column.alert = True
+        table.rows = ovs.db.custom_index.IndexedRows(table)
+        table.need_table = False
+        table.idl = self
+        msg = ovs.jsonrpc.Message.create_request(
+            "monitor", [self._server_db.name, str(self.server_monitor_uuid),
+                        {table.name: [{"columns": [c for c in table.columns
+                                                   if c != "index"]}]}])
+        self._server_monitor_request_id = msg.id
+        self.send_request(msg)
 
 
 class LocalDb:

@@ -28,6 +28,7 @@ import ovs.db.idl
 import ovs.poller
 
 from ovsfoot import contract
+from ovsfoot.ovsdb import ClusterIdl
 from ovsfoot.publishers.externalids import Committer
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 Txn = ovs.db.idl.Transaction
 SUMMARY_COLUMNS = ("hostname", "footprint", "elephants", "heavy_ports")
 HEARTBEAT_S = 10.0
+SCORE_STEP = 0.5        # a lesson's score is rewritten when it moved this much (or its class)
 CLASS_COLUMNS = ("learned", "score")
 
 
@@ -62,7 +64,7 @@ class ClusterPublisher(Committer):
         helper.register_columns("Chassis", ["name", *SUMMARY_COLUMNS, "updated"])
         helper.register_columns("Workload_Class", ["workload", "chassis", *CLASS_COLUMNS,
                                                    "updated"])
-        self.idl = ovs.db.idl.Idl(remote, helper, leader_only=False)
+        self.idl = ClusterIdl(remote, helper, leader_only=False)
         self.idl.cond_change("Chassis", [["name", "==", chassis]])
         self.idl.cond_change("Workload_Class", [["chassis", "==", chassis],
                                                 ["learned", "==", contract.HEAVY]])
@@ -107,7 +109,8 @@ class ClusterPublisher(Committer):
             if row is None:
                 out.append(("Workload_Class", None,
                             {"workload": workload, "chassis": self.chassis, **want}))
-            elif put := _changed(row, want):
+            elif (put := _changed(row, want)) and ("learned" in put or
+                                                   abs(row.score - want["score"]) >= SCORE_STEP):
                 out.append(("Workload_Class", row, put))
         for workload, row in have.items():
             if workload not in self._lessons:

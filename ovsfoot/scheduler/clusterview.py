@@ -17,7 +17,7 @@ import ovs.db.idl
 import ovs.poller
 
 from ovsfoot import contract
-from ovsfoot.ovsdb import ssl_problem
+from ovsfoot.ovsdb import ClusterIdl, ssl_problem
 from ovsfoot.scheduler.scoring import ClusterView, NodeFacts
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class ClusterDbView:
         helper = ovs.db.idl.SchemaHelper(location=contract.cluster_schema_path())
         helper.register_columns("Chassis", list(self.CHASSIS))
         helper.register_columns("Workload_Class", list(self.CLASSES))
-        idl = ovs.db.idl.Idl(self.remote, helper, leader_only=False)
+        idl = ClusterIdl(self.remote, helper, leader_only=False)
         idl.cond_change("Workload_Class", [["learned", "==", contract.HEAVY]])
         seqno, warned = None, False
         seen: dict[str, tuple[int, float]] = {}     # chassis: (updated, when it moved)
