@@ -588,7 +588,8 @@ class Lab:
         p1 = self.pods["pod1"]
         mine = [e for e in rows if e["port"] == p1["lport"]]
         r.check("ctnetlink source: same elephant attribution on hv1",
-                bool(mine) and mine[0]["role"] == "source" and mine[0]["workload"] == p1["workload"],
+                bool(mine) and mine[0]["role"] == "source"
+                and mine[0]["workload"] == p1["workload"],
                 json.dumps(mine))
         self.stop_agents()
 
