@@ -181,13 +181,14 @@ class Node:
     def __init__(self, remote: str | None = None, timeout: float = 2.0):
         self.remote = remote or default_remote()
         self.timeout = timeout
+        start = time.monotonic()        # one `timeout` for connecting and the first copy
         try:
             self.idl = open_idl(self.remote, "Open_vSwitch", TABLES, retry=0.1,
                                 timeout=timeout)
         except OSError as e:
             raise DatabaseUnavailable(f"cannot reach the Open_vSwitch database at "
                                       f"{self.remote}: {e.strerror or e}") from None
-        self._sync(timeout)
+        self._sync(max(0.0, timeout - (time.monotonic() - start)))
 
     # -- plumbing -----------------------------------------------------------
     def __enter__(self) -> "Node":
