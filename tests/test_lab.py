@@ -1,6 +1,7 @@
 """The lab, for real: OVN over Geneve on the OVS kernel datapath in a VM, with the
-bpf source in each chassis' agent (integration/lab_scenario.py). One run of the lab
-serves all the tests here; they read its report."""
+bpf source in each chassis' agent and ovsfoot's 3-member cluster database on the
+central node (integration/lab_scenario.py). One run of the lab serves all the
+tests here; they read its report."""
 
 import json
 import sys
@@ -55,6 +56,13 @@ def test_mice_never_become_elephants(report):
     assert during["hv2"]["interfaces"]["lab_mice-server-0"]["ovsfoot-footprint"] == "light"
 
 
+def test_node_summary_on_the_integration_bridge_only(report):
+    for hv in ("hv1", "hv2"):
+        assert check(report, f"{hv}: node keys published on Bridge br-int")["ok"]
+        assert check(report, f"{hv}: no ovsfoot key on the Open_vSwitch row")["ok"]
+        assert report["published"]["during"][hv]["open_vswitch"] == {}
+
+
 def test_keys_published_then_withdrawn(report):
     during, after = report["published"]["during"], report["published"]["after"]
     for hv, lport in (("hv1", "lab_elephant-client-5f7d8c9b4d-k2x7q"),
@@ -87,6 +95,33 @@ def test_ctnetlink_source_agrees_with_bpf(report):
 def test_agents_used_the_kernel_program(report):
     ready = [r for r in report["timeline"] if r["what"] == "agent ready" and r["source"] == "bpf"]
     assert len(ready) == 2 and all(r["probe"] in ("kprobe", "fentry") for r in ready), ready
+
+
+def test_cluster_db_runs_three_members(report):
+    status = report["cluster_db"]["status"]
+    assert len(status) == 3
+    assert sum("Role: leader" in st for st in status.values()) == 1, status
+
+
+def test_learned_class_crosses_chassis_through_the_cluster_db(report):
+    assert check(report, "hv2 learned lab/elephant-server heavy")["ok"]
+    assert check(report, "hv3 classes lab/elephant-server heavy, learned on hv2 "
+                         "(cluster database)")["ok"]
+
+
+def test_agents_cost_ovn_no_recompute(report):
+    cost = report["ovn_cost"]
+    control, agents = cost["control"], cost["agents"]
+    # a control phase as long as the agents' phase, or longer
+    assert control["seconds"] >= agents["seconds"] - 1, cost
+    for node in ("hv1", "hv2", "hv3", "central"):
+        for daemon, n in agents[node].items():
+            assert n <= control[node][daemon], (node, daemon, cost)
+    assert set(agents["central"]) == {"ovn-northd"}
+    assert set(agents["hv1"]) == {"ovn-controller", "ovs-vswitchd"}
+    # and they would see one: what an Open_vSwitch-row write costs
+    assert cost["probe"]["hv3"]["ovn-controller"] >= 1, cost
+    print("\n".join(lab.render_cost(cost)))
 
 
 def test_experiment_mice_latency_alone_beside_and_placed(report):
