@@ -1,11 +1,12 @@
 """The Vagrant lab (vagrant/), checked without booting a box.
 
 Vagrant cannot download boxes here, so: `vagrant validate` for both providers,
-`systemd-analyze verify` for the agent's unit, shellcheck on the scripts, and
-a real lab-mode run of the provisioning scripts: OVN central and two chassis
+`systemd-analyze verify` for the agent's and the cluster database's units,
+shellcheck on the scripts, and a real lab-mode run of the provisioning scripts:
+OVN central, ovsfoot's cluster database (three raft members) and two chassis
 (netdev datapath), each in its own network namespace on an underlay bridge,
-two pods, the agents; then every script a second time, which must change
-nothing; then teardown, which must leave nothing.
+two pods, the agents publishing into the cluster database; then every script a
+second time, which must change nothing; then teardown, which must leave nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ovsfoot.cli import parser as ovsfoot_parser
 VAGRANT = Path(__file__).resolve().parents[1] / "vagrant"
 PROVISION = VAGRANT / "provision"
 UNIT = VAGRANT / "systemd" / "ovsfoot-agent.service"
+CLUSTER_UNIT = VAGRANT / "systemd" / "ovsfoot-cluster-db.service"
 OVSFOOT = Path(sys.executable).with_name("ovsfoot")
 
 
@@ -71,9 +73,9 @@ def test_vagrant_chassis_count(tmp_path):
     assert machines == ["central", "hv1", "hv2", "hv3"]
 
 
-def unit_settings() -> dict[str, list[str]]:
+def unit_settings(unit: Path = UNIT) -> dict[str, list[str]]:
     settings: dict[str, list[str]] = {}
-    text = UNIT.read_text().replace("\\\n", " ")
+    text = unit.read_text().replace("\\\n", " ")
     for line in text.splitlines():
         if "=" in line and not line.startswith("#"):
             key, value = line.split("=", 1)
@@ -81,10 +83,11 @@ def unit_settings() -> dict[str, list[str]]:
     return settings
 
 
-def test_unit_verifies(tmp_path):
+@pytest.mark.parametrize("source", [UNIT, CLUSTER_UNIT], ids=lambda u: u.stem)
+def test_unit_verifies(tmp_path, source):
     # systemd-analyze checks that ExecStart exists: point it at this venv's ovsfoot.
-    unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace("/opt/ovsfoot/bin/ovsfoot", str(OVSFOOT)))
+    unit = tmp_path / source.name
+    unit.write_text(source.read_text().replace("/opt/ovsfoot/bin/ovsfoot", str(OVSFOOT)))
     p = run("systemd-analyze", "verify", "--man=no", unit, check=False)
     assert p.returncode == 0 and not p.stdout.strip() and not p.stderr.strip(), p.stderr
 
@@ -103,7 +106,23 @@ def test_unit_runs_the_agent_right():
     args = ovsfoot_parser().parse_args(argv[1:])
     assert args.source == "auto" and args.detach
     assert args.pidfile == s["PIDFile"][0] == "/run/openvswitch/ovsfoot.pid"
-    assert args.log_file == "/var/log/openvswitch/ovsfoot.log"
+    # its own log directory: openvswitch-switch's logrotate entry takes /var/log/openvswitch/*.log
+    assert args.log_file == "/var/log/ovsfoot/agent.log" and s["LogsDirectory"] == ["ovsfoot"]
+
+
+def test_cluster_db_unit_runs_a_member_right():
+    s = unit_settings(CLUSTER_UNIT)
+    assert s["Type"] == ["simple"] and s["Restart"] == ["on-failure"]
+    assert s["EnvironmentFile"] == ["/etc/default/ovsfoot-cluster-db"]
+    assert s["StateDirectory"] == ["ovsfoot"]
+    # What provision/cluster-db.sh writes into /etc/default/ovsfoot-cluster-db, expanded.
+    opts = "--local=tcp:192.168.56.10 --join=tcp:192.168.56.11:6648"
+    argv = s["ExecStart"][0].replace("$OVSFOOT_CLUSTER_DB_OPTS", opts).split()
+    assert argv[:4] == ["/opt/ovsfoot/bin/ovsfoot", "cluster-db", "start",
+                        "--dir=/var/lib/ovsfoot/cluster-db"]
+    args = ovsfoot_parser().parse_args(argv[1:])
+    assert args.local == "tcp:192.168.56.10" and args.join == ["tcp:192.168.56.11:6648"]
+    assert not args.detach          # in the foreground: systemd's SIGTERM stops it
 
 
 def test_scripts_shellcheck():
@@ -117,8 +136,13 @@ def test_scripts_shellcheck():
 
 TAG = f"v{os.getpid()}"            # names unique to this test run (<= 15-char links)
 CENTRAL_IP = "10.77.0.10"
+HOST_IP = "10.77.0.254"             # this machine on the underlay, where the agents run
 CHASSIS = {"h1": "10.77.0.11", "h2": "10.77.0.12"}
 PODS = {"h1": ("p1", "shop_web-0", "10.0.0.11/24"), "h2": ("p2", "shop_db-0", "10.0.0.12/24")}
+# ovsfoot's cluster database: three members, each a node of its own on the underlay,
+# over SSL with a certificate each, as each chassis (provision/pki.sh).
+MEMBERS = {"d1": "10.77.0.21", "d2": "10.77.0.22", "d3": "10.77.0.23"}
+CLUSTER_DB = ",".join(f"ssl:{ip}:6647" for ip in MEMBERS.values())
 
 
 class LabRun:
@@ -127,6 +151,7 @@ class LabRun:
     def __init__(self, work: Path):
         self.work = work
         self.underlay = f"{TAG}ul"
+        self.pki = work / "pki"
         self.log: list[str] = []
 
     def ns(self, node: str) -> str:
@@ -141,19 +166,34 @@ class LabRun:
         self.log.append(out)
         return out
 
+    def creds(self, name: str) -> list[str]:
+        return ["--private-key", str(self.pki / f"{name}-privkey.pem"),
+                "--certificate", str(self.pki / f"{name}-cert.pem"),
+                "--ca-cert", str(self.pki / "cacert.pem")]
+
     def build(self) -> None:
-        for node, ip in {"c": CENTRAL_IP, **CHASSIS}.items():
+        self.log.append(run(PROVISION / "pki.sh", "--dir", self.pki, *MEMBERS, *CHASSIS,
+                            "reader").stdout)
+        for node, ip in {"c": CENTRAL_IP, **MEMBERS, **CHASSIS}.items():
             self.script("underlay.sh", node, "--link", self.underlay, f"{ip}/24")
+        run("ip", "addr", "replace", f"{HOST_IP}/24", "dev", self.underlay)
         self.script("central.sh", "c", CENTRAL_IP)
+        joined: list[str] = []
+        for node, ip in MEMBERS.items():
+            join = ("--join", ",".join(joined)) if joined else ()
+            self.script("cluster-db.sh", node, "--ovsfoot", OVSFOOT, *self.creds(node), *join,
+                        ip)
+            joined.append(f"ssl:{ip}:6648")
         for hv, ip in CHASSIS.items():
             self.script("chassis.sh", hv, "--datapath", "netdev", hv, ip, CENTRAL_IP)
         for hv, (pod, lport, cidr) in PODS.items():
             self.script("workloads.sh", hv, "--lport", lport, CENTRAL_IP, f"{TAG}-{pod}", cidr)
         for hv in CHASSIS:
-            self.script("agent.sh", hv, "--source", "ctnetlink", "--ovsfoot", OVSFOOT)
+            self.script("agent.sh", hv, "--source", "ctnetlink", "--cluster-db", CLUSTER_DB,
+                        *self.creds(hv), "--ovsfoot", OVSFOOT)
 
     def teardown(self) -> None:
-        for node in (*CHASSIS, "c"):
+        for node in (*CHASSIS, *MEMBERS, "c"):
             self.script("teardown.sh", node)
 
     def env(self, node: str) -> dict[str, str]:
@@ -171,6 +211,16 @@ class LabRun:
         """ovn-sbctl from chassis h1, over the underlay to the central's TCP port."""
         return run("ip", "netns", "exec", self.ns("h1"), "ovn-sbctl",
                    f"--db=tcp:{CENTRAL_IP}:6642", "--timeout=10", *args).stdout.strip()
+
+    def cluster(self, table: str) -> list[dict]:
+        """Rows of `table` in ovsfoot's cluster database, read over SSL like the extender."""
+        out = run("ovsdb-client", "--timeout=10", *self.creds("reader"), "query", CLUSTER_DB,
+                  json.dumps(["OVSFoot_Cluster", {"op": "select", "table": table,
+                                                  "where": []}])).stdout
+        return json.loads(out)[0]["rows"]
+
+    def cluster_status(self, node: str) -> str:
+        return run(OVSFOOT, "cluster-db", "status", "--dir", self.rundir(node)).stdout
 
     def pids(self) -> dict[str, str]:
         return {f"{p.parent.name}/{p.stem}": p.read_text().strip()
@@ -249,8 +299,52 @@ def test_lab_agents_answer(lab):
     for hv in CHASSIS:
         out = run("ovs-appctl", "-t", "ovsfoot", "footprint/show", env=lab.env(hv)).stdout
         assert out.startswith("node: light")
-        wait_for(lambda: lab.ids(hv, "Open_vSwitch", ".").get("ovsfoot-footprint") == "light",
-                 what=f"ovsfoot's node key on {hv}")
+        wait_for(lambda: lab.ids(hv, "Bridge", "br-int").get("ovsfoot-footprint") == "light",
+                 what=f"ovsfoot's node key on {hv}'s integration bridge")
+        # never on the Open_vSwitch row: every change of it costs a full recompute
+        root = lab.ids(hv, "Open_vSwitch", ".")
+        assert not [k for k in root if k.startswith("ovsfoot-")], root
+
+
+def test_lab_cluster_db_has_three_members_and_a_leader(lab):
+    status = {node: lab.cluster_status(node) for node in MEMBERS}
+    assert sum("Role: leader" in st for st in status.values()) == 1, status
+    for node, st in status.items():
+        assert f"Address: ssl:{MEMBERS[node]}:6648" in st
+        servers = st.split("Servers:", 1)[1]
+        assert all(f"ssl:{ip}:6648" in servers for ip in MEMBERS.values()), st
+
+
+def test_lab_agents_publish_into_the_cluster_db(lab):
+    rows = wait_for(lambda: (r := lab.cluster("Chassis")) and len(r) == len(CHASSIS) and r,
+                    what="both chassis' rows in the cluster database")
+    by_name = {r["name"]: r for r in rows}
+    assert sorted(by_name) == sorted(CHASSIS)
+    for hv in CHASSIS:
+        assert by_name[hv]["hostname"] == hv
+        assert by_name[hv]["footprint"] == "light" and by_name[hv]["elephants"] == 0
+    # nothing of ovsfoot's in OVN Southbound
+    assert "ovsfoot" not in lab.sbctl("list", "Chassis_Private")
+
+
+def test_lab_pki_names_each_certificate(lab):
+    for name in (*MEMBERS, *CHASSIS):
+        subject = run("openssl", "x509", "-noout", "-subject", "-in",
+                      lab.pki / f"{name}-cert.pem").stdout
+        assert subject.strip().endswith(f"CN = {name}"), subject
+        run("openssl", "verify", "-CAfile", lab.pki / "cacert.pem", lab.pki / f"{name}-cert.pem")
+    assert oct((lab.pki / "h1-privkey.pem").stat().st_mode & 0o777) == "0o600"
+
+
+def test_lab_a_chassis_writes_only_its_own_rows(lab):
+    """RBAC: h1's certificate may not write h2's row (and the agents' own writes passed)."""
+    h2 = next(r for r in lab.cluster("Chassis") if r["name"] == "h2")
+    out = run("ovsdb-client", "--timeout=10", *lab.creds("h1"), "transact", CLUSTER_DB,
+              json.dumps(["OVSFoot_Cluster", {"op": "update", "table": "Chassis",
+                                              "where": [["_uuid", "==", h2["_uuid"]]],
+                                              "row": {"footprint": "heavy"}}])).stdout
+    assert "permission error" in out, out
+    assert next(r for r in lab.cluster("Chassis") if r["name"] == "h2")["footprint"] == "light"
 
 
 def test_lab_scripts_are_idempotent(lab):
@@ -266,7 +360,7 @@ def test_lab_scripts_are_idempotent(lab):
 
 def test_lab_teardown_leaves_nothing(lab):
     running = lab.pids()
-    assert len(running) == 11           # 3 on the central node, 4 per chassis
+    assert len(running) == 14           # 3 on the central node, 1 per member, 4 per chassis
     lab.teardown()
     assert lab.alive() == []
     assert lab.namespaces() == []
