@@ -32,6 +32,11 @@ if [ "$MODE" = machine ]; then
     systemctl daemon-reload
     restart=yes
   fi
+  rotate=/etc/logrotate.d/ovsfoot
+  if ! cmp -s "$PROVISION/../systemd/ovsfoot.logrotate" "$rotate"; then
+    step "installing $rotate (the agent's log, /var/log/ovsfoot/agent.log)"
+    install -m 644 "$PROVISION/../systemd/ovsfoot.logrotate" "$rotate"
+  fi
   if [ "$(cat /etc/default/ovsfoot 2>/dev/null)" != "$conf" ]; then
     step "agent options: ${opts[*]}"
     echo "$conf" >/etc/default/ovsfoot
