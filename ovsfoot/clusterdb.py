@@ -244,10 +244,13 @@ def setup_ops(rows: list, target: str) -> list:
                     "row": {"name": ROLE, "permissions": ["map", [
                         [t, ["named-uuid", f"perm_{t}"]] for t in PERMISSIONS]]}})
 
+    # RBAC names a client by its certificate's CN: without SSL there is no name to
+    # match, and a role would refuse every write, so the connection gets none
+    role = ROLE if target.startswith("pssl:") else ""
     by_uuid = {c["_uuid"][1]: c for c in conns}
     current = [by_uuid[u[1]] for u in _set(glob[0]["connections"]) if u[1] in by_uuid] \
         if glob else []
-    ours = [c for c in current if c["target"] == target and c["role"] == ROLE
+    ours = [c for c in current if c["target"] == target and c["role"] == role
             and not c["read_only"]]
     stale = [c for c in current if c["role"] == ROLE and c not in ours]
     if ours and not stale:
@@ -258,11 +261,11 @@ def setup_ops(rows: list, target: str) -> list:
     if existing:                    # the target is unique: reuse the row
         ops.append({"op": "update", "table": "Connection",
                     "where": [["_uuid", "==", existing["_uuid"]]],
-                    "row": {"role": ROLE, "read_only": False}})
+                    "row": {"role": role, "read_only": False}})
         mine = existing["_uuid"]
     else:
         ops.append({"op": "insert", "table": "Connection", "uuid-name": "conn",
-                    "row": {"target": target, "role": ROLE, "read_only": False}})
+                    "row": {"target": target, "role": role, "read_only": False}})
         mine = ["named-uuid", "conn"]
     row = {"connections": ["set", [*keep, mine]]}
     if glob:
@@ -374,7 +377,13 @@ def _after_start(args, paths: Paths, joins: list[str], target: str) -> None:
     _wait_connected(paths, args.wait if args.wait > 0 else 60)
     if not joins:
         if bootstrap(paths.admin, target):
-            print(f"{DB_NAME}: chassis connection {target} with RBAC role {ROLE}")
+            print(f"{DB_NAME}: chassis connection {target}"
+                  + (f" with RBAC role {ROLE}" if target.startswith("pssl:") else ""))
+        if not target.startswith("pssl:"):
+            print(f"{DB_NAME}: WARNING: without SSL no client has a name, so RBAC cannot keep "
+                  f"a chassis to its own rows: anyone who reaches {target} may write any row. "
+                  "Give --private-key, --certificate and --ca-cert in production.",
+                  file=sys.stderr)
     print(f"{DB_NAME} member running in {paths.dir} (admin socket {paths.admin})")
 
 

@@ -270,3 +270,21 @@ def test_leader_loss_loses_nothing(cluster):
                     what="the rejoined member to have hv-a's new row")
     assert rows[0]["learned"] == "light"
     assert cluster.leader() is not None
+
+
+def test_without_ssl_chassis_can_write(tmp_path):
+    """Without SSL no client has a name for RBAC to match: the chassis connection gets no
+    role (with one, every write would be refused), and `cluster-db start` warns."""
+    db = ClusterDbSandbox(tmp_path / "plain", members=1, ssl=False)
+    try:
+        db.start()
+        remote = db.members[0].remote
+        assert remote.startswith("tcp:")
+        out = json.loads(db.client("transact", remote, json.dumps(
+            [DB, insert("Chassis", chassis_row("hv-plain"))])))
+        assert not errors(out), out
+        assert by(db.rows("Chassis"), name="hv-plain")
+        conns = db.rows("Connection")
+        assert [c["role"] for c in conns] == [""]
+    finally:
+        db.destroy()
