@@ -2,8 +2,8 @@
 
 ovsfoot's own clustered OVSDB (`OVSFoot_Cluster`, integration/clusterdb.py: three
 members in network namespaces, SSL, RBAC per chassis) gets 200 simulated chassis.
-Each is the agent's own `ClusterPublisher` (one IDL each, with its own
-certificate: CN = chassis name), driven by a paced feed: its node summary
+Each is the agent's own `ClusterPublisher` (one `ClusterIdl` each, as shipped,
+with its own certificate: CN = chassis name), driven by a paced feed: its node summary
 changes every 0.25-5.75 s (3 s on average), and now and then (1 change in 20) it
 learns a workload class, heavy or light. Four worker processes drive 50
 publishers each in one poll loop. Two real scheduler extenders
@@ -17,10 +17,8 @@ Legs, each on freshly seeded Chassis rows (the steady state, not a start-up stor
                 2 parts of 15 s (6 s with --quick)
   standalone    the baseline: one standalone ovsdb-server (not clustered; same
                 SSL, Connection row and RBAC role); 2 parts, alternated with raft_relay
-  raft_trimmed  (only with --trim-server-monitor) as raft, with python-ovs'
-                _Server monitor trimmed in the workers: an experiment
   raft          the chassis connect to the members (what `--cluster-db` lists);
-                20 s (8 s), last: it overloads the host
+                20 s (8 s), last
 then the extender's reader (the real ClusterDbView) at 200, 1,000 and 10,000 chassis.
 
 Measured over the feed plus 4 s to drain:
@@ -40,7 +38,7 @@ still presents its own certificate, every chassis gets a stream class of its own
 key and certificate when it opens a connection; the server sees exactly what
 200 agents would send.
 
-    python -m bench.clusterdb_scale [--quick] [--trim-server-monitor] [-v]
+    python -m bench.clusterdb_scale [--quick] [-v]
 """
 
 from __future__ import annotations
@@ -195,36 +193,6 @@ def timed_publisher_class():
     return TimedPublisher
 
 
-def trim_server_monitor() -> None:
-    """python-ovs's Idl monitors every column of _Server.Database, `index`
-    included, which each member updates on every commit: every client then
-    receives one `update` per cluster transaction, carrying the whole row with
-    the database schema (3.2 KB measured). This variant (an experiment, not the agent:
-    `--trim-server-monitor`) leaves `index` out, so a client hears from _Server
-    only when the member's role or connection changes; it gives up python-ovs'
-    check for a reconnection to a member with stale data."""
-    import ovs.db.custom_index
-    import ovs.db.idl
-    import ovs.jsonrpc
-
-    def send(self):
-        self.state = self.IDL_S_SERVER_MONITOR_REQUESTED
-        table = self.server_tables[self._server_db_table]
-        for column in table.columns.values():
-            if not hasattr(column, "alert"):
-                column.alert = True
-        table.rows = ovs.db.custom_index.IndexedRows(table)
-        table.need_table = False
-        table.idl = self
-        columns = [c for c in table.columns if c != "index"]
-        msg = ovs.jsonrpc.Message.create_request(
-            "monitor", [self._server_db.name, str(self.server_monitor_uuid),
-                        {table.name: [{"columns": columns}]}])
-        self._server_monitor_request_id = msg.id
-        self.send_request(msg)
-    ovs.db.idl.Idl._Idl__send_server_monitor_request = send
-
-
 class Feed:
     """One chassis' paced changes."""
 
@@ -316,9 +284,7 @@ class Loop:
 def worker(conn, spec: dict) -> None:
     """A worker process: spec['chassis'] chassis, one poll loop, until told to stop."""
     import ovsfoot.publishers.cluster as cluster_mod
-    cluster_mod.log.disabled = True
-    if spec.get("trim_server_monitor"):
-        trim_server_monitor()             # per-chassis "connected" lines: noise here
+    cluster_mod.log.disabled = True           # per-chassis "connected" lines: noise here
     Timed = timed_publisher_class()
     pubs, feeds = [], []
     for i in spec["chassis"]:
@@ -607,7 +573,7 @@ def freshness(chassis: dict, obs: dict, t0: float, t1: float) -> dict:
 
 def measure(label: str, members: list[str], creds: dict, servers: dict[str, int],
             leader: str, extenders: dict[str, tuple[str, tuple | None]], feed_s: float,
-            seed: int, logdir: Path, log, trim: bool = False) -> dict:
+            seed: int, logdir: Path, log) -> dict:
     """The feed against `members`; `servers` name -> ovsdb-server pid (CPU);
     `leader` the name whose CPU per transaction is reported."""
     ctx = multiprocessing.get_context("fork")
@@ -617,7 +583,7 @@ def measure(label: str, members: list[str], creds: dict, servers: dict[str, int]
         t_setup = time.monotonic()
         for ids in per:
             parent, child = ctx.Pipe()
-            spec = {"chassis": ids, "members": members, "seed": seed, "trim_server_monitor": trim,
+            spec = {"chassis": ids, "members": members, "seed": seed,
                     "creds": {chassis_name(i): creds[chassis_name(i)] for i in ids}}
             p = ctx.Process(target=_worker_main, args=(child, spec), daemon=True)
             p.start()
@@ -918,8 +884,7 @@ def clear(admin: str) -> None:
          {"op": "delete", "table": "Workload_Class", "where": []}]))
 
 
-def run(quick: bool = False, log=print, trim: bool = False) -> list[Result]:
-    """`trim`: also a leg with python-ovs' _Server monitor trimmed (an experiment)."""
+def run(quick: bool = False, log=print) -> list[Result]:
     from integration.clusterdb import ClusterDbSandbox
     from integration.programs import require
     # ovsdb-client (relay, bootstrap) comes with ovsdb-server (openvswitch-common)
@@ -945,13 +910,13 @@ def run(quick: bool = False, log=print, trim: bool = False) -> list[Result]:
         extenders = {"direct": (sb.remote, creds["extender"]), "relay": (relay, None)}
         direct = [f"{m.ip}:6647" for m in sb.members]
 
-        def raft(label, members, feed_s, trim=False):
+        def raft(label, members, feed_s):
             li = sb.leader()
             admin = sb.members[li].admin
             clear(admin)
             seed(admin)
             m = measure(label, members, creds, servers, sb.members[li].name, extenders,
-                        feed_s, 1 + len(parts.get(label, [])), work, log, trim)
+                        feed_s, 1 + len(parts.get(label, [])), work, log)
             m["leader_term"] = [leader_term(sb, li), leader_term(sb, sb.leader() or 0)]
             parts.setdefault(label, []).append(m)
 
@@ -963,12 +928,10 @@ def run(quick: bool = False, log=print, trim: bool = False) -> list[Result]:
                         feed_s, 1 + len(parts.get("standalone", [])), work, log)
             parts.setdefault("standalone", []).append(m)
         # the relayed cluster and the baseline alternate, so that the machine's
-        # noise falls on both; the direct leg comes last: it overloads the host
+        # noise falls on both; then the direct leg (single part)
         for _ in range(2):
             raft("raft_relay", [wrelay.remote], part_s)
             alone(part_s)
-        if trim:
-            raft("raft_trimmed", direct, raft_s, trim=True)
         raft("raft", direct, raft_s)
         for x in (wrelay, standalone):
             x.stop()
@@ -1035,8 +998,7 @@ def results(L: dict, S: dict, reader: dict) -> list[Result]:
                "(p50, informational)", None, detail=L),
     ]
     names = {"raft": ("clusterdb", "chassis and extender on the members"),
-             "raft_relay": ("clusterdb_relayed", "chassis on a relay, extender on a relay"),
-             "raft_trimmed": ("clusterdb_trimmed", "as clusterdb, python-ovs _Server trimmed")}
+             "raft_relay": ("clusterdb_relayed", "chassis on a relay, extender on a relay")}
     for leg, (prefix, what) in names.items():
         if leg not in L:
             continue
@@ -1071,8 +1033,7 @@ def results(L: dict, S: dict, reader: dict) -> list[Result]:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
-    for r in run(quick="--quick" in sys.argv, log=lambda m: print(m, file=sys.stderr),
-                 trim="--trim-server-monitor" in sys.argv):
+    for r in run(quick="--quick" in sys.argv, log=lambda m: print(m, file=sys.stderr)):
         print(r.name, r.value, r.unit, r.baseline, r.ratio, r.met)
         if r.detail and "-v" in sys.argv:
             print(json.dumps(r.detail, indent=1, default=str))
