@@ -350,7 +350,9 @@ def test_prometheus_scrapes_the_agent_and_the_extender(node, db, pki, tmp_path):
             prom.wait(f'up{{job="{job}"}}', lambda v: v == 0)
             t = wait_for(lambda: prom.targets()[job].get("lastError") and prom.targets()[job],
                          what=f"{job}'s scrape error")
-            assert "tls" in t["lastError"].lower() or "certificate" in t["lastError"], t
+            # refused in the handshake: Go reports the TLS alert, or the reset that closed
+            # the connection before it arrived (up is 0 either way, checked above)
+            assert any(w in t["lastError"].lower() for w in ("tls", "certificate", "reset")), t
 
         # the agent: an elephant p1 -> p2 counts in p1's zone (source) and p2's (sink)
         p1, p2 = node.pods["p1"], node.pods["p2"]

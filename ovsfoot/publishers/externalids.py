@@ -31,6 +31,7 @@ class Committer:
         self.txn: Txn | None = None
         self.transactions = 0
         self.failures = 0
+        self.committed = 0  # transactions the server applied
         self.built = 0      # time.time_ns() when the transaction in flight was built
         self.on_commit: Callable[[int], None] | None = None   # metrics: called with `built`
 
@@ -45,8 +46,10 @@ class Committer:
             self.failures += 1
             log.error("%s refused an update: %s (%s); will retry", self.what, status,
                       self.txn.get_error())
-        elif status == Txn.SUCCESS and self.on_commit is not None:
-            self.on_commit(self.built)
+        elif status == Txn.SUCCESS:
+            self.committed += 1
+            if self.on_commit is not None:
+                self.on_commit(self.built)
         self.txn = None
         return True
 

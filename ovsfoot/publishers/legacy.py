@@ -46,15 +46,16 @@ class SouthboundCleanup:
         if self.done:
             return
         self.idl.run()
-        if not self.idl.has_ever_connected():
+        if not self.idl.has_ever_connected() or not self.pub.settled():
             return
-        if self.pub.txn is None and not self.pub.diff():
-            if self.pub.transactions:
-                log.info("deleted the ovsfoot keys an earlier version wrote to chassis %s's "
-                         "Chassis_Private row in %s", self.chassis, self.remote)
+        if self.pub.committed:      # once: a key someone sets afterwards is not ours
+            log.info("deleted the ovsfoot keys an earlier version wrote to chassis %s's "
+                     "Chassis_Private row in %s", self.chassis, self.remote)
             self.close()
-            return
-        self.pub.run()
+        elif not self.pub.diff():   # nothing was left
+            self.close()
+        else:
+            self.pub.run()
 
     def wait(self, poller: ovs.poller.Poller) -> None:
         if not self.done:
