@@ -17,7 +17,6 @@ The cluster view has its own typed schema (cluster.ovsschema).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import unicodedata
@@ -99,14 +98,9 @@ def parse_count(value: str | None, where: str) -> int | None:
     return n
 
 
-def parse_score(value, where: str) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        x = math.nan
-    if not math.isfinite(x) or x < 0:
-        raise ContractError(f"{where}: {value!r} is not a finite non-negative number")
-    return x
+def _parsed(ids: dict[str, str], where: str, *keys) -> list:
+    """The values of `keys` ((key, parser) pairs) in `ids`, each parsed or refused."""
+    return [parse(ids.get(key), f"{where} {key}") for key, parse in keys]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +114,8 @@ class PortKeys:
 
     @classmethod
     def parse(cls, ids: dict[str, str], where: str) -> "PortKeys":
-        return cls(parse_class(ids.get(FOOTPRINT), f"{where} {FOOTPRINT}"),
-                   parse_count(ids.get(ELEPHANTS), f"{where} {ELEPHANTS}"),
-                   parse_class(ids.get(WORKLOAD_CLASS), f"{where} {WORKLOAD_CLASS}"),
-                   parse_count(ids.get(TS), f"{where} {TS}"))
+        return cls(*_parsed(ids, where, (FOOTPRINT, parse_class), (ELEPHANTS, parse_count),
+                            (WORKLOAD_CLASS, parse_class), (TS, parse_count)))
 
     @staticmethod
     def format(elephants: int, learned: str | None) -> dict[str, str]:
@@ -144,10 +136,8 @@ class NodeKeys:
 
     @classmethod
     def parse(cls, ids: dict[str, str], where: str) -> "NodeKeys":
-        return cls(parse_class(ids.get(FOOTPRINT), f"{where} {FOOTPRINT}"),
-                   parse_count(ids.get(ELEPHANTS), f"{where} {ELEPHANTS}"),
-                   parse_count(ids.get(HEAVY_PORTS), f"{where} {HEAVY_PORTS}"),
-                   parse_count(ids.get(TS), f"{where} {TS}"))
+        return cls(*_parsed(ids, where, (FOOTPRINT, parse_class), (ELEPHANTS, parse_count),
+                            (HEAVY_PORTS, parse_count), (TS, parse_count)))
 
     @staticmethod
     def format(elephants: int, heavy_ports: int) -> dict[str, str]:
