@@ -14,6 +14,7 @@ one per chassis (`client_creds(name)`: CN = exactly `name`), all from the switch
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -59,6 +60,9 @@ class Member:
         return str(self.dir / "ovsdb-server.ctl")
 
 
+_SANDBOXES = itertools.count()
+
+
 def _free_subnet(first: int = 77) -> str:
     used = sh("ip", "-4", "route", "show", "table", "all") + sh("ip", "-4", "-o", "addr")
     for n in [*range(first, 255), *range(16, first)]:
@@ -74,7 +78,8 @@ class ClusterDbSandbox:
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ssl = ssl
-        self.tag = f"ofc{os.getpid() % 10000}"
+        # unique per sandbox: two in one test process must not clean up each other
+        self.tag = f"ofc{os.getpid() % 10000}{next(_SANDBOXES) % 10}"
         self.bridge = f"{self.tag}br"
         self.subnet = subnet            # "172.31.77"; chosen by start() when None
         self.pki = self.workdir / "pki"
