@@ -63,6 +63,7 @@ class Agent:
         self.publisher = OvsdbPublisher(self.db, cfg.bridge, cfg.publish_interval)
         self.cluster: ClusterPublisher | None = None
         self.cleanup: SouthboundCleanup | None = None
+        self._legacy_checked = False
         self.state = StateFile(cfg.state) if cfg.state else None
         if self.state:
             self.learner.load(self.state.load(), self.state.flows)
@@ -151,7 +152,8 @@ class Agent:
         chassis = ids.get("system-id")
         if not chassis:
             return
-        if self.cleanup is None and ids.get("ovn-remote"):
+        if not self._legacy_checked and ids.get("ovn-remote"):
+            self._legacy_checked = True         # once per agent run
             remote = ids["ovn-remote"]
             if ssl_ready(remote):
                 self.cleanup = SouthboundCleanup(remote, chassis)
