@@ -23,32 +23,12 @@ opts=(--source="$SOURCE" --bridge="$BRIDGE" ${CLUSTER_DB:+--cluster-db="$CLUSTER
 
 if [ "$MODE" = machine ]; then
   [ -z "$OVSFOOT" ] || die "the unit runs /opt/ovsfoot/bin/ovsfoot (see install.sh)"
-  unit=/etc/systemd/system/ovsfoot-agent.service
-  conf="OVSFOOT_OPTS=\"${opts[*]}\""
-  restart=""
-  if ! cmp -s "$PROVISION/../systemd/ovsfoot-agent.service" "$unit"; then
-    step "installing $unit"
-    install -m 644 "$PROVISION/../systemd/ovsfoot-agent.service" "$unit"
-    systemctl daemon-reload
-    restart=yes
-  fi
   rotate=/etc/logrotate.d/ovsfoot
   if ! cmp -s "$PROVISION/../systemd/ovsfoot.logrotate" "$rotate"; then
     step "installing $rotate (the agent's log, /var/log/ovsfoot/agent.log)"
     install -m 644 "$PROVISION/../systemd/ovsfoot.logrotate" "$rotate"
   fi
-  if [ "$(cat /etc/default/ovsfoot 2>/dev/null)" != "$conf" ]; then
-    step "agent options: ${opts[*]}"
-    echo "$conf" >/etc/default/ovsfoot
-    restart=yes
-  fi
-  step "enabling ovsfoot-agent"
-  systemctl enable --quiet ovsfoot-agent
-  if [ -n "$restart" ]; then
-    systemctl restart ovsfoot-agent
-  else
-    systemctl start ovsfoot-agent
-  fi
+  run_unit ovsfoot-agent ovsfoot "OVSFOOT_OPTS=\"${opts[*]}\"" "agent options: ${opts[*]}"
 else
   OVSFOOT=${OVSFOOT:-$(command -v ovsfoot || echo /opt/ovsfoot/bin/ovsfoot)}
   start_daemon ovsfoot "$OVSFOOT" agent --state="$RUNDIR/ovsfoot.state" \

@@ -36,27 +36,8 @@ what="member $scheme:$IP${JOIN:+, joining $JOIN}"
 
 if [ "$MODE" = machine ]; then
   [ -z "$OVSFOOT" ] || die "the unit runs /opt/ovsfoot/bin/ovsfoot (see install.sh)"
-  unit=/etc/systemd/system/ovsfoot-cluster-db.service
-  conf="OVSFOOT_CLUSTER_DB_OPTS=\"${opts[*]}\""
-  restart=""
-  if ! cmp -s "$PROVISION/../systemd/ovsfoot-cluster-db.service" "$unit"; then
-    step "installing $unit"
-    install -m 644 "$PROVISION/../systemd/ovsfoot-cluster-db.service" "$unit"
-    systemctl daemon-reload
-    restart=yes
-  fi
-  if [ "$(cat /etc/default/ovsfoot-cluster-db 2>/dev/null)" != "$conf" ]; then
-    step "cluster-db $what"
-    echo "$conf" >/etc/default/ovsfoot-cluster-db
-    restart=yes
-  fi
-  step "enabling ovsfoot-cluster-db"
-  systemctl enable --quiet ovsfoot-cluster-db
-  if [ -n "$restart" ]; then
-    systemctl restart ovsfoot-cluster-db
-  else
-    systemctl start ovsfoot-cluster-db
-  fi
+  run_unit ovsfoot-cluster-db ovsfoot-cluster-db \
+    "OVSFOOT_CLUSTER_DB_OPTS=\"${opts[*]}\"" "cluster-db $what"
   wait_file /var/lib/ovsfoot/cluster-db/db.sock
 else
   OVSFOOT=${OVSFOOT:-$(command -v ovsfoot || echo /opt/ovsfoot/bin/ovsfoot)}

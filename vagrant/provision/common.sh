@@ -23,6 +23,33 @@ POS=() EXTRA=()
 
 step() { printf '[%s%s] %s\n' "$SCRIPT" "${NETNS:+ $NETNS}" "$*"; }
 die() { printf '[%s] error: %s\n' "$SCRIPT" "$*" >&2; exit 1; }
+
+# run_unit UNIT DEFAULTS CONF SAYS (machine mode): installs vagrant/systemd/UNIT.service,
+# writes CONF to /etc/default/DEFAULTS (saying SAYS), enables the unit, and restarts it if
+# either changed (else starts it).
+run_unit() {
+  local name=$1 defaults=/etc/default/$2 conf=$3 says=$4 restart=""
+  local unit=/etc/systemd/system/$name.service
+  if ! cmp -s "$PROVISION/../systemd/$name.service" "$unit"; then
+    step "installing $unit"
+    install -m 644 "$PROVISION/../systemd/$name.service" "$unit"
+    systemctl daemon-reload
+    restart=yes
+  fi
+  if [ "$(cat "$defaults" 2>/dev/null)" != "$conf" ]; then
+    step "$says"
+    echo "$conf" >"$defaults"
+    restart=yes
+  fi
+  step "enabling $name"
+  systemctl enable --quiet "$name"
+  if [ -n "$restart" ]; then
+    systemctl restart "$name"
+  else
+    systemctl start "$name"
+  fi
+}
+
 usage_exit() { printf 'usage: %s\n' "$USAGE" >&2; exit 2; }
 
 # need PROGRAM:PACKAGE...: where a script starts, fails at once, naming the
