@@ -358,8 +358,7 @@ def worker(conn, spec: dict) -> None:
 
 def received(pubs) -> int:
     """Bytes the publishers' connections have received (a reconnection restarts its count)."""
-    return sum(p.idl._session.rpc.get_received_bytes() for p in pubs
-               if p.idl._session.rpc is not None)
+    return sum(p.idl.received_bytes() for p in pubs)
 
 
 def _worker_main(conn, spec) -> None:
@@ -408,7 +407,7 @@ class Server:
         from ovsfoot import clusterdb
         self.dir.mkdir(exist_ok=True)
         netns_on_bridge(self.sb, self.ns, self.ip)
-        key, cert, ca = self.sb._sign(self.sb.pki, self.name)
+        key, cert, ca = self.sb.client_creds(self.name)
         sh("ip", "netns", "exec", self.ns, "ovsdb-server", db,
            f"--remote=db:{clusterdb.DB_NAME},Cluster_Global,connections",
            f"--remote=punix:{self.dir / 'db.sock'}", f"--unixctl={self.dir / 'ovsdb-server.ctl'}",

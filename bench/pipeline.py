@@ -129,7 +129,7 @@ def child(mode: str, path: str, remote: str, bridge: str) -> dict:
                  thresholds=Thresholds(ELEPHANT_BYTES, 1.0, idle_seconds=3600))
     agent = Agent(cfg, src, db=LocalDb(remote, timeout=10))
     deadline = time.monotonic() + 30
-    while not (agent._synced and len(agent.attributor.ports) == PORTS):
+    while not (agent.synced and len(agent.attributor.ports) == PORTS):
         if time.monotonic() > deadline:
             raise RuntimeError("the agent never saw the sandbox's ports")
         agent.db.run()
@@ -140,7 +140,7 @@ def child(mode: str, path: str, remote: str, bridge: str) -> dict:
         p.timer_wait(100)
         p.block()
     t0, c0 = time.perf_counter(), time.process_time()
-    while not src.done or src._pending is not None:
+    while not src.finished:
         agent.run_once()
     ok = agent.publisher.flush(10)
     t1, c1 = time.perf_counter(), time.process_time()

@@ -121,7 +121,7 @@ def run(quick: bool = False, log=print) -> list[Result]:
                              thresholds=Thresholds(idle_seconds=3600)), src,
                       db=LocalDb(sb.remote, timeout=10))
         deadline = time.monotonic() + 30
-        while not (agent._synced and len(agent.attributor.ports) == PORTS and mon_log.exists()):
+        while not (agent.synced and len(agent.attributor.ports) == PORTS and mon_log.exists()):
             if time.monotonic() > deadline:
                 raise RuntimeError("the agent never saw the sandbox's ports")
             agent.db.run()

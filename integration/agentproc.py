@@ -34,14 +34,14 @@ class AgentProcess:
                                      stderr=subprocess.DEVNULL)
 
     def wait_ready(self, timeout: float = 60) -> "AgentProcess":
-        wait_for(lambda: self.proc.poll() is not None or self._ctl(),
+        wait_for(lambda: self.proc.poll() is not None or self.control_socket_exists(),
                  timeout=timeout, what="ovsfoot agent's control socket")
         if self.proc.poll() is not None:
             raise RuntimeError(f"ovsfoot agent exited ({self.proc.returncode}): "
                                f"{self.log_text()[-2000:]}")
         return self
 
-    def _ctl(self):
+    def control_socket_exists(self) -> bool:
         return self.proc and (self.ovs.dir / f"ovsfoot.{self.proc.pid}.ctl").exists()
 
     def appctl(self, *args: str, check=True) -> str:

@@ -62,6 +62,12 @@ class KernelPath:
         self._rules()
         return ip
 
+    def set_zone(self, pod_ns: str, zone: int) -> None:
+        """Moves pod `pod_ns`'s traffic into conntrack zone `zone`."""
+        ip, _, dev = self.pods[pod_ns]
+        self.pods[pod_ns] = (ip, zone, dev)
+        self._rules()
+
     def _rules(self) -> None:
         by_dev = "\n".join(f'    iifname "{dev}" ct zone set {zone}'
                            for ip, zone, dev in self.pods.values())

@@ -22,7 +22,7 @@ from ovsfoot.learning import Learner, StateFile
 from ovsfoot.ovsdb import LocalDb, ssl_ready
 from ovsfoot.publishers.cluster import ClusterPublisher, Lesson
 from ovsfoot.publishers.legacy import SouthboundCleanup
-from ovsfoot.publishers.ovsdb import OvsdbPublisher
+from ovsfoot.publishers.vswitch import VswitchPublisher
 from ovsfoot.sources import Source
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Agent:
         self.attributor = Attributor()
         self.learner = Learner(cfg.heavy_at, cfg.half_life)
         self.footprints = Footprints(self.learner)
-        self.publisher = OvsdbPublisher(self.db, cfg.bridge, cfg.publish_interval)
+        self.publisher = VswitchPublisher(self.db, cfg.bridge, cfg.publish_interval)
         self.cluster: ClusterPublisher | None = None
         self.cleanup: SouthboundCleanup | None = None
         self._legacy_checked = False
@@ -72,7 +72,7 @@ class Agent:
         self.events = 0
         self.unattributed = 0
         self.bridge_seen: bool | None = None
-        self._synced = False
+        self.synced = False
         self._generation = None
         self._next_save = self._next_tick = 0.0
         self._identity_warned: dict[str, tuple[str | None, str]] = {}
@@ -101,7 +101,7 @@ class Agent:
         self.attributor.set_ports(candidates)
         ports = self.attributor.ports
         self.attributor.zones.update(dict(bridge.external_ids) if bridge else {},
-                                     time.time_ns(), started=not self._synced,
+                                     time.time_ns(), started=not self.synced,
                                      bound=ports.keys())
         for lport in ports.keys() - known:
             klass = self.klass(ports[lport].workload)
@@ -109,7 +109,7 @@ class Agent:
                      contract.printable(ports[lport].workload),
                      f", learned {klass}" if klass else "")
         self._follow_cluster()
-        self._synced = True
+        self.synced = True
         self._generation = None         # republish
 
     def _workload(self, lport: str, ids: dict[str, str]) -> str:
@@ -228,7 +228,7 @@ class Agent:
     def run_once(self) -> None:
         if self.db.run() and self.db.idl.has_ever_connected():
             self.refresh_topology()
-        if not self._synced:
+        if not self.synced:
             return                  # attribute nothing before the zones are known
         self.handle(self.source.run())
         now = self.source.clock()
@@ -263,7 +263,7 @@ class Agent:
 
     def wait(self, poller: ovs.poller.Poller) -> None:
         self.db.wait(poller)
-        if not self._synced:
+        if not self.synced:
             return
         self.source.wait(poller)
         self.publisher.wait(poller)

@@ -257,13 +257,13 @@ class Node:
         ids = dict(row.external_ids)
         return InterfaceInfo(row.name, ids.get("iface-id") or None, mac, ids)
 
-    def _row(self, interface: str):
+    def row(self, interface: str):
         for row in self._rows("Interface"):
             if row.name == interface:
                 return row
         raise UnknownInterface(f"no OVS Interface named {interface!r} in {self.remote}")
 
-    def _transact(self, what: str, edit) -> None:
+    def transact(self, what: str, edit) -> None:
         """Runs `edit(txn)` in a transaction, retrying on TRY_AGAIN, within the timeout."""
         deadline = time.monotonic() + self.timeout
         while True:
@@ -300,7 +300,7 @@ class Node:
 
     def interface(self, name: str) -> InterfaceInfo:
         self.refresh()
-        return self._info(self._row(name))
+        return self._info(self.row(name))
 
     def find_interface(self, iface_id: str | None = None, name: str | None = None,
                        mac: str | None = None) -> str:
@@ -341,16 +341,16 @@ class Node:
         if bad:
             raise MalformedValue(f"the library writes only {sorted(_WRITABLE)}, not {bad}")
         self.refresh()
-        self._row(interface)
+        self.row(interface)
 
         def edit(txn):
-            row = self._row(interface)      # looked up again on retries
+            row = self.row(interface)      # looked up again on retries
             for k, v in put.items():
                 row.setkey("external_ids", k, v)
             for k in drop:
                 if k in row.external_ids:
                     row.delkey("external_ids", k)
-        self._transact(f"keys of {interface}", edit)
+        self.transact(f"keys of {interface}", edit)
 
     def tag_port(self, interface: str, workload: str) -> None:
         """Sets `external_ids:ovsfoot-workload` of the Interface to `workload`."""

@@ -283,14 +283,14 @@ def claim(node, iface: str, workload: str, cid: str) -> str | None:
     why: list[str | None] = [None]
 
     def edit(txn):
-        row = node._row(iface)
+        row = node.row(iface)
         row.verify("external_ids")
         why[0] = _owner(dict(row.external_ids), cid)
         if why[0] is None:
             row.setkey("external_ids", api.WORKLOAD_KEY, workload)
             row.setkey("external_ids", api.CNI_MARKER_KEY, cid)
     node.refresh()
-    node._transact(f"claim {iface} for {cid}", edit)
+    node.transact(f"claim {iface} for {cid}", edit)
     return why[0]
 
 
@@ -302,7 +302,7 @@ def release(node, iface: str, cid: str, expected: str | None) -> str | None:
     kept: list[str | None] = [None]
 
     def edit(txn):
-        row = node._row(iface)
+        row = node.row(iface)
         row.verify("external_ids")
         ids = dict(row.external_ids)
         kept[0] = "not this container's"
@@ -316,7 +316,7 @@ def release(node, iface: str, cid: str, expected: str | None) -> str | None:
         elif have is not None:
             row.delkey("external_ids", api.WORKLOAD_KEY)
     node.refresh()
-    node._transact(f"release {iface} from {cid}", edit)
+    node.transact(f"release {iface} from {cid}", edit)
     return kept[0]
 
 

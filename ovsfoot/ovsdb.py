@@ -468,6 +468,15 @@ class ClusterIdl(ovs.db.idl.Idl):
     did not land on a member with older data; the cluster view is rewritten by its
     owners at least every heartbeat, so that costs a few seconds at most."""
 
+    def is_connected(self) -> bool:
+        """Connected to a member now (python-ovs 3.1's Idl does not say)."""
+        return self._session.is_connected()
+
+    def received_bytes(self) -> int:
+        """Bytes received on the current connection (0 between connections)."""
+        rpc = self._session.rpc
+        return rpc.get_received_bytes() if rpc is not None else 0
+
     def _Idl__send_server_monitor_request(self):       # python-ovs 3.1's, less `index`
         self.state = self.IDL_S_SERVER_MONITOR_REQUESTED
         table = self.server_tables[self._server_db_table]

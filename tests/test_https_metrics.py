@@ -465,23 +465,23 @@ def test_detection_latency_counts_an_elephant_at_the_commit_that_carried_it():
         source=types.SimpleNamespace(name="bpf", clock=time.time_ns))
     m = metrics.AgentMetrics(agent)
     try:
-        assert agent.publisher.on_commit == m._committed
+        assert agent.publisher.on_commit == m.on_publisher_commit
         now = time.time_ns()
         active["a"] = types.SimpleNamespace(detected_at=now - 300_000_000)   # 0.3 s ago
         active["b"] = types.SimpleNamespace(detected_at=now + 10**9)         # after `built`
-        m._committed(now)
+        m.on_publisher_commit(now)
         s = _samples(m.latency)
         assert s["ovsfoot_detection_latency_seconds_count{}"] == 1
         assert 0.3 <= s["ovsfoot_detection_latency_seconds_sum{}"] < 1
-        m._committed(now + 2 * 10**9)          # the next transaction carries b
-        m._committed(now + 3 * 10**9)          # nothing new
+        m.on_publisher_commit(now + 2 * 10**9)          # the next transaction carries b
+        m.on_publisher_commit(now + 3 * 10**9)          # nothing new
         assert _samples(m.latency)["ovsfoot_detection_latency_seconds_count{}"] == 2
     finally:
         m.close()
     agent.source.clock = lambda: 0               # a replay's clock
     m = metrics.AgentMetrics(agent)
     try:
-        m._committed(time.time_ns() + 10**9)
+        m.on_publisher_commit(time.time_ns() + 10**9)
         assert _samples(m.latency)["ovsfoot_detection_latency_seconds_count{}"] == 0
     finally:
         m.close()

@@ -143,7 +143,7 @@ def test_bad_credentials_are_a_log_line_and_retries_never_a_crash(pki, other_pki
         shutil.copy(good_key, key)
         wait_for(lambda: "the server's certificate is not trusted" in agent.log_text(),
                  timeout=30, what="the untrusted server in the log")
-        assert agent.alive() and not agent._ctl()
+        assert agent.alive() and not agent.control_socket_exists()
         text = agent.log_text()
         assert "Traceback" not in text and "TypeError" not in text
         # said once (and in the agent's "waiting for ovsdb-server"), not at each retry

@@ -88,8 +88,7 @@ def test_malformed_zones_and_zone_without_port(node, agent):
         assert not any(e["owner"] == "bogus" for e in zmap.values())
         assert "ignoring malformed zone ct-zone-bogus='abc'" in agent.log_text()
         # Traffic in the ghost's zone: an elephant, attributed to nobody.
-        node.kp.pods[node.pods["p3"].ns] = (node.pods["p3"].ip, 4000, "v3")
-        node.kp._rules()
+        node.kp.set_zone(node.pods["p3"].ns, 4000)
         node.iperf("p3", "p4", seconds=2)
         rows = wait_elephants(agent, lambda r: any(e["zone"] == 4000 for e in r))
         ghost = [e for e in rows if e["zone"] == 4000]
@@ -97,8 +96,7 @@ def test_malformed_zones_and_zone_without_port(node, agent):
         assert iface(node, "p3")["ovsfoot-footprint"] == "light"   # not blamed on p3
         assert agent.alive()
     finally:
-        node.kp.pods[node.pods["p3"].ns] = (node.pods["p3"].ip, node.pods["p3"].zone, "v3")
-        node.kp._rules()
+        node.kp.set_zone(node.pods["p3"].ns, node.pods["p3"].zone)
         node.ovs.vsctl("remove", "Bridge", node.ovs.bridge, "external_ids", "ct-zone-bogus",
                        "--", "remove", "Bridge", node.ovs.bridge, "external_ids", "ct-zone-ghost")
         node.ovs.start_controller()

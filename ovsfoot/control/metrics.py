@@ -233,7 +233,7 @@ class AgentMetrics:
         self.registry.register(_AgentCollector(self))
         self._pending: dict = {}        # elephant key: detected_at, not yet seen committed
         self._live = getattr(agent.source, "clock", None) is time.time_ns   # not a replay
-        agent.publisher.on_commit = self._committed
+        agent.publisher.on_commit = self.on_publisher_commit
         self.poll_seconds = None
         if getattr(agent.source, "name", None) == "ctnetlink" and hasattr(agent.source, "poll"):
             self.poll_seconds = Histogram("ovsfoot_ctnetlink_poll_seconds", "One dump of the "
@@ -254,7 +254,7 @@ class AgentMetrics:
         self.server: ThreadingHTTPServer | None = None
 
     # -- the loop's side --------------------------------------------------
-    def _committed(self, built_ns: int) -> None:
+    def on_publisher_commit(self, built_ns: int) -> None:
         """The publisher's transaction built at `built_ns` committed: each elephant
         detected before that is published now."""
         if not self._live:
@@ -304,7 +304,7 @@ class AgentMetrics:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
-        if self.agent.publisher.on_commit == self._committed:
+        if self.agent.publisher.on_commit == self.on_publisher_commit:
             self.agent.publisher.on_commit = None
         self._wake_r.close()
         self._wake_w.close()

@@ -147,7 +147,7 @@ class ClusterPublisher(Committer):
     def run(self) -> bool:
         """True when the classes other chassis learned changed."""
         self.idl.run()
-        connected = self.idl._session.is_connected()
+        connected = self.idl.is_connected()
         if connected != self._connected:
             self._connected = connected
             log.log(logging.INFO if connected else logging.WARNING, "cluster database %s: %s",

@@ -102,7 +102,7 @@ class ClusterDbView:
         try:
             while not self._stop.is_set():
                 idl.run()
-                self.connected = idl._session.is_connected()
+                self.connected = idl.is_connected()
                 if not self.connected and not warned and not idl.has_ever_connected():
                     log.warning("waiting for the cluster database %s; nodes score as "
                                 "unknown meanwhile", self.remote)

@@ -110,8 +110,13 @@ class ReplaySource:
             self.events += 1
         return out
 
+    @property
+    def finished(self) -> bool:
+        """Every recorded event has been returned by run()."""
+        return self.done and self._pending is None
+
     def wait(self, poller) -> None:
-        if self.done and self._pending is None:
+        if self.finished:
             return
         if self._pending is None or not self.speed:
             poller.immediate_wake()

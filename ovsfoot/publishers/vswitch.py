@@ -17,7 +17,7 @@ from ovsfoot.ovsdb import LocalDb
 from ovsfoot.publishers.externalids import ExternalIdsPublisher
 
 
-class OvsdbPublisher(ExternalIdsPublisher):
+class VswitchPublisher(ExternalIdsPublisher):
     def __init__(self, db: LocalDb, bridge: str, min_interval: float = 0.1):
         self.bridge = bridge
 
