@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from integration.agentproc import AgentProcess
-from integration.sandbox import Ovs, sh, wait_for
+from integration.sandbox import Ovs, kill_pidfile, sh, wait_for
 from ovsfoot.events import MAX_BYTES, MAX_SECONDS, Thresholds
 from ovsfoot.learning import StateFile
 from ovsfoot.sources.replay import Recorder
@@ -361,7 +362,7 @@ def test_state_directory_is_refused_at_start_and_never_renamed(db, tmp_path):
         assert (d / "keep").read_text() == "mine"
         assert [x.name for x in tmp_path.iterdir() if x.name.startswith("state")] == ["state"]
     finally:
-        _kill_pidfile(tmp_path / "agent.pid")
+        kill_pidfile(tmp_path / "agent.pid", signal.SIGKILL)
 
 
 @pytest.mark.parametrize("kind", ["fifo", "trailing slash", "below a file"])
@@ -381,7 +382,7 @@ def test_other_state_paths_that_cannot_be_a_file_are_refused(db, tmp_path, kind)
         assert expect in p.stderr, p.stderr
         assert not list(tmp_path.glob("*corrupt*")) and not (tmp_path / "new-dir").exists()
     finally:
-        _kill_pidfile(tmp_path / "agent.pid")
+        kill_pidfile(tmp_path / "agent.pid", signal.SIGKILL)
 
 
 def test_state_file_that_became_a_directory_is_left_alone(tmp_path):
@@ -395,14 +396,3 @@ def test_state_file_that_became_a_directory_is_left_alone(tmp_path):
     sf.save({})                         # cannot replace a directory: logged, nothing left
     assert path.is_dir() and sorted(x.name for x in tmp_path.iterdir()) == ["state.msgpack"]
 
-
-def _kill_pidfile(pidfile: Path) -> None:
-    """Stops an agent that (before the fix) started where it should have refused."""
-    try:
-        pid = int(pidfile.read_text())
-    except (OSError, ValueError):
-        return
-    try:
-        os.kill(pid, 9)
-    except ProcessLookupError:
-        pass
