@@ -12,6 +12,7 @@ too, until they have ended or cannot exist any more.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -277,7 +278,5 @@ class StateFile:
         except OSError as e:
             log.error("cannot save state to %s: %s (learned classes kept in memory)",
                       self.path, e)
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass

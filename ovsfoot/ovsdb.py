@@ -6,6 +6,7 @@ OVS version runs on the node; the IDL reconnects and resynchronises on its own.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -199,10 +200,8 @@ def _bootstrap_ca(remote: str, sock: ssl.SSLSocket) -> None:
     except OSError as e:
         raise ValueError(f"cannot write --bootstrap-ca-cert {path}: {e.strerror}") from None
     finally:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
     subject = ",".join("=".join(kv) for rdn in info.get("subject", ()) for kv in rdn)
     log.info("%s: bootstrapped the CA certificate (%s) into %s; reconnecting with it",
              remote, subject, path)
@@ -450,10 +449,20 @@ def open_idl(remote: str, db: str, tables: dict[str, list[str]],
             time.sleep(retry if deadline is None else min(retry, deadline - now - _LEAST_S))
     if next_note is not None:
         log.info("ovsdb-server at %s answered after %.0f s", remote, time.monotonic() - started)
-    helper = ovs.db.idl.SchemaHelper(schema_json=schema)
-    for table, columns in tables.items():
+    return make_idl(remote, schema, tables)
+
+
+def make_idl(remote: str, schema: dict | str, tables: dict[str, list[str]] | None,
+             cls: type[ovs.db.idl.Idl] = ovs.db.idl.Idl) -> ovs.db.idl.Idl:
+    """An IDL of `cls` for `tables` (table: columns; None: all) of `schema`, a
+    schema's JSON or the path of an .ovsschema. Connects as it runs: never blocks."""
+    helper = (ovs.db.idl.SchemaHelper(location=schema) if isinstance(schema, str)
+              else ovs.db.idl.SchemaHelper(schema_json=schema))
+    if tables is None:
+        helper.register_all()
+    for table, columns in (tables or {}).items():
         helper.register_columns(table, columns)
-    return ovs.db.idl.Idl(remote, helper, leader_only=False)
+    return cls(remote, helper, leader_only=False)
 
 
 class ClusterIdl(ovs.db.idl.Idl):

@@ -28,7 +28,7 @@ import ovs.db.idl
 import ovs.poller
 
 from ovsfoot import contract
-from ovsfoot.ovsdb import ClusterIdl
+from ovsfoot.ovsdb import ClusterIdl, make_idl
 from ovsfoot.publishers.externalids import Committer
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,9 @@ class ClusterPublisher(Committer):
         super().__init__(f"cluster database {remote}")
         self.remote, self.chassis, self.hostname = remote, chassis, hostname
         self.min_interval, self.heartbeat = min_interval, heartbeat
-        helper = ovs.db.idl.SchemaHelper(location=contract.cluster_schema_path())
-        helper.register_columns("Chassis", ["name", *SUMMARY_COLUMNS, "updated"])
-        helper.register_columns("Workload_Class", ["workload", "chassis", *CLASS_COLUMNS,
-                                                   "updated"])
-        self.idl = ClusterIdl(remote, helper, leader_only=False)
+        self.idl = make_idl(remote, contract.cluster_schema_path(), {
+            "Chassis": ["name", *SUMMARY_COLUMNS, "updated"],
+            "Workload_Class": ["workload", "chassis", *CLASS_COLUMNS, "updated"]}, ClusterIdl)
         self.idl.cond_change("Chassis", [["name", "==", chassis]])
         self.idl.cond_change("Workload_Class", [["chassis", "==", chassis],
                                                 ["learned", "==", contract.HEAVY]])

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 
-import ovs.db.idl
 import ovs.poller
 
 from ovsfoot import contract
+from ovsfoot.ovsdb import make_idl
 from ovsfoot.publishers.externalids import ExternalIdsPublisher
 
 log = logging.getLogger(__name__)
@@ -27,9 +27,7 @@ SB_PART = {"name": "OVN_Southbound", "version": "20.0.0", "tables": {
 class SouthboundCleanup:
     def __init__(self, remote: str, chassis: str):
         self.remote, self.chassis = remote, chassis
-        helper = ovs.db.idl.SchemaHelper(schema_json=SB_PART)
-        helper.register_all()
-        self.idl = ovs.db.idl.Idl(remote, helper, leader_only=False)
+        self.idl = make_idl(remote, SB_PART, None)
         self.idl.cond_change("Chassis_Private", [["name", "==", chassis]])
         self.pub = ExternalIdsPublisher(
             self.idl, self._rows, lambda k: k.startswith(contract.PREFIX), 0.0,

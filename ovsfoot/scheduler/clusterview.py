@@ -13,11 +13,10 @@ import logging
 import threading
 import time
 
-import ovs.db.idl
 import ovs.poller
 
 from ovsfoot import contract
-from ovsfoot.ovsdb import ClusterIdl, ssl_problem
+from ovsfoot.ovsdb import ClusterIdl, make_idl, ssl_problem
 from ovsfoot.scheduler.scoring import ClusterView, NodeFacts
 
 log = logging.getLogger(__name__)
@@ -92,10 +91,8 @@ class ClusterDbView:
         return status
 
     def _run(self) -> None:
-        helper = ovs.db.idl.SchemaHelper(location=contract.cluster_schema_path())
-        helper.register_columns("Chassis", list(self.CHASSIS))
-        helper.register_columns("Workload_Class", list(self.CLASSES))
-        idl = ClusterIdl(self.remote, helper, leader_only=False)
+        idl = make_idl(self.remote, contract.cluster_schema_path(), {
+            "Chassis": list(self.CHASSIS), "Workload_Class": list(self.CLASSES)}, ClusterIdl)
         idl.cond_change("Workload_Class", [["learned", "==", contract.HEAVY]])
         seqno, warned = None, False
         seen: dict[str, tuple[int, float]] = {}     # chassis: (updated, when it moved)
