@@ -93,6 +93,9 @@ def test_at_most_one_transaction_a_second_and_only_on_change(cluster):
     def txns():
         return agent_a.json("stats")["cluster_transactions"]
     wait_elephants(agent_a, lambda rows: not rows, what="the earlier elephants to end")
+    # right after a transaction (a heartbeat at the latest, every 10 s), for 4.5 s
+    last = txns()
+    wait_for(lambda: txns() > last, timeout=15, what="A's next cluster transaction")
     time.sleep(1.5)
     quiet = txns()
     time.sleep(3)
@@ -182,8 +185,8 @@ def test_a_dead_agent_reads_as_unknown_and_its_restart_replaces_its_keys(cluster
         wait_for(lambda: score() == 5, timeout=15, what="the dead agent's node as unknown")
         iperf.join()
         a.flush_conntrack()
-        t0 = time.monotonic()
         agent = a.agent(*args, state=tmp_path / "a.state").start()
+        t0 = time.monotonic()          # ready: its control socket answers
         wait_for(lambda: chassis_row(db, a)["elephants"] == 0 and
                  a.ovs.external_ids("Bridge", a.ovs.bridge)["ovsfoot-elephants"] == "0",
                  what="the restarted agent's keys")
