@@ -271,11 +271,13 @@ def test_a_burst_of_heavy_pods_spreads_before_the_agents_report(db):
         e.scores(pod("etl-4", namespace="data", labels={"ovsfoot.io/footprint": "heavy"}),
                  nodes)
         assert e.get("/healthz")["assumed_heavy_pods"] == 5
-        # node-q1's agent reports its two heavy ports: its assumptions settle
+        # node-q1's agent reports its two heavy ports: its assumptions settle (a light
+        # pod scores 5 there before the report too: its two assumed pods count as heavy
+        # ports, so wait for the settling itself, which a prioritize request does)
         db.set_chassis("hv-q1", footprint="heavy", heavy_ports=2)
-        wait_for(lambda: e.scores(pod("x"), ["node-q1"]) == {"node-q1": 5},
-                 what="node-q1's report in the view")
-        assert e.get("/healthz")["assumed_heavy_pods"] == 3
+        wait_for(lambda: e.scores(pod("x"), ["node-q1"]) == {"node-q1": 5}
+                 and e.get("/healthz")["assumed_heavy_pods"] == 3,
+                 what="node-q1's report to settle its two assumed pods")
     finally:
         e.stop()
         for name in quiet:
@@ -375,7 +377,11 @@ def _addr(e: Extender) -> tuple[str, int]:
 
 def _answer(sock: socket.socket) -> tuple[int, bytes]:
     """Reads one HTTP answer: (status, body)."""
-    f = sock.makefile("rb")
+    return _read_answer(sock.makefile("rb"))
+
+
+def _read_answer(f) -> tuple[int, bytes]:
+    """Reads one HTTP answer from a buffered file: (status, body)."""
     status = int(f.readline().split()[1])
     length = 0
     while (line := f.readline()) not in (b"\r\n", b""):
@@ -533,7 +539,7 @@ def test_requests_beyond_the_bound_wait_then_get_503(ext):
 
 
 def test_connections_beyond_the_cap_get_503(ext):
-    """256 idle connections (a thread each) are the cap: the 257th gets 503 and is
+    """256 idle connections are the cap: the 257th gets 503 and is
     closed; as soon as one goes, a new one is served."""
     idle = []
     try:
@@ -569,3 +575,37 @@ def test_an_invalid_workload_in_the_database_is_ignored(ext, db):
     finally:
         db.set_class("hv-c", bad, None)
         db.set_class("hv-c", "data/fine", None)
+
+
+def test_a_slow_client_holds_up_no_one_and_pipelined_requests_are_answered_in_order(ext):
+    """One thread serves every connection: a client that sends half its headers, and
+    one that sends half its body, do not delay another's answer. Requests sent back to
+    back on one connection are answered in order; a chunked body is refused with why."""
+    body = json.dumps(args(pod("slow-0"), NODES, cache=True)).encode()
+    half_head = socket.create_connection(_addr(ext), timeout=10)
+    half_body = socket.create_connection(_addr(ext), timeout=10)
+    try:
+        half_head.sendall(b"POST /ovsfoot/prioritize HTTP/1.1\r\nHost: x\r\n")
+        half_body.sendall(_post_bytes("/ovsfoot/prioritize", body)[:-len(body) // 2])
+        t = time.monotonic()
+        assert ext.scores(pod("quick-0"), ["node-a"], cache=True) == {"node-a": 10}
+        assert time.monotonic() - t < 2
+        half_body.sendall(body[-len(body) // 2:])
+        assert _answer(half_body)[0] == 200
+    finally:
+        half_head.close()
+        half_body.close()
+    with socket.create_connection(_addr(ext), timeout=10) as s:
+        s.sendall(_post_bytes("/ovsfoot/prioritize", body) + b"GET /healthz HTTP/1.1\r\n\r\n"
+                  + _post_bytes("/ovsfoot/filter", body))
+        f = s.makefile("rb")            # one buffer: the answers may come in one read
+        answers = [_read_answer(f) for _ in range(3)]
+        assert [a[0] for a in answers] == [200, 200, 200]
+        assert [h["Host"] for h in json.loads(answers[0][1])] == NODES
+        assert json.loads(answers[1][1])["synced"] is True
+        assert json.loads(answers[2][1])["NodeNames"] == NODES
+    with socket.create_connection(_addr(ext), timeout=10) as s:
+        s.sendall(b"POST /ovsfoot/prioritize HTTP/1.1\r\nHost: x\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        status, text = _answer(s)
+        assert status == 400 and b"Content-Length" in text

@@ -12,31 +12,42 @@ The JSON keys are the Go field names of k8s.io/kube-scheduler/extender/v1
 `NodeNames`; otherwise a full v1 NodeList in `Nodes`, answered in kind. Malformed
 requests get HTTP 400 and the reason as text; other paths 404.
 
+One thread serves every connection: an asyncio event loop reads, parses and answers
+HTTP/1.1 requests (keep-alive, pipelined ones in order) as they arrive, with no
+thread hand-off per connection or request (thread-per-connection spent ~0.6 ms of
+CPU per request on hand-offs, locks and the GIL: bench/README.md). Scoring 100 nodes
+takes ~0.1 ms, so it runs on the loop; a body over `INLINE_BODY` is scored on a
+worker thread, so that a large request does not hold up the others.
+
 Limits (kube-scheduler asks filter and prioritize for every pod, one pod at a time):
-a listen backlog of `BACKLOG`, TCP_NODELAY and each answer in one write (no Nagle /
-delayed-ACK stall on keep-alive connections); bodies up to `MAX_BODY` (413 above, not
-read); at most `MAX_REQUESTS` requests and `MAX_INFLIGHT` body bytes being read or
-answered at once, the others wait up to `QUEUE_WAIT` s, then 503; at most
-`MAX_CONNECTIONS` open connections (503 and closed above); `BODY_TIMEOUT` s to send a
-body once its headers are in, `IDLE_TIMEOUT` s idle on a keep-alive connection. One
-INFO line per request, without the node list (DEBUG: the first scores).
+a listen backlog of `BACKLOG`, TCP_NODELAY and each answer in one write; a request
+line and headers up to `MAX_HEAD` (431 above); bodies up to `MAX_BODY` (413 above,
+not read); at most `MAX_REQUESTS` requests and `MAX_INFLIGHT` body bytes being read
+or answered at once, the others wait up to `QUEUE_WAIT` s in turn, then 503; at most
+`MAX_CONNECTIONS` open connections (503 and closed above); `BODY_TIMEOUT` s to send
+a body once admitted, and to take its answer; `IDLE_TIMEOUT` s for the next request's
+headers on a keep-alive connection. One INFO line per request, without the node list
+(DEBUG: the first scores, and each request line with its status).
 
 HTTPS with `--tls-cert` (and `--tls-key`); with `--client-ca`, mutual TLS: a client
 must present a certificate that CA signed (kube-scheduler's `tlsConfig.certFile`),
-others are refused in the handshake. The handshake runs on the connection's worker
-thread, within `BODY_TIMEOUT`, never in the accept loop.
+others are refused in the handshake. The handshake runs on the loop, without
+blocking it (memory BIOs), within `BODY_TIMEOUT`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import concurrent.futures
+import email.utils
 import json
 import logging
-import queue
 import socket
 import ssl
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
+from http import HTTPStatus
 
 from ovsfoot import __version__
 from ovsfoot.control.metrics import ExtenderMetrics
@@ -45,16 +56,21 @@ from ovsfoot.scheduler.clusterview import ClusterDbView
 
 log = logging.getLogger(__name__)
 
+SERVER = f"ovsfoot-scheduler-extender/{__version__}"
+MAX_HEAD = 64 << 10         # request line and headers
 MAX_BODY = 16 << 20         # a full NodeList of a large cluster; names of a million nodes
+INLINE_BODY = 64 << 10      # bodies up to this are scored on the loop, larger on a thread
 MAX_REQUESTS = 8            # requests being read or answered at once
 MAX_INFLIGHT = 2 * MAX_BODY  # body bytes held at once (a largest body + the small ones)
 QUEUE_WAIT = 5.0            # s a request waits for its turn before 503
-MAX_CONNECTIONS = 256       # open connections (one thread each)
+MAX_CONNECTIONS = 256       # open connections
 BACKLOG = 1024              # listen(2) backlog (the kernel caps it at net.core.somaxconn)
-BODY_TIMEOUT = 10.0         # s to send a body and read the answer, once the headers are in
+BODY_TIMEOUT = 10.0         # s to send a body and to take the answer; a TLS handshake
 IDLE_TIMEOUT = 120.0        # s a keep-alive connection may idle (Go's client: 90 s)
 LOG_NAME = 120              # characters of a pod name or reason in a log line
 DEBUG_SCORES = 20           # scores shown in a DEBUG line
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n")
 
 
 def _short(text, n: int = LOG_NAME) -> str:
@@ -71,30 +87,6 @@ def _parse(body: bytes):
     except RecursionError:
         raise scoring.BadRequest("body is nested too deeply") from None
 
-
-class Admission:
-    """At most `requests` requests and `nbytes` body bytes at once; a request whose body
-    alone is larger than `nbytes` is let in when nothing else is."""
-
-    def __init__(self, requests: int = MAX_REQUESTS, nbytes: int = MAX_INFLIGHT):
-        self.requests, self.nbytes = requests, nbytes
-        self._cond = threading.Condition()
-        self.active = self.bytes = 0
-
-    def acquire(self, size: int, timeout: float) -> bool:
-        with self._cond:
-            ok = self._cond.wait_for(lambda: self.active < self.requests and (
-                self.active == 0 or self.bytes + size <= self.nbytes), timeout)
-            if ok:
-                self.active += 1
-                self.bytes += size
-            return ok
-
-    def release(self, size: int) -> None:
-        with self._cond:
-            self.active -= 1
-            self.bytes -= size
-            self._cond.notify_all()
 
 
 class Extender:
@@ -149,168 +141,476 @@ class Extender:
         return out
 
 
-class Workers:
-    """Threads that serve one connection each, kept for the next one: no thread is
-    started per connection (the accept loop would wait for each to take the GIL)."""
+@dataclass(eq=False)
+class Waiter:
+    """A request waiting for its turn (`Admission.wait`)."""
 
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self.threads = self.idle = self.busy = 0
+    size: int
+    granted: object             # called on the loop once admitted
+    timer: asyncio.TimerHandle | None = None
 
-    def submit(self, fn, *args) -> bool:
-        """Runs fn(*args) on a worker; False if `limit` are busy."""
-        with self._lock:
-            if self.busy >= self.limit:
-                return False
-            self.busy += 1
-            if self.idle:
-                self.idle -= 1
-                spawn = False
-            else:
-                self.threads += 1
-                spawn = True
-        self._jobs.put((fn, args))
-        if spawn:
-            threading.Thread(target=self._work, name="extender-conn", daemon=True).start()
+
+class Admission:
+    """At most `requests` requests and `nbytes` body bytes at once, in the order they
+    came; a request whose body alone is larger than `nbytes` is let in when nothing
+    else is. Used on the event loop's thread only."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, requests: int = MAX_REQUESTS,
+                 nbytes: int = MAX_INFLIGHT):
+        self.loop = loop
+        self.requests, self.nbytes = requests, nbytes
+        self.active = self.bytes = 0
+        self._queue: collections.deque[Waiter] = collections.deque()
+
+    def _fits(self, size: int) -> bool:
+        return self.active < self.requests and (self.active == 0 or
+                                                self.bytes + size <= self.nbytes)
+
+    def _take(self, size: int) -> None:
+        self.active += 1
+        self.bytes += size
+
+    def try_acquire(self, size: int) -> bool:
+        if self._queue or not self._fits(size):
+            return False
+        self._take(size)
         return True
 
-    def _work(self) -> None:
-        while True:
-            fn, args = self._jobs.get()
-            try:
-                fn(*args)
-            finally:
-                with self._lock:
-                    self.busy -= 1
-                    self.idle += 1
+    def wait(self, size: int, timeout: float, granted, refused) -> Waiter:
+        """Queues a request: `granted()` once it is admitted, or `refused()` after
+        `timeout` s (then it is no longer queued)."""
+        w = Waiter(size, granted)
+
+        def expire():
+            self._queue.remove(w)
+            refused()
+            self._admit()           # a large one at the head no longer blocks the rest
+        w.timer = self.loop.call_later(timeout, expire)
+        self._queue.append(w)
+        return w
+
+    def withdraw(self, w: Waiter) -> bool:
+        """A queued request whose client went away; False if it was admitted already."""
+        if w not in self._queue:
+            return False
+        self._queue.remove(w)
+        w.timer.cancel()
+        self._admit()
+        return True
+
+    def release(self, size: int) -> None:
+        self.active -= 1
+        self.bytes -= size
+        self._admit()
+
+    def _admit(self) -> None:
+        while self._queue and self._fits(self._queue[0].size):
+            w = self._queue.popleft()
+            w.timer.cancel()
+            self._take(w.size)
+            self.loop.call_soon(w.granted)
 
 
-class Handler(BaseHTTPRequestHandler):
-    server_version = f"ovsfoot-scheduler-extender/{__version__}"
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True      # TCP_NODELAY
-    wbufsize = 1 << 16                  # status, headers and body leave in one write
-    timeout = IDLE_TIMEOUT
-    extender: Extender      # set on the subclass made by make_server
-    metrics: ExtenderMetrics    # likewise
-    _t0: float | None = None
-    _code: int | None = None
+class BadHead(ValueError):
+    """A request line or headers that cannot be served: `code` and the reason."""
 
-    def handle_one_request(self):
-        self._t0 = None
-        try:
-            super().handle_one_request()
-        finally:
-            if self._t0 is not None:
-                self.metrics.request(self._label(), self._code, time.monotonic() - self._t0)
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
 
-    def parse_request(self):
-        self._t0, self._code = time.monotonic(), None      # the request line is in
-        return super().parse_request()
 
-    def send_response(self, code, message=None):
-        self._code = code
-        super().send_response(code, message)
+@dataclass(frozen=True)
+class Head:
+    """A request's line and headers (names in lower case)."""
 
-    def _label(self) -> str:
-        """The verb for metrics: one of a fixed few, never the path as sent."""
-        path = getattr(self, "path", "").split("?", 1)[0]
-        if self.command == "POST" and self._verb() in ("filter", "prioritize"):
-            return self._verb()
-        if self.command == "GET" and path in ("/healthz", "/metrics"):
-            return path[1:]
-        return "other"
+    method: str
+    path: str                   # without the query
+    close: bool                 # the client asked to close after it (or HTTP/1.0)
+    length: int                 # of the body; -1: none announced, or not one we can use
+    headers: dict[str, str]
 
-    def log_message(self, fmt, *args):
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s", self.address_string(), _short(fmt % args, 300))
-
-    def _send(self, code: int, body, content_type="application/json", close=False,
-              headers=()) -> None:
-        data = body if isinstance(body, bytes) else (
-            body if isinstance(body, str) else json.dumps(body)).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in headers:
-            self.send_header(k, v)
-        if close:
-            self.close_connection = True
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-        self.wfile.flush()
-
-    def _verb(self) -> str:
-        return self.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-
-    def do_GET(self):
-        if self.path.split("?", 1)[0] == "/healthz":     # 503 until the view is synced
-            status = self.extender.cluster.status()
-            self._send(200 if status["synced"] else 503,
-                       {**status, "assumed_heavy_pods": self.extender.assumed.pending()})
-        elif self.path.split("?", 1)[0] == "/metrics":
-            self._send(200, *self.metrics.render(self.headers.get("Accept")))
-        else:
-            self._send(404, f"no such path {_short(self.path)}: GET /healthz, GET /metrics, "
-                       f"POST <prefix>/filter or <prefix>/prioritize\n", "text/plain")
-
-    def do_POST(self):
-        verb = self._verb()
-        length = self.headers.get("Content-Length")
-        try:
-            n = int(length) if length is not None else -1
-        except ValueError:
+    @classmethod
+    def parse(cls, text: str) -> "Head":
+        line, *fields = text.split("\r\n")
+        parts = line.split(" ")
+        if len(parts) != 3 or parts[2] not in ("HTTP/1.0", "HTTP/1.1"):
+            code = 505 if len(parts) == 3 and parts[2].startswith("HTTP/") else 400
+            raise BadHead(code, f"bad request line {_short(line)}: expected METHOD PATH "
+                             "HTTP/1.1")
+        method, target, version = parts
+        headers: dict[str, str] = {}
+        for field in fields:
+            name, sep, value = field.partition(":")
+            if not sep or not name or name != name.strip():
+                raise BadHead(400, f"bad header line {_short(field)}")
+            name, value = name.lower(), value.strip()
+            if name in headers:         # a repeated length makes the framing ambiguous
+                value = "?" if name in ("content-length", "transfer-encoding") else \
+                    f"{headers[name]}, {value}"
+            headers[name] = value
+        tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+        length = headers.get("content-length")
+        if "transfer-encoding" in headers or (length is not None and not (
+                length.isascii() and length.isdigit())):
             n = -1
+        else:
+            n = int(length) if length is not None else -1 if method == "POST" else 0
+        return cls(method, target.split("?", 1)[0], "close" in tokens or (
+            version == "HTTP/1.0" and "keep-alive" not in tokens), n, headers)
+
+
+@dataclass(eq=False)
+class Request:
+    """A request whose headers are in."""
+
+    t0: float                   # monotonic, when its headers were complete
+    line: str                   # the request line, for the DEBUG log
+    path: str                   # without the query
+    close: bool                 # close after it: the client asked (or HTTP/1.0), or an error
+    length: int = 0             # its body's; -1: no usable Content-Length
+    label: str = "other"        # its verb for the metrics
+    waiter: Waiter | None = None
+    admitted: bool = False      # holds an Admission slot
+    answered: bool = False
+
+
+def _label(method: str, path: str) -> str:
+    """The verb for metrics: one of a fixed few, never the path as sent."""
+    verb = path.rstrip("/").rsplit("/", 1)[-1]
+    if method == "POST" and verb in ("filter", "prioritize"):
+        return verb
+    if method == "GET" and path in ("/healthz", "/metrics"):
+        return path[1:]
+    return "other"
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: its requests one after another, each read, parsed and
+    answered on the loop (a large body's scoring on a worker thread)."""
+
+    def __init__(self, server: "Server"):
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.buf = bytearray()
+        self.req: Request | None = None     # the request being read or answered
+        self.ready = False          # its TLS handshake (if any) is done
+        self.waiting = False        # for admission or a worker thread: read nothing more
+        self.writing_paused = False
+        self.closed = False
+        self.counted = False        # in `server.connections`
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- the connection ------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else "?"
+        server = self.server
+        if server.connections >= MAX_CONNECTIONS:
+            log.warning("%d connections open: refusing one from %s", MAX_CONNECTIONS,
+                        self.peer)
+            server.metrics.refused.inc()
+            if server.tls is None:      # a TLS client would not read a plain answer
+                transport.write(BUSY)
+            self.closed = True
+            transport.close()
+            return
+        server.connections += 1
+        self.counted = True
+        if server.tls is None:
+            self.ready = True
+            self._deadline(IDLE_TIMEOUT)
+        else:
+            transport.pause_reading()       # no plain byte before the handshake
+            server.loop.create_task(self._handshake(transport))
+
+    async def _handshake(self, raw) -> None:
+        try:
+            tls = await self.server.loop.start_tls(raw, self, self.server.tls,
+                                                   server_side=True,
+                                                   ssl_handshake_timeout=BODY_TIMEOUT)
+            if tls is None:
+                raise ConnectionResetError("the client closed the connection")
+        except (OSError, ValueError) as e:      # ssl.SSLError is an OSError
+            self.server.metrics.tls_failures.inc()
+            refused = "CERTIFICATE" in str(getattr(e, "reason", "") or "").upper()
+            log.log(logging.WARNING if refused else logging.INFO,
+                    "TLS handshake with %s failed%s: %s", self.peer,
+                    " (client certificate refused)" if refused else "", _short(e))
+            raw.close()
+            self.connection_lost(e)         # asyncio does not call it for a failed handshake
+            return
+        if self.closed:
+            return
+        self.transport, self.ready = tls, True
+        self._deadline(IDLE_TIMEOUT)
+        self._process()
+
+    def connection_lost(self, exc) -> None:
+        if self.closed and not self.counted:
+            return
+        self.closed = True
+        if self.counted:
+            self.server.connections -= 1
+            self.counted = False
+        if self.timer is not None:
+            self.timer.cancel()
+        req = self.req
+        if req is None:
+            return
+        if req.waiter is not None:      # queued for admission
+            if self.server.admission.withdraw(req.waiter):
+                self._done(req, 0)      # (else admitted just now: `admitted` cleans up)
+        elif not self.waiting:          # (else a worker thread scores it: `scored` does)
+            self._done(req, 0)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.ready:
+            self._process()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self._deadline(BODY_TIMEOUT)        # to take the answer
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.req is None:
+            self._deadline(IDLE_TIMEOUT)
+        self._process()
+
+    def _deadline(self, seconds: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.server.loop.call_later(seconds, self._expired, seconds)
+
+    def _expired(self, seconds: float) -> None:
+        log.debug("%s: nothing for %.0f s: closing", self.peer, seconds)
+        self.transport.abort()
+
+    def _close(self) -> None:
+        """Closes once the last answer has gone out (if the client takes it in time)."""
+        self.closed = True
+        self._deadline(BODY_TIMEOUT)
+        self.transport.close()
+
+    # -- requests --------------------------------------------------------------
+    def _process(self) -> None:
+        """Reads and answers the requests whose bytes are in, while nothing holds it."""
+        try:
+            while not (self.closed or self.waiting or self.writing_paused):
+                if self.req is None:
+                    if not self._head():
+                        return
+                elif len(self.buf) >= self.req.length:
+                    n = self.req.length
+                    if len(self.buf) == n:          # no copy; nor a large buffer kept
+                        body, self.buf = self.buf, bytearray()
+                    else:
+                        body = bytes(self.buf[:n])
+                        del self.buf[:n]
+                    self._score(self.req, body)
+                else:
+                    return
+        except Exception:           # a bug: this connection only
+            log.exception("serving %s", self.peer)
+            self.transport.abort()
+
+    def _head(self) -> bool:
+        """Takes the next request's line and headers from the buffer, if they are all in;
+        answers it unless it is a POST whose body is to come. False: wait for more."""
+        while self.buf[:2] == b"\r\n":      # a client's extra CRLF after a body
+            del self.buf[:2]
+        end = self.buf.find(b"\r\n\r\n", 0, MAX_HEAD)
+        if end < 0:
+            if len(self.buf) >= MAX_HEAD:
+                self.req = Request(time.monotonic(), "(too long)", "", True)
+                self._send(self.req, 431, f"request line and headers over {MAX_HEAD} "
+                           "bytes\n", "text/plain", close=True)
+            return False
+        text = bytes(self.buf[:end]).decode("latin-1")
+        del self.buf[:end + 4]
+        self.timer.cancel()
+        line = text.split("\r\n", 1)[0]
+        req = self.req = Request(time.monotonic(), line, "", True)
+        try:
+            head = Head.parse(text)
+        except BadHead as e:
+            self._send(req, e.code, f"{e}\n", "text/plain", close=True)
+            return True
+        req.path, req.close, req.length = head.path, head.close, head.length
+        req.label = _label(head.method, head.path)
+        if head.method == "GET":
+            if req.length:              # a body we will not read: close after the answer
+                req.close = True
+            self._get(req, head.headers)
+        elif head.method == "POST":
+            self._post(req, head.headers.get("expect", "").lower() == "100-continue")
+        else:
+            self._send(req, 501, f"method {_short(head.method)} not supported: GET /healthz, "
+                       "GET /metrics, POST <prefix>/filter or <prefix>/prioritize\n",
+                       "text/plain", close=True)
+        return True
+
+    def _get(self, req: Request, headers: dict[str, str]) -> None:
+        ext = self.server.extender
+        if req.path == "/healthz":      # 503 until the view is synced
+            status = ext.cluster.status()
+            self._send(req, 200 if status["synced"] else 503,
+                       {**status, "assumed_heavy_pods": ext.assumed.pending()})
+        elif req.path == "/metrics":
+            self._send(req, 200, *self.server.metrics.render(headers.get("accept")))
+        else:
+            self._send(req, 404, f"no such path {_short(req.path)}: GET /healthz, GET "
+                       "/metrics, POST <prefix>/filter or <prefix>/prioritize\n",
+                       "text/plain")
+
+    def _post(self, req: Request, expect_continue: bool) -> None:
+        n, verb = req.length, req.label
         if n < 0 or n > MAX_BODY:
-            self._send(400 if n < 0 else 413,
-                       "a Content-Length header is needed\n" if n < 0 else
-                       f"body larger than {MAX_BODY} bytes\n", "text/plain", close=True)
+            self._send(req, 400 if n < 0 else 413,
+                       "a body needs one Content-Length header (no chunked bodies)\n" if n < 0
+                       else f"body larger than {MAX_BODY} bytes\n", "text/plain", close=True)
             if n > MAX_BODY:
                 log.warning("%s: a body of %d bytes from %s refused (limit %d)",
-                            _short(verb), n, self.address_string(), MAX_BODY)
+                            _short(req.path), n, self.peer, MAX_BODY)
             return
         if verb not in ("filter", "prioritize"):
-            self._send(404, f"no such verb {_short(self.path)}: POST <prefix>/filter or "
-                       f"<prefix>/prioritize\n", "text/plain", close=True)   # body unread
+            self._send(req, 404, f"no such verb {_short(req.path)}: POST <prefix>/filter or "
+                       "<prefix>/prioritize\n", "text/plain", close=True)     # body unread
             return
-        admission: Admission = self.server.admission
-        if not admission.acquire(n, QUEUE_WAIT):
-            log.warning("%s from %s: busy (%d requests, %d body bytes in progress): 503",
-                        verb, self.address_string(), admission.active, admission.bytes)
-            self._send(503, "busy, try again\n", "text/plain", close=True,
-                       headers=[("Retry-After", "1")])
-            return
-        try:
-            self.connection.settimeout(BODY_TIMEOUT)
-            body = self.rfile.read(n)
-            if len(body) < n:               # the client went away mid-body
-                self.close_connection = True
-                return
-            self._answer(verb, body)
-            self.connection.settimeout(self.timeout)
-        finally:
-            admission.release(n)
+        admission = self.server.admission
 
-    def _answer(self, verb: str, body: bytes) -> None:
-        try:
-            result = getattr(self.extender, verb)(body)
-            data = json.dumps(result)
-        except scoring.BadRequest as e:
-            log.warning("%s: bad request from %s: %s", verb, self.address_string(), _short(e))
-            self._send(400, f"bad ExtenderArgs: {e}\n", "text/plain")
+        def admitted():
+            req.waiter, req.admitted = None, True
+            if self.closed:             # went away while it waited
+                self._done(req, 0)
+                return
+            if expect_continue:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._deadline(BODY_TIMEOUT)
+            if self.waiting:
+                self.waiting = False
+                self.transport.resume_reading()
+                self._process()
+
+        def refused():
+            req.waiter = None
+            self.waiting = False
+            log.warning("%s from %s: busy (%d requests, %d body bytes in progress): 503",
+                        verb, self.peer, admission.active, admission.bytes)
+            self._send(req, 503, "busy, try again\n", "text/plain", close=True,
+                       headers=(("Retry-After", "1"),))
+        if admission.try_acquire(n):
+            admitted()
+        else:
+            self.waiting = True
+            self.transport.pause_reading()
+            req.waiter = admission.wait(n, QUEUE_WAIT, admitted, refused)
+
+    def _score(self, req: Request, body: bytes | bytearray) -> None:
+        """The body is in: the answer, here or (a large body) on a worker thread."""
+        self.timer.cancel()
+        if req.length <= INLINE_BODY:
+            self._send(req, *self.server.answer(req.label, body, self.peer))
             return
+        self.waiting = True
+        self.transport.pause_reading()
+        work = self.server.loop.run_in_executor(self.server.workers, self.server.answer,
+                                                req.label, body, self.peer)
+
+        def scored(f: asyncio.Future):
+            self.waiting = False
+            if self.closed:
+                self._done(req, 0)
+                return
+            self.transport.resume_reading()
+            self._send(req, *f.result())
+            self._process()
+        work.add_done_callback(scored)
+
+    def _send(self, req: Request, code: int, body, content_type="application/json",
+              close: bool = False, headers=()) -> None:
+        """Answers `req` in one write; with `close` (or the client's wish) closes after."""
+        data = body if isinstance(body, bytes) else (
+            body if isinstance(body, str) else json.dumps(body)).encode()
+        close = close or req.close
+        head = [f"HTTP/1.1 {code} {HTTPStatus(code).phrase}", f"Server: {SERVER}",
+                f"Date: {self.server.date()}", f"Content-Type: {content_type}",
+                f"Content-Length: {len(data)}", *(f"{k}: {v}" for k, v in headers)]
+        if close:
+            head.append("Connection: close")
+        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
+        self._done(req, code)
+        if close:
+            self._close()
+        elif not self.writing_paused:
+            self._deadline(IDLE_TIMEOUT)
+
+    def _done(self, req: Request, code: int) -> None:
+        """`req` is answered (`code`; 0: its client went away): its slot and metrics."""
+        if req.answered:
+            return
+        req.answered = True
+        if self.req is req:
+            self.req = None
+        if req.admitted:
+            req.admitted = False
+            self.server.admission.release(req.length)
+        self.server.metrics.request(req.label, code, time.monotonic() - req.t0)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s %s", self.peer, _short(req.line, 300), code)
+
+
+class Server:
+    """The extender's HTTP(S) server: an asyncio event loop, run by `serve_forever`
+    in the calling thread."""
+
+    def __init__(self, host: str, port: int, extender: Extender,
+                 tls: ssl.SSLContext | None = None):
+        self.extender, self.tls = extender, tls
+        self.metrics = ExtenderMetrics(extender)
+        self.connections = 0
+        self.loop = asyncio.new_event_loop()
+        self.admission = Admission(self.loop)
+        self.workers = concurrent.futures.ThreadPoolExecutor(
+            MAX_REQUESTS, thread_name_prefix="extender-large")
+        self._date = (0, "")
+        sock = socket.create_server((host, port), backlog=BACKLOG, family=(
+            socket.AF_INET6 if ":" in host else socket.AF_INET))
+        self.server_address = sock.getsockname()
+        self._server = self.loop.run_until_complete(self.loop.create_server(
+            lambda: Connection(self), sock=sock, backlog=BACKLOG))
+
+    def date(self) -> str:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, email.utils.formatdate(now, usegmt=True))
+        return self._date[1]
+
+    def answer(self, verb: str, body: bytes, peer: str) -> tuple:
+        """(status, body[, content type]) of a filter or prioritize request; runs on the
+        loop or on a worker thread."""
+        try:
+            return 200, json.dumps(getattr(self.extender, verb)(body))
+        except scoring.BadRequest as e:
+            log.warning("%s: bad request from %s: %s", verb, peer, _short(e))
+            return 400, f"bad ExtenderArgs: {e}\n", "text/plain"
         except Exception as e:      # a bug: tell kube-scheduler (ignorable) and log it
             log.exception("%s failed", verb)
             if verb == "filter":
-                self._send(200, {"Nodes": None, "NodeNames": None, "FailedNodes": {},
-                                 "FailedAndUnresolvableNodes": {}, "Error": str(e)})
-            else:
-                self._send(500, f"internal error: {e}\n", "text/plain")
-            return
-        self._send(200, data)
+                return 200, {"Nodes": None, "NodeNames": None, "FailedNodes": {},
+                             "FailedAndUnresolvableNodes": {}, "Error": str(e)}
+            return 500, f"internal error: {e}\n", "text/plain"
+
+    def serve_forever(self) -> None:
+        self.loop.run_forever()
+
+    def server_close(self) -> None:
+        self._server.close()
+        self.workers.shutdown(wait=False, cancel_futures=True)
+        self.loop.close()
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -349,61 +649,9 @@ def tls_context(cert: str, key: str | None = None, client_ca: str | None = None
 
 
 def make_server(listen: str, extender: Extender, tls: ssl.SSLContext | None = None
-                ) -> ThreadingHTTPServer:
+                ) -> Server:
     """The extender's server; HTTPS with `tls` (`tls_context`)."""
-    host, port = parse_listen(listen)
-    metrics = ExtenderMetrics(extender)
-    handler = type("ExtenderHandler", (Handler,), {"extender": extender, "metrics": metrics})
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        request_queue_size = BACKLOG        # http.server's 5 resets connections under load
-        admission = Admission()
-        workers = Workers(MAX_CONNECTIONS)
-
-        def process_request(self, request, client_address):
-            if not self.workers.submit(self._connection, request, client_address):
-                log.warning("%d connections open: refusing one from %s", MAX_CONNECTIONS,
-                            client_address[0])
-                metrics.refused.inc()
-                try:
-                    request.settimeout(1)
-                    if tls is None:     # a TLS client would not read a plain answer
-                        request.sendall(b"HTTP/1.1 503 Service Unavailable\r\n"
-                                        b"Retry-After: 1\r\nContent-Type: text/plain\r\n"
-                                        b"Content-Length: 5\r\nConnection: close\r\n\r\n"
-                                        b"busy\n")
-                except OSError:
-                    pass
-                self.shutdown_request(request)
-
-        def _handshake(self, request, client_address):
-            """The TLS handshake, on this worker; None if it failed."""
-            try:
-                request.settimeout(BODY_TIMEOUT)
-                return tls.wrap_socket(request, server_side=True)
-            except (OSError, ValueError) as e:      # ssl.SSLError is an OSError
-                metrics.tls_failures.inc()
-                refused = "CERTIFICATE" in str(getattr(e, "reason", "") or "").upper()
-                log.log(logging.WARNING if refused else logging.INFO,
-                        "TLS handshake with %s failed%s: %s", client_address[0],
-                        " (client certificate refused)" if refused else "", _short(e))
-                return None
-
-        def _connection(self, request, client_address):
-            try:
-                if tls is not None:
-                    wrapped = self._handshake(request, client_address)
-                    if wrapped is None:
-                        return
-                    request = wrapped
-                self.finish_request(request, client_address)
-            except Exception:
-                self.handle_error(request, client_address)
-            finally:
-                self.shutdown_request(request)
-    return Server((host, port), handler)
+    return Server(*parse_listen(listen), extender, tls)
 
 
 class TimedView(ClusterDbView):
