@@ -1,36 +1,39 @@
-"""The eBPF tracer for real: OVS kernel datapath + conntrack zones in a VM.
+"""The eBPF tracer for real, on Debian's kernels: OVS kernel datapath + conntrack zones in a VM.
 
-One VM boot (module-scoped) runs SCENARIO: two namespace ports on an OVS
+One VM boot per kernel runs SCENARIO: two namespace ports on an OVS
 kernel-datapath bridge whose OpenFlow rules commit IP traffic with
 ct(zone=1) for port p1 and ct(zone=2) for port p2, the way OVN's per-port
 zones do (each packet passes the sender's zone, then the receiver's). DRIVER
-runs BpfSource there and logs every event and control step as JSON lines; the
-tests below check that log on the host.
+runs BpfSource there and logs every event and control step as JSON lines;
+CHECKS read that log on the host (tests/test_bpf_vm.py runs them as tests).
 
 ns2 also tracks the same traffic in its own conntrack, in zone 1: the tracer
 must count only the OVS datapath's namespace or it would report it twice.
+
+    python -m integration.tracer_matrix [SUITE...]    # `make kernels`: all four
+
+prints the matrix (kernel, probe type, each check) and keeps it in
+CACHE/kernel-matrix.json, which the lab prints too.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
 import socket
 import sys
 import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from integration.debian_kernel import CACHE, SUITES, KernelInfo, ensure_kernel
+from integration.programs import PACKAGES, require
+from integration.vm import progress, run_in_vm
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from integration.programs import PACKAGES, require  # noqa: E402
-from integration.vm import ensure_kernel, run_in_vm  # noqa: E402
-from ovsfoot.events import Thresholds  # noqa: E402
-from ovsfoot.sources import SourceUnavailable  # noqa: E402
-
 INITIAL_BYTES = 5_000_000
+MATRIX_FILE = CACHE / "kernel-matrix.json"
 
 DRIVER = r'''
 """Runs BpfSource; logs events and control steps (JSON lines on the FIFO) to a file."""
@@ -175,26 +178,38 @@ echo scenario-ok
 '''.replace("@PROGRAMS@", " ".join(f"{p}:{PACKAGES[p]}" for p in PROGRAMS))
 
 
-@pytest.fixture(scope="module")
-def vm(tmp_path_factory):
-    """Runs SCENARIO in one VM boot; returns (workdir, records, host wall-clock window)."""
+@dataclass
+class Run:
+    """One scenario run: its work directory, the driver's records and the wall-clock window."""
+    kernel: KernelInfo
+    work: Path
+    records: list[dict]
+    window: tuple[int, int]
+    seconds: float
+
+
+class ScenarioFailed(AssertionError):
+    pass
+
+
+def run_scenario(kernel: KernelInfo, work: Path) -> Run:
+    """Runs SCENARIO in one VM boot on `kernel`; ScenarioFailed says what went wrong."""
     require(*PROGRAMS)
-    ensure_kernel()
-    work = tmp_path_factory.mktemp("bpf-vm")
     (work / "driver.py").write_text(DRIVER)
     (work / "scenario.sh").write_text(SCENARIO)
     start = time.time_ns()
-    r = run_in_vm(work / "scenario.sh", work, timeout=600,
+    r = run_in_vm(work / "scenario.sh", work, timeout=900, kernel=kernel,
                   env={"OVSFOOT_REPO": str(REPO), "OVSFOOT_PY": sys.executable,
                        "INITIAL_BYTES": str(INITIAL_BYTES)})
     end = time.time_ns()
     output = r.output_path.read_text() if r.output_path.exists() else ""
     driver = (work / "driver.log").read_text() if (work / "driver.log").exists() else ""
-    assert r.ok and "scenario-ok" in output, (
-        f"scenario failed (exit {r.rc}) in {work}\n--- output\n{output[-6000:]}\n"
-        f"--- driver\n{driver[-3000:]}\n--- console\n{r.log[-2000:]}")
+    if not (r.ok and "scenario-ok" in output):
+        raise ScenarioFailed(
+            f"scenario on {kernel.version} failed (exit {r.rc}) in {work}\n--- output\n"
+            f"{output[-6000:]}\n--- driver\n{driver[-3000:]}\n--- console\n{r.log[-2000:]}")
     records = [json.loads(line) for line in (work / "events.jsonl").read_text().splitlines()]
-    return work, records, (start, end)
+    return Run(kernel, work, records, (start, end), r.seconds)
 
 
 def phases(records):
@@ -217,24 +232,29 @@ def elephants(records, kind="ELEPHANT"):
     return [r for r in records if r["kind"] == kind]
 
 
-def test_loaded_once_with_probe_type(vm):
-    _, records, _ = vm
-    ready = [r for r in records if r["kind"] == "ready"]
-    assert len(ready) == 1
-    stats = ready[0]["stats"]
+def ready(run: Run) -> dict:
+    return next(r for r in run.records if r["kind"] == "ready")
+
+
+def check_loaded(run: Run) -> None:
+    """bcc compiled and loaded the program once; no event or flow was lost."""
+    records = run.records
+    assert len([r for r in records if r["kind"] == "ready"]) == 1
+    stats = ready(run)["stats"]
     assert stats["probe"] in ("fentry", "kprobe")
-    assert stats["buffer"] == "ringbuf"      # 6.1 >= 5.8
+    assert stats["buffer"] == "ringbuf"      # every kernel in the matrix is >= 5.8
     final = [r for r in records if r["kind"] == "ack"][-1]["stats"]
     assert final["dropped"] == 0 and final["map_full"] == 0
     assert final["events"] == len(elephants(records)) + len(elephants(records, "END"))
 
 
-def test_elephant_in_both_zones_with_direction(vm):
-    work, records, (start, end) = vm
+def check_elephant(run: Run) -> None:
+    """The elephant, in both zones, with its tuple, bytes, direction and age."""
+    work, (start, end) = run.work, run.window
     port = data_port(work, "iperf-elephant.json")
-    got = elephants(phases(records)["elephant"])
+    got = elephants(phases(run.records)["elephant"])
     assert sorted(e["key"]["zone"] for e in got) == [1, 2], got
-    netns = next(r for r in records if r["kind"] == "ready")["netns"]
+    netns = ready(run)["netns"]
     ifindex = int((work / "p1.ifindex").read_text())
     for e in got:
         assert e["key"] == {"netns": netns, "zone": e["key"]["zone"], "proto": socket.IPPROTO_TCP,
@@ -247,17 +267,19 @@ def test_elephant_in_both_zones_with_direction(vm):
         assert e["ifindex"] == ifindex                         # the SYN came in on p1
 
 
-def test_no_elephant_for_mice(vm):
-    work, records, _ = vm
+def check_mice(run: Run) -> None:
+    """Mice (pings, a 200 KB transfer) stay in the kernel."""
+    work, records = run.work, run.records
     ports = {data_port(work, "iperf-elephant.json"), data_port(work, "iperf-live.json")}
     for e in elephants(records):
         assert e["key"]["proto"] == socket.IPPROTO_TCP and e["key"]["sport"] in ports, e
     assert not elephants(phases(records)["mice"])
 
 
-def test_end_after_conntrack_delete(vm):
-    work, records, _ = vm
-    port = data_port(work, "iperf-elephant.json")
+def check_end(run: Run) -> None:
+    """Deleting the elephant's conntrack entries sends END in both zones, counted to the end."""
+    records = run.records
+    port = data_port(run.work, "iperf-elephant.json")
     ends = [e for e in elephants(phases(records)["delete"], "END") if e["key"]["sport"] == port]
     assert sorted(e["key"]["zone"] for e in ends) == [1, 2], ends
     first = {e["key"]["zone"]: e for e in elephants(records) if e["key"]["sport"] == port}
@@ -267,26 +289,104 @@ def test_end_after_conntrack_delete(vm):
         assert e["bytes_orig"] > el["bytes_orig"]    # counted on to the end
 
 
-def test_live_threshold_change(vm):
-    work, records, _ = vm
-    port = data_port(work, "iperf-live.json")
+def check_live_thresholds(run: Run) -> None:
+    """A threshold change applies to a running flow, without a reload."""
+    records = run.records
+    port = data_port(run.work, "iperf-live.json")
     ph = phases(records)
     assert not elephants(ph["huge"]), "an elephant passed a 1 TB threshold"
     got = [e for e in elephants(ph["lower"]) if e["key"]["sport"] == port]
     assert sorted(e["key"]["zone"] for e in got) == [1, 2], got
     lowered = next(r for r in records if r.get("id") == "lower")
     # the same running flow, detected right after the change (the ack's wall
-    # time is from just before it), without a reload
+    # time is from just before it)
     assert all(e["first_seen"] < lowered["wall"] < e["ts"] for e in got)
     assert all(e["bytes_orig"] + e["bytes_reply"] >= 1_000_000 for e in got)
 
 
-def test_unavailable_says_why():
-    """Where the tracer cannot run, BpfSource says why instead of crashing."""
-    from ovsfoot.sources.bpf import BpfSource
-    with pytest.raises(SourceUnavailable, match="not found"):
-        BpfSource(Thresholds(), netns="ovsfoot-no-such-namespace")
-    if not os.path.exists("/sys/bus/event_source/devices/kprobe"):   # this host's kernel
-        with pytest.raises(SourceUnavailable) as e:
-            BpfSource(Thresholds())
-        assert str(e.value)
+CHECKS = {"loads": check_loaded, "elephant": check_elephant, "mice": check_mice,
+          "end": check_end, "live-thresholds": check_live_thresholds}
+
+
+def matrix_row(suite: str, work: Path) -> dict:
+    """Runs the scenario on `suite` and every check; one row of the matrix."""
+    row = {"suite": suite, "kernel": None, "probe": None, "seconds": None,
+           "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "checks": {}}
+    try:
+        kernel = ensure_kernel(suite)
+        row["kernel"] = kernel.version
+        run = run_scenario(kernel, work)
+    except Exception as e:       # a kernel that cannot be fetched, booted or compiled for
+        row["error"] = str(e)[-3000:]
+        return row
+    row.update(kernel=run.kernel.version, probe=ready(run)["stats"]["probe"],
+               load_s=round(ready(run)["load_s"], 1), seconds=round(run.seconds))
+    for name, check in CHECKS.items():
+        try:
+            check(run)
+            row["checks"][name] = "pass"
+        except Exception:
+            row["checks"][name] = "FAIL"
+            row.setdefault("failures", {})[name] = traceback.format_exc(limit=2)[-1500:]
+    return row
+
+
+def save(row: dict) -> None:
+    """Keeps the newest row per suite in MATRIX_FILE."""
+    rows = load()
+    rows[row["suite"]] = row
+    MATRIX_FILE.parent.mkdir(parents=True, exist_ok=True)
+    MATRIX_FILE.write_text(json.dumps(rows, indent=1))
+
+
+def load() -> dict:
+    return json.loads(MATRIX_FILE.read_text()) if MATRIX_FILE.exists() else {}
+
+
+def render(rows: dict) -> list[str]:
+    """The matrix as text lines, one row per suite; none without rows."""
+    if not rows:
+        return []
+    names = list(CHECKS)
+    lines = [f"  {'suite':9} {'kernel':24} {'probe':7} {'load':>6} "
+             + " ".join(f"{n:>15}" for n in names) + "  when"]
+    for suite in SUITES:
+        if not (r := rows.get(suite)):
+            continue
+        cells = [r["checks"].get(n, "-") for n in names]
+        load_s = f"{r['load_s']:.0f} s" if r.get("load_s") is not None else "-"
+        lines.append(f"  {suite:9} {r['kernel'] or '?':24} {r['probe'] or '-':7} {load_s:>6} "
+                     + " ".join(f"{c:>15}" for c in cells) + f"  {r['when']}")
+        if r.get("error"):
+            lines.append(f"    error: {r['error'].splitlines()[0][:200]}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m integration.tracer_matrix", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("suites", nargs="*", metavar="SUITE",
+                    help=f"Debian suites ({', '.join(SUITES)}; default: all)")
+    ap.add_argument("--workdir", default="/tmp/ovsfoot-kernels", help="logs, one dir per suite")
+    a = ap.parse_args(argv)
+    if unknown := set(a.suites) - set(SUITES):
+        ap.error(f"unknown suite(s) {', '.join(sorted(unknown))}: choose from {', '.join(SUITES)}")
+    ok = True
+    for suite in a.suites or SUITES:
+        progress(f"the tracer on {suite}'s kernel")
+        work = Path(a.workdir) / suite
+        work.mkdir(parents=True, exist_ok=True)
+        row = matrix_row(suite, work)
+        save(row)
+        ok &= not row.get("error") and all(v == "pass" for v in row["checks"].values())
+        for text in [row.get("error"), *row.get("failures", {}).values()]:
+            if text:
+                print(f"--- {suite}:\n{text}", file=sys.stderr)
+    print("== the tracer on Debian's kernels (OVS kernel datapath, OVN-like zones) ==")
+    print("\n".join(render(load())))
+    print(f"logs: {a.workdir}; matrix: {MATRIX_FILE}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
