@@ -102,11 +102,13 @@ ctl() {
     echo "no ack for $1"; exit 1
 }
 
-# Two pods: namespaces ns1 (10.0.0.1) and ns2 (10.0.0.2) on ports p1, p2.
+# Two dual-stack pods: namespaces ns1 (10.0.0.1, fd00::1) and ns2 (10.0.0.2,
+# fd00::2) on ports p1, p2.
 for i in 1 2; do
     ip netns add ns$i
     ip link add p$i type veth peer name eth0 netns ns$i
     ip -n ns$i addr add 10.0.0.$i/24 dev eth0
+    ip -n ns$i addr add fd00::$i/64 dev eth0 nodad
     ip -n ns$i link set eth0 up
     ip -n ns$i link set lo up
     ip link set p$i up
@@ -140,6 +142,11 @@ table=0,priority=10,ip,in_port=1,actions=ct(commit,zone=1,table=1)
 table=0,priority=10,ip,in_port=2,actions=ct(commit,zone=2,table=1)
 table=1,priority=10,ip,nw_dst=10.0.0.1,actions=ct(commit,zone=1,table=2)
 table=1,priority=10,ip,nw_dst=10.0.0.2,actions=ct(commit,zone=2,table=2)
+table=0,priority=10,tcp6,in_port=1,actions=ct(commit,zone=1,table=1)
+table=0,priority=10,tcp6,in_port=2,actions=ct(commit,zone=2,table=1)
+table=1,priority=10,tcp6,ipv6_dst=fd00::1,actions=ct(commit,zone=1,table=2)
+table=1,priority=10,tcp6,ipv6_dst=fd00::2,actions=ct(commit,zone=2,table=2)
+table=1,priority=0,actions=NORMAL
 table=2,priority=0,actions=NORMAL
 EOF
 ip netns exec ns1 ping -c 1 -W 20 10.0.0.2
@@ -161,6 +168,14 @@ ip netns exec ns1 iperf3 -c 10.0.0.2 -t 4 -J >iperf-elephant.json
 sleep 1
 ctl '{"cmd": "mark", "id": "delete"}'
 conntrack -D -p tcp --dport 5201 || true
+sleep 2
+
+# The same over IPv6 (TCP only through the zones: neighbour discovery stays plain).
+ctl '{"cmd": "mark", "id": "elephant6"}'
+ip netns exec ns1 iperf3 -6 -c fd00::2 -t 4 -J >iperf-elephant6.json
+sleep 1
+ctl '{"cmd": "mark", "id": "delete6"}'
+conntrack -D -f ipv6 -p tcp --dport 5201 || true
 sleep 2
 
 # Live threshold change: too high for a running elephant, then low enough.
@@ -248,17 +263,17 @@ def check_loaded(run: Run) -> None:
     assert final["events"] == len(elephants(records)) + len(elephants(records, "END"))
 
 
-def check_elephant(run: Run) -> None:
+def check_elephant(run: Run, phase="elephant", src="10.0.0.1", dst="10.0.0.2") -> None:
     """The elephant, in both zones, with its tuple, bytes, direction and age."""
     work, (start, end) = run.work, run.window
-    port = data_port(work, "iperf-elephant.json")
-    got = elephants(phases(run.records)["elephant"])
+    port = data_port(work, f"iperf-{phase}.json")
+    got = elephants(phases(run.records)[phase])
     assert sorted(e["key"]["zone"] for e in got) == [1, 2], got
     netns = ready(run)["netns"]
     ifindex = int((work / "p1.ifindex").read_text())
     for e in got:
         assert e["key"] == {"netns": netns, "zone": e["key"]["zone"], "proto": socket.IPPROTO_TCP,
-                            "src": "10.0.0.1", "dst": "10.0.0.2", "sport": port, "dport": 5201}
+                            "src": src, "dst": dst, "sport": port, "dport": 5201}
         assert e["bytes_orig"] + e["bytes_reply"] >= INITIAL_BYTES
         assert e["bytes_orig"] > 10 * e["bytes_reply"], e      # client -> server
         assert e["packets_orig"] > 0 and e["packets_reply"] > 0
@@ -267,22 +282,29 @@ def check_elephant(run: Run) -> None:
         assert e["ifindex"] == ifindex                         # the SYN came in on p1
 
 
+def check_elephant6(run: Run) -> None:
+    """The IPv6 elephant, in both zones, with its v6 tuple; its END on deletion."""
+    check_elephant(run, "elephant6", "fd00::1", "fd00::2")
+    check_end(run, "elephant6", "delete6")
+
+
 def check_mice(run: Run) -> None:
     """Mice (pings, a 200 KB transfer) stay in the kernel."""
     work, records = run.work, run.records
-    ports = {data_port(work, "iperf-elephant.json"), data_port(work, "iperf-live.json")}
+    ports = {data_port(work, f"iperf-{name}.json") for name in ("elephant", "elephant6", "live")}
     for e in elephants(records):
         assert e["key"]["proto"] == socket.IPPROTO_TCP and e["key"]["sport"] in ports, e
     assert not elephants(phases(records)["mice"])
 
 
-def check_end(run: Run) -> None:
+def check_end(run: Run, phase="elephant", deleted="delete") -> None:
     """Deleting the elephant's conntrack entries sends END in both zones, counted to the end."""
     records = run.records
-    port = data_port(run.work, "iperf-elephant.json")
-    ends = [e for e in elephants(phases(records)["delete"], "END") if e["key"]["sport"] == port]
+    port = data_port(run.work, f"iperf-{phase}.json")
+    ends = [e for e in elephants(phases(records)[deleted], "END") if e["key"]["sport"] == port]
     assert sorted(e["key"]["zone"] for e in ends) == [1, 2], ends
-    first = {e["key"]["zone"]: e for e in elephants(records) if e["key"]["sport"] == port}
+    first = {e["key"]["zone"]: e for e in elephants(phases(records)[phase])
+             if e["key"]["sport"] == port}
     for e in ends:
         el = first[e["key"]["zone"]]
         assert e["first_seen"] == el["first_seen"] and e["ts"] > el["ts"]
@@ -305,7 +327,8 @@ def check_live_thresholds(run: Run) -> None:
 
 
 CHECKS = {"loads": check_loaded, "elephant": check_elephant, "mice": check_mice,
-          "end": check_end, "live-thresholds": check_live_thresholds}
+          "end": check_end, "elephant-ipv6": check_elephant6,
+          "live-thresholds": check_live_thresholds}
 
 
 def matrix_row(suite: str, work: Path) -> dict:
