@@ -47,6 +47,14 @@ out = open(sys.argv[1], "a", buffering=1)
 def log(**kw):
     out.write(json.dumps(kw) + "\n")
 
+def bpf_stats(src):
+    """{program: [runs, ns]} from the kernel's bpf_stats (kernel.bpf_stats_enabled=1)."""
+    out = {}
+    for name, fn in src._bpf.funcs.items():
+        info = dict(line.split(":", 1) for line in open(f"/proc/self/fdinfo/{fn.fd}"))
+        out[name.decode()] = [int(info.get("run_cnt", 0)), int(info.get("run_time_ns", 0))]
+    return out
+
 t0 = time.monotonic()
 src = BpfSource(Thresholds(bytes=int(sys.argv[2]), seconds=1.0))
 log(kind="ready", load_s=time.monotonic() - t0, netns=os.stat("/proc/self/ns/net").st_ino,
@@ -67,6 +75,7 @@ while True:
             src.set_thresholds(Thresholds(bytes=cmd["bytes"], seconds=cmd["seconds"]))
         log(kind="ack", wall=wall, stats=src.stats(), **cmd)
         if cmd["cmd"] == "quit":
+            log(kind="bpf_stats", programs=bpf_stats(src))
             sys.exit(0)
     poller = ovs.poller.Poller()
     src.wait(poller)
@@ -92,6 +101,7 @@ modprobe openvswitch
 modprobe nf_conntrack
 # The driver compiles the program (about a minute under TCG) while the rest is set up.
 mkfifo /tmp/ctl
+sysctl -qw kernel.bpf_stats_enabled=1      # per-program run time, for the cost per packet
 $OVSFOOT_PY driver.py events.jsonl $INITIAL_BYTES /tmp/ctl >driver.log 2>&1 &
 
 # ctl JSON: send a control step to the driver and wait for its ack
@@ -251,6 +261,13 @@ def ready(run: Run) -> dict:
     return next(r for r in run.records if r["kind"] == "ready")
 
 
+def ns_per_packet(run: Run) -> float | None:
+    """The per-packet program's (__nf_ct_refresh_acct) mean run time, from bpf_stats."""
+    progs = next((r["programs"] for r in run.records if r["kind"] == "bpf_stats"), {})
+    runs, ns = next((v for k, v in progs.items() if k.endswith("__nf_ct_refresh_acct")), (0, 0))
+    return ns / runs if runs else None
+
+
 def check_loaded(run: Run) -> None:
     """bcc compiled and loaded the program once; no event or flow was lost."""
     records = run.records
@@ -342,8 +359,10 @@ def matrix_row(suite: str, work: Path) -> dict:
     except Exception as e:       # a kernel that cannot be fetched, booted or compiled for
         row["error"] = str(e)[-3000:]
         return row
+    per_packet = ns_per_packet(run)
     row.update(kernel=run.kernel.version, probe=ready(run)["stats"]["probe"],
-               load_s=round(ready(run)["load_s"], 1), seconds=round(run.seconds))
+               load_s=round(ready(run)["load_s"], 1), seconds=round(run.seconds),
+               ns_per_packet=per_packet and round(per_packet))
     for name, check in CHECKS.items():
         try:
             check(run)
@@ -371,15 +390,17 @@ def render(rows: dict) -> list[str]:
     if not rows:
         return []
     names = list(CHECKS)
-    lines = [f"  {'suite':9} {'kernel':24} {'probe':7} {'load':>6} "
-             + " ".join(f"{n:>15}" for n in names) + "  when"]
+    lines = [f"  {'suite':9} {'kernel':22} {'probe':6} {'load':>5} {'ns/pkt':>6} "
+             + " ".join(f"{n:>{len(n)}}" for n in names) + "  when"]
     for suite in SUITES:
         if not (r := rows.get(suite)):
             continue
         cells = [r["checks"].get(n, "-") for n in names]
         load_s = f"{r['load_s']:.0f} s" if r.get("load_s") is not None else "-"
-        lines.append(f"  {suite:9} {r['kernel'] or '?':24} {r['probe'] or '-':7} {load_s:>6} "
-                     + " ".join(f"{c:>15}" for c in cells) + f"  {r['when']}")
+        lines.append(f"  {suite:9} {r['kernel'] or '?':22} {r['probe'] or '-':6} {load_s:>5} "
+                     f"{r.get('ns_per_packet') or '-':>6} "
+                     + " ".join(f"{c:>{len(n)}}" for n, c in zip(names, cells))
+                     + f"  {r['when']}")
         if r.get("error"):
             lines.append(f"    error: {r['error'].splitlines()[0][:200]}")
     return lines
