@@ -85,8 +85,8 @@ while True:
 
 # Programs SCENARIO runs (integration/programs.py): checked on the host before the
 # VM boots (it shares the host's root filesystem) and again where the script starts.
-PROGRAMS = ("ip", "ping", "iperf3", "nft", "conntrack", "modprobe", "mkfifo", "ovsdb-tool",
-            "ovsdb-server", "ovs-vsctl", "ovs-vswitchd", "ovs-ofctl", "ovs-appctl")
+PROGRAMS = ("ip", "ping", "iperf3", "nft", "conntrack", "modprobe", "mkfifo", "sysctl",
+            "ovsdb-tool", "ovsdb-server", "ovs-vsctl", "ovs-vswitchd", "ovs-ofctl", "ovs-appctl")
 
 SCENARIO = r'''
 for need in @PROGRAMS@; do        # program:Debian package
