@@ -1,12 +1,13 @@
 # ovsfoot: `make lab` runs the lab demo, `make test` the test suite (lint, unit tests,
-# system tests), `make unit` the unit tests alone (any user, seconds).
+# system tests), `make unit` the unit tests alone (any user, seconds), `make kernels` the
+# eBPF tracer on Debian's four kernels in the VM (about 5 min each under emulation).
 # All install what they need first (Debian packages, a virtualenv in .venv).
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: deps venv lab test unit lint bench clean
+.PHONY: deps venv lab kernels test unit lint bench clean
 
 deps:
 	sudo_() { if [ "$$(id -u)" = 0 ]; then "$$@"; else sudo "$$@"; fi; }; \
@@ -24,6 +25,9 @@ venv: $(STAMP)
 # the lab's own entry point, run from the source tree (integration/ is not installed)
 lab: $(STAMP)
 	$(PY) -m integration.lab
+
+kernels: $(STAMP)
+	$(PY) -m integration.tracer_matrix
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

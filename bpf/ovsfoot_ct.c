@@ -24,6 +24,29 @@
  *   MAX_FLOWS          size of the per-flow LRU map
  *   RINGBUF_PAGES      size of the ring or perf buffer, in pages
  */
+/*
+ * bcc <= 0.29 brings its own copy of the UAPI linux/bpf.h (its guard keeps the
+ * kernel's out), older than the kernel headers of 6.12 and later, whose
+ * linux/bpf.h takes the size of these types and names these constants. The
+ * types are renamed so that a bcc that has them does not see a redefinition.
+ */
+#define bpf_wq ovsfoot_bpf_wq
+#define bpf_rb_root ovsfoot_bpf_rb_root
+#define bpf_rb_node ovsfoot_bpf_rb_node
+#define bpf_refcount ovsfoot_bpf_refcount
+#define bpf_task_work ovsfoot_bpf_task_work
+struct bpf_wq { __u64 __opaque[2]; } __attribute__((aligned(8)));
+struct bpf_rb_root { __u64 __opaque[2]; } __attribute__((aligned(8)));
+struct bpf_rb_node { __u64 __opaque[4]; } __attribute__((aligned(8)));
+struct bpf_refcount { __u32 __opaque[1]; } __attribute__((aligned(4)));
+struct bpf_task_work { __u64 __opaque; } __attribute__((aligned(8)));
+#define BPF_F_CPU 8                     /* 7.x */
+#define BPF_F_ALL_CPUS 16
+#define BPF_TRACE_FSESSION 58
+#define BPF_TRACE_FENTRY_MULTI 59
+#define BPF_TRACE_FEXIT_MULTI 60
+#define BPF_TRACE_FSESSION_MULTI 61
+
 #include <linux/skbuff.h>
 #include <net/net_namespace.h>
 #include <net/netfilter/nf_conntrack.h>

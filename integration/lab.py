@@ -21,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from integration import tracer_matrix
 from integration.lab_scenario import PKI_NAMES, PROVISION
 from integration.vm import ensure_kernel, progress, run_in_vm
 
@@ -46,6 +47,7 @@ def run(workdir: Path) -> tuple[dict | None, str]:
     report = json.loads(path.read_text())
     report["vm"] = {"kernel": kernel.version, "seconds": round(result.seconds, 1),
                     "exit_status": result.rc}
+    report["kernel_matrix"] = tracer_matrix.load()
     return report, output
 
 
@@ -86,6 +88,10 @@ def render(report: dict) -> str:
             where = f"   on {exp['placed_on']}" if case == "placed by ovsfoot" else ""
             lines.append(f"  ({'abc'[i]}) {case:24} {_ms(ms):>10}   {_ms(seed):>15}{where}")
     lines += render_cost(report.get("ovn_cost"))
+    lines.append("")
+    lines.append("== the tracer on Debian's kernels (the last `make kernels`) ==")
+    lines += tracer_matrix.render(report.get("kernel_matrix") or {}) or [
+        "  not run on this machine yet: `make kernels` (about 5 min per kernel)"]
     lines.append("")
     lines.append("== checks ==")
     for c in report["checks"]:

@@ -1,4 +1,4 @@
-"""Run scripts in a virtme-ng VM on Debian's bookworm 6.1 kernel.
+"""Run scripts in a virtme-ng VM on a Debian kernel (bookworm's 6.1 unless told).
 
 The host kernel here cannot trace conntrack and has no openvswitch module, so
 the real datapath runs in a VM that shares this machine's root filesystem
@@ -9,6 +9,7 @@ back as files in the work directory, never through vng's exit status (which
 TCG does not deliver).
 
     python -m integration.vm --check      # install the kernel, boot, probe the VM
+    python -m integration.vm --suite trixie --check
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -27,21 +27,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from integration.debian_kernel import CACHE, DEFAULT_SUITE, SUITES, KernelInfo, ensure_kernel
 from integration.programs import require
 
 REPO = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("OVSFOOT_CACHE", "/var/cache/ovsfoot"))
 RC_FILE = "vm-rc"          # the guest writes its script's exit status here
 OUTPUT_FILE = "vm-output.log"  # ... and the script's stdout and stderr here
-
-
-@dataclass(frozen=True)
-class KernelInfo:
-    version: str     # e.g. "6.1.0-56-amd64", what `uname -r` says in the guest
-    vmlinuz: Path
-    modules: Path
-    headers: Path
-    headers_tar: Path  # the headers (and their -common part) in one tar, for the guest's tmpfs
 
 
 @dataclass(frozen=True)
@@ -61,71 +52,6 @@ def _run(*cmd: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
 
 
-def kernel_version() -> str:
-    """The current ABI of bookworm's 6.1 kernel, e.g. "6.1.0-56-amd64", from apt."""
-    pat = re.compile(r"Depends: linux-image-(6\.1\.\d+-\d+-amd64)\b")
-    for attempt in range(2):
-        out = subprocess.run(["apt-cache", "depends", "linux-image-amd64"],
-                             text=True, capture_output=True).stdout
-        if m := pat.search(out):
-            return m.group(1)
-        if attempt == 0:
-            progress("apt knows no bookworm 6.1 kernel; running apt-get update")
-            _run("apt-get", "update", "-qq")
-    raise RuntimeError("apt-cache depends linux-image-amd64 names no 6.1 kernel "
-                       "(is Debian bookworm in the apt sources?)")
-
-
-def ensure_kernel() -> KernelInfo:
-    """Install bookworm's 6.1 kernel, its modules and headers for the VM; idempotent.
-
-    The image package's postinst fails on these machines, so the package is
-    unpacked and copied in by hand rather than installed with dpkg -i.
-    """
-    require("apt-cache", "apt-get", "dpkg-deb", "depmod", "tar")
-    ver = kernel_version()
-    k = KernelInfo(ver, Path(f"/boot/vmlinuz-{ver}"), Path(f"/lib/modules/{ver}"),
-                   Path(f"/usr/src/linux-headers-{ver}"), CACHE / f"headers-{ver}.tar")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / "kernel.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (k.vmlinuz.exists() and (k.modules / "modules.dep").exists()):
-            _install_image(ver, CACHE / "kernel")
-        if not (k.headers / "Makefile").exists():
-            progress(f"installing linux-headers-{ver}")
-            _run("apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                 f"linux-headers-{ver}", env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-            k.headers_tar.unlink(missing_ok=True)
-        if not k.headers_tar.exists():
-            common = Path(os.path.realpath(k.modules / "source"))
-            _run("tar", "-C", "/usr/src", "-cf", f"{k.headers_tar}.tmp", k.headers.name,
-                 common.name)
-            os.replace(f"{k.headers_tar}.tmp", k.headers_tar)
-    return k
-
-
-def _install_image(ver: str, cache: Path) -> None:
-    pkg = f"linux-image-{ver}"
-    cache.mkdir(parents=True, exist_ok=True)
-    debs = sorted(cache.glob(f"{pkg}_*.deb"))
-    if not debs:
-        progress(f"downloading {pkg} (about 70 MB)")
-        _run("apt-get", "download", pkg, cwd=cache)
-        debs = sorted(cache.glob(f"{pkg}_*.deb"))
-    progress(f"unpacking {debs[-1].name}")
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        _run("dpkg-deb", "-x", str(debs[-1]), tmp)
-        root = Path(tmp)
-        mods = next(p for p in (root / "lib/modules", root / "usr/lib/modules") if p.exists())
-        dst = Path("/lib/modules") / ver
-        shutil.rmtree(dst / "kernel", ignore_errors=True)
-        shutil.copytree(mods / ver, dst, symlinks=True, dirs_exist_ok=True)
-        for f in (root / "boot").iterdir():
-            shutil.copy2(f, Path("/boot") / f.name)
-    progress(f"depmod {ver}")
-    _run("depmod", ver)
-
-
 def kvm_works(kernel: KernelInfo) -> bool:
     """Can this machine boot the VM with KVM? Probed once per host boot, then cached.
 
@@ -136,7 +62,7 @@ def kvm_works(kernel: KernelInfo) -> bool:
     if accel != "auto" or not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return accel == "kvm"
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    cached = CACHE / f"kvm-{kernel.version}-{boot_id}"
+    cached = CACHE / f"kvm-{boot_id}"   # nested KVM works or not for every kernel
     if not cached.exists():
         progress("probing KVM (once per host boot)")
         with tempfile.TemporaryDirectory(prefix="ovsfoot-kvm-") as tmp:
@@ -194,7 +120,8 @@ def _boot(script: str | Path, workdir: Path, timeout: float, *, kvm: bool,
         f"export PYTHONDONTWRITEBYTECODE=1 OVSFOOT_IN_VM=1\n{exports}"
         # bcc's clang reads ~1000 kernel headers: from tmpfs, not 9p (30 s less under TCG)
         "mkdir -p /run/headers && tar -C /run/headers -xf .vm-headers.tar && rm .vm-headers.tar"
-        " && for d in /run/headers/*; do mount --bind $d /usr/src/${d##*/}; done\n"
+        " && for d in /run/headers/*; do mkdir -p /usr/src/${d##*/}"
+        " && mount --bind $d /usr/src/${d##*/}; done\n"
         f"( echo \"vm: kernel $(uname -r), $(nproc) cpus\"; {cmd} ) "
         f">{OUTPUT_FILE} 2>&1 </dev/null\n"
         f"echo $? >{RC_FILE}.tmp && mv {RC_FILE}.tmp {RC_FILE}\n"
@@ -264,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true",
                     help="install the kernel if needed, boot it and probe openvswitch/bcc")
+    ap.add_argument("--suite", choices=SUITES, default=DEFAULT_SUITE,
+                    help="the Debian suite whose kernel to boot (default: %(default)s)")
     ap.add_argument("--workdir", help="shared directory (default: a new temporary one)")
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("command", nargs="?", help="shell command to run in the VM")
@@ -271,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     if not a.check and not a.command:
         ap.error("give --check or a command")
     work = Path(a.workdir or tempfile.mkdtemp(prefix="ovsfoot-vm-"))
-    k = ensure_kernel()
-    progress(f"kernel {k.version}: {k.vmlinuz}, headers {k.headers}")
+    k = ensure_kernel(a.suite)
+    progress(f"kernel {k.version}: {k.vmlinuz}, headers {k.headers_tar}")
     r = run_in_vm(CHECK_SCRIPT if a.check else a.command, work, a.timeout, kernel=k)
     output = r.output_path.read_text() if r.output_path.exists() else ""
     print(output, end="")

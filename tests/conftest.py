@@ -55,6 +55,7 @@ class PodInfo:
     workload: str
     zone: int = 0
     ip: str = ""
+    ip6: str = ""
 
 
 @dataclass
@@ -74,10 +75,11 @@ class Node:
                                extra_ids=extra_ids)
         info = PodInfo(name, pod.name, lport, pod.interface, workload)
         info.zone = wait_for(lambda: self.ovs.zones().get(lport), what=f"zone of {lport}")
-        info.ip = self.kp.attach(pod.name, index, info.zone)
+        port = self.kp.attach(pod.name, index, info.zone)
+        info.ip, info.ip6 = port.ip, port.ip6
         if "vm-id" not in extra_ids:        # ovn-kubernetes records pod IPs like this
             self.ovs.vsctl("set", "Interface", pod.interface,
-                           f"external_ids:ip_addresses=\"{info.ip}/24\"")
+                           f"external_ids:ip_addresses=\"{info.ip}/24,{info.ip6}/64\"")
         self.pods[name] = info
         return info
 
@@ -89,13 +91,14 @@ class Node:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def iperf(self, client: str, server: str, seconds: float = 3, rate: str = "300M",
-              port: int = 5201) -> None:
+              port: int = 5201, ipv6: bool = False) -> None:
         """An iperf3 flow from `client` to `server` (blocks until it is done)."""
+        dst = self.pods[server].ip6 if ipv6 else self.pods[server].ip
         require("iperf3", "ss")         # not a 30 s wait for a server that cannot start
         srv = self.popen(server, "iperf3", "-s", "-1", "-p", str(port))
         try:
             wait_for(lambda: f":{port}" in self.ns_exec(server, "ss", "-ltn"), what="iperf3 -s")
-            self.ns_exec(client, "iperf3", "-c", self.pods[server].ip, "-p", str(port),
+            self.ns_exec(client, "iperf3", "-c", dst, "-p", str(port),
                          "-t", str(seconds), "-b", rate, timeout=seconds + 30)
         finally:
             srv.kill()

@@ -139,7 +139,15 @@ def _plan(bcc) -> tuple[Path, list[str], list[str]]:
         cflags.append("-DUSE_RINGBUF")
     if _refresh_has_skb(release):
         cflags.append("-DREFRESH_HAS_SKB")
-    return program, probes, cflags
+    return program, probes, cflags + _kernel_cc_flags(release)
+
+
+def _kernel_cc_flags(release: str) -> list[str]:
+    """Compiler flags the kernel's headers need (6.19+: -fms-extensions, for anonymous
+    tagged structs), from the CONFIG_CC_* options the kernel was built with."""
+    conf = Path(f"/lib/modules/{release}/build/include/config/auto.conf")
+    text = conf.read_text() if conf.exists() else ""
+    return re.findall(r"^CONFIG_CC_MS_EXTENSIONS=(\S+)$", text, re.M)
 
 
 class BpfSource:

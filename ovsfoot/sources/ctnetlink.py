@@ -9,6 +9,7 @@ Entries that vanish from the table end with an END event.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
 from pyroute2 import NFCTSocket
@@ -70,7 +71,8 @@ class CtnetlinkSource:
             with ns.entered(netns):
                 # pyroute2 opens the socket on first use: use it here, so that it
                 # belongs to this namespace (its netns= option forks a helper instead).
-                self._sock = NFCTSocket()
+                # AF_UNSPEC: IPv4 and IPv6 (pyroute2's default, AF_INET, dumps IPv4 only)
+                self._sock = NFCTSocket(nfgen_family=socket.AF_UNSPEC)
                 self._sock.count()
         except (OSError, FileNotFoundError) as e:
             raise SourceUnavailable(f"cannot open ctnetlink in namespace "
