@@ -32,7 +32,7 @@ class SouthboundCleanup:
         self.idl = ovs.db.idl.Idl(remote, helper, leader_only=False)
         self.idl.cond_change("Chassis_Private", [["name", "==", chassis]])
         self.pub = ExternalIdsPublisher(
-            self.idl, self._rows, lambda k: k.startswith(contract.PREFIX), 0.0,
+            self.idl, self._rows, lambda k: k.startswith(contract.PREFIX), None,
             f"OVN Southbound {remote}")
         self.pub.want({})
         self.done = False
