@@ -16,16 +16,19 @@ PORTS = ("pa", "pb")
 
 @pytest.fixture
 def db(tmp_path):
-    o = Ovs(tmp_path, bridge="br-pub").start_db().create_bridge()   # rows only, no vswitchd
-    for p in PORTS:
-        o.vsctl("add-port", "br-pub", p, "--", "set", "Interface", p,
-                f"external_ids:iface-id=lp-{p}")
-    d = LocalDb(o.remote, timeout=10)
-    wait_for(lambda: (d.run(), {i.name for i in d.rows("Interface")} >= set(PORTS))[1],
-             what="the IDL to sync")
-    yield o, d
-    d.idl.close()
-    o.stop_all()
+    o = Ovs(tmp_path, bridge="br-pub")
+    try:
+        o.start_db().create_bridge()            # rows only, no ovs-vswitchd
+        for p in PORTS:
+            o.vsctl("add-port", "br-pub", p, "--", "set", "Interface", p,
+                    f"external_ids:iface-id=lp-{p}")
+        d = LocalDb(o.remote, timeout=10)
+        wait_for(lambda: (d.run(), {i.name for i in d.rows("Interface")} >= set(PORTS))[1],
+                 what="the IDL to sync")
+        yield o, d
+        d.idl.close()
+    finally:
+        o.stop_all()
 
 
 def keys(elephants: dict[str, int]):
