@@ -125,7 +125,7 @@ def child(mode: str, path: str, remote: str, bridge: str) -> dict:
     from ovsfoot.agent import Agent, Config
     from ovsfoot.events import Thresholds
     from ovsfoot.ovsdb import LocalDb
-    cfg = Config(db=remote, bridge=bridge, sb="none",
+    cfg = Config(db=remote, bridge=bridge,
                  thresholds=Thresholds(ELEPHANT_BYTES, 1.0, idle_seconds=3600))
     agent = Agent(cfg, src, db=LocalDb(remote, timeout=10))
     deadline = time.monotonic() + 30

@@ -136,7 +136,10 @@ def run(quick: bool = False, log=print) -> list[Result]:
         t_start = time.time()
         t0 = time.monotonic()
         src.armed = True
+        tx1 = None                  # transactions when the first second is over
         while not src.done:
+            if tx1 is None and time.monotonic() - t0 >= 1.0:
+                tx1 = agent.publisher.transactions
             agent.run_once()
             p = ovs.poller.Poller()
             agent.wait(p)
@@ -177,14 +180,21 @@ def run(quick: bool = False, log=print) -> list[Result]:
         sb.close()
     # one transaction arrives as one update: rows changed together share its arrival time
     seen = len({x["t"] for x in lines if t_start <= x["t"] <= t_end + 0.2})
-    tx_s, chg_s = tx_feed / t_feed, gen / t_feed
+    # the budget is a token bucket: a burst at first, then its rate, sustained
+    tx_s, chg_s = (tx_feed - (tx1 - tx0)) / (t_feed - 1.0), gen / t_feed
+    burst, rate = agent.publisher.budget.burst, agent.publisher.budget.rate
     log(f"publishing: {src.starts:,} starts, {src.ends:,} ends in {t_feed:.1f} s: "
-        f"{tx_s:.1f} tx/s for {chg_s:,.0f} footprint changes/s; stale keys: {len(stale)}")
+        f"{tx_s:.1f} tx/s sustained ({tx_feed} in all) for {chg_s:,.0f} footprint changes/s; "
+        f"stale keys: {len(stale)}")
     return [Result("publish_tx_per_s", tx_s, "tx/s", chg_s,
                    "footprint changes/s (1 tx each without coalescing)", ratio(tx_s, chg_s),
-                   "<= 10 tx/s", tx_s <= 10,
+                   "<= 10 tx/s sustained (after the first second)", tx_s <= 10,
                    detail={"seconds": round(t_feed, 2), "starts": src.starts, "ends": src.ends,
-                           "transactions": tx_feed, "changes": gen,
+                           "transactions": tx_feed, "in_first_second": tx1 - tx0,
+                           "tx_per_s_whole_feed": round(tx_feed / t_feed, 2),
+                           "budget": f"burst {burst}, then {rate:g}/s: at most "
+                                     f"{burst + rate * t_feed:.0f} in {t_feed:.1f} s",
+                           "changes": gen,
                            "monitor_updates": seen,
                            "monitor_updates_per_s": round(seen / t_feed, 1)}),
             Result("publish_stale_keys", len(stale), "keys", checked,

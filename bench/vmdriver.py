@@ -1,15 +1,22 @@
-"""Datapath cost, in the VM: iperf3 through the OVS kernel bridge without and with the tracer.
+"""Datapath cost, in the VM: iperf3 through the OVS kernel bridge, with and without the tracer.
 
-    vmdriver.py WORKDIR PAIRS SECONDS
+    vmdriver.py WORKDIR PAIRS SECONDS COST_RUNS
 
-Loads ovsfoot's BpfSource once (compiling takes about a minute under
-emulation), detaches its kprobes and writes WORKDIR/driver-ready.json; when
-WORKDIR/driver-go appears it runs PAIRS pairs of iperf3 runs of SECONDS each,
-one without the tracer attached and one with it (order alternating, so drift
-does not favour either), with kernel.bpf_stats_enabled=1, and writes
-WORKDIR/datapath.json. The same loaded programs are attached and detached, so
-"with" is exactly what the agent runs. The ring buffer is drained between runs,
-as the agent would.
+Loads ovsfoot's BpfSource (compiling takes about a minute under emulation)
+and an empty program on the same kernel functions with the same probe type
+(bpf/empty_ct.c), detaches both and writes WORKDIR/driver-ready.json; when
+WORKDIR/driver-go appears, with kernel.bpf_stats_enabled=1:
+
+* throughput: PAIRS pairs of iperf3 runs of SECONDS, one without the tracer and
+  one with it (order alternating, so drift favours neither). The same loaded
+  programs are attached and detached, so "with" is exactly what the agent runs;
+* cost: COST_RUNS iperf3 runs with ovsfoot's programs and the empty ones both
+  attached, so both run on the very same calls: run time per call of each.
+
+Every run records each program's run time and count (bpf_stats) and the packets
+that entered the datapath from the two pods (their OVS-side veths' rx).
+Writes WORKDIR/datapath.json. The ring buffer is drained between runs, as the
+agent would.
 """
 
 from __future__ import annotations
@@ -20,86 +27,91 @@ import sys
 import time
 from pathlib import Path
 
-from ovsfoot.events import Thresholds
-from ovsfoot.sources.bpf import BpfSource
+import bcc
+from pyroute2 import IPRoute
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import bpfstats  # noqa: E402
+from ovsfoot.events import Thresholds  # noqa: E402
+from ovsfoot.sources.bpf import BpfSource, _plan  # noqa: E402
+
+EMPTY = Path(__file__).resolve().parents[1] / "bpf" / "empty_ct.c"
+PORTS = ("pod1-ovs", "pod2-ovs")     # the datapath's ports towards the pods
 
 
-def prog_ids(bpf) -> dict[str, int]:
-    """{function name: kernel program id} of the loaded programs (from fdinfo)."""
-    out = {}
-    for name, fn in bpf.funcs.items():
-        for line in Path(f"/proc/self/fdinfo/{fn.fd}").read_text().splitlines():
-            if line.startswith("prog_id:"):
-                out[name.decode() if isinstance(name, bytes) else name] = int(line.split()[1])
-    return out
+def datapath_packets() -> tuple[int, int]:
+    """Packets and bytes the pods have sent into the datapath (rx of its ports towards
+    them; with TSO a packet is up to 64 KB)."""
+    with IPRoute() as ip:
+        stats = [ip.get_links(ip.link_lookup(ifname=p)[0])[0].get("stats64") for p in PORTS]
+    return sum(s["rx_packets"] for s in stats), sum(s["rx_bytes"] for s in stats)
 
 
-def bpftool_stats(ids: dict[str, int]) -> dict[str, tuple[int, int]]:
-    """{function: (run_time_ns, run_cnt)} from `bpftool prog show id N -j`."""
-    out = {}
-    for name, pid in ids.items():
-        p = subprocess.run(["bpftool", "prog", "show", "id", str(pid), "-j"],
-                           capture_output=True, text=True, timeout=30)
-        d = json.loads(p.stdout or "{}")
-        out[name] = (d.get("run_time_ns", 0), d.get("run_cnt", 0))
-    return out
+def load_empty(probe: str):
+    """bpf/empty_ct.c, built like ovsfoot's program (DESTROY_FN, probe type)."""
+    _, _, cflags = _plan(bcc)
+    return bcc.BPF(src_file=str(EMPTY), cflags=cflags + (["-DUSE_FENTRY"] if probe == "fentry"
+                                                          else []))
 
 
 def main() -> int:
-    work, pairs, seconds = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+    work, pairs, seconds, cost_runs = (Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]),
+                                       int(sys.argv[4]))
     t0 = time.monotonic()
     src = BpfSource(Thresholds())          # the agent's defaults: 10 MB, 1 s
     load_s = time.monotonic() - t0
-    bpf = src._bpf
-    probes = {ev: list(fns) for ev, fns in bpf.kprobe_fds.items()}
-
-    def detach():
-        for ev, fns in probes.items():
-            for fn in fns:
-                bpf.detach_kprobe_event_by_fn(ev, fn)
-
-    def attach():
-        for ev, fns in probes.items():
-            for fn in fns:
-                bpf.attach_kprobe(event=ev[2:], fn_name=fn)
-
-    detach()
-    ids = prog_ids(bpf)
-    (work / "driver-ready.json").write_text(json.dumps({"load_s": load_s, "programs": ids,
-                                                        "probe": src.probe}))
+    empty = load_empty(src.probe)
+    tracer, floor = bpfstats.Probes(src._bpf), bpfstats.Probes(empty)
+    tracer.detach()
+    floor.detach()
+    progs = {"ovsfoot": bpfstats.programs(src._bpf), "empty": bpfstats.programs(empty)}
+    (work / "driver-ready.json").write_text(json.dumps({"load_s": load_s, "probe": src.probe,
+                                                        "programs": list(progs["ovsfoot"])}))
     deadline = time.monotonic() + 1200
     while not (work / "driver-go").exists():
         if time.monotonic() > deadline:
             return 1
         time.sleep(0.5)
-    subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"], check=False)
+
+    def iperf(label: str, pair: int, attached: list[bpfstats.Probes]) -> dict:
+        for probes in attached:
+            probes.attach()
+        before = {k: bpfstats.read(v) for k, v in progs.items()}
+        (pkts, nbytes), t = datapath_packets(), time.monotonic_ns()
+        p = subprocess.run(["ip", "netns", "exec", "pod1", "iperf3", "-c", "10.0.0.2",
+                            "-t", str(seconds), "-J"], capture_output=True, text=True,
+                           timeout=seconds + 60)
+        elapsed = time.monotonic_ns() - t
+        pkts_after, bytes_after = datapath_packets()
+        after = {k: bpfstats.read(v) for k, v in progs.items()}
+        for probes in attached:
+            probes.detach()
+        src.run()
+        try:
+            bps = json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"]
+        except (ValueError, KeyError):
+            bps = None
+        return {"run": label, "pair": pair, "tracer": tracer in attached,
+                "bits_per_second": bps, "elapsed_ns": elapsed, "packets": pkts_after - pkts,
+                "bytes": bytes_after - nbytes,
+                "progs": {k: {n: [s.run_time_ns, s.run_cnt]
+                              for n, s in bpfstats.delta(after[k], before[k]).items()}
+                          for k in progs}}
+
     runs = []
-    for i in range(pairs):
-        for on in ((False, True) if i % 2 == 0 else (True, False)):
-            if on:
-                attach()
-            before = bpftool_stats(ids)
-            t = time.monotonic_ns()
-            p = subprocess.run(["ip", "netns", "exec", "pod1", "iperf3", "-c", "10.0.0.2",
-                                "-t", str(seconds), "-J"], capture_output=True, text=True,
-                               timeout=seconds + 60)
-            elapsed = time.monotonic_ns() - t
-            after = bpftool_stats(ids)
-            if on:
-                detach()
-            src.run()
-            try:
-                bps = json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"]
-            except (ValueError, KeyError):
-                bps = None
-            runs.append({"pair": i, "tracer": on, "bits_per_second": bps, "elapsed_ns": elapsed,
-                         "progs": {n: [after[n][0] - before[n][0], after[n][1] - before[n][1]]
-                                   for n in ids}})
-    subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=0"], check=False)
+    with bpfstats.stats_enabled():
+        for i in range(pairs):
+            for on in ((False, True) if i % 2 == 0 else (True, False)):
+                runs.append(iperf("throughput", i, [tracer] if on else []))
+        for i in range(cost_runs):
+            runs.append(iperf("cost", i, [tracer, floor]))
     stats = src.stats()
     src.close()
+    empty.cleanup()
     (work / "datapath.json").write_text(json.dumps({"runs": runs, "load_s": load_s,
-                                                    "stats": stats}, indent=1))
+                                                    "probe": src.probe, "stats": stats},
+                                                   indent=1))
     return 0
 
 

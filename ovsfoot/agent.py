@@ -22,7 +22,7 @@ from ovsfoot.learning import Learner, StateFile
 from ovsfoot.ovsdb import LocalDb, ssl_ready
 from ovsfoot.publishers.cluster import ClusterPublisher, Lesson
 from ovsfoot.publishers.legacy import SouthboundCleanup
-from ovsfoot.publishers.vswitch import VswitchPublisher
+from ovsfoot.publishers.vswitch import BURST, RATE, VswitchPublisher
 from ovsfoot.sources import Source
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,8 @@ class Config:
     state: str | None = None            # state file of learned classes
     heavy_at: float = 3.0
     half_life: float = 6 * 3600
-    publish_interval: float = 0.1
+    publish_rate: float = RATE          # local OVSDB transactions/s, sustained,
+    publish_burst: int = BURST          # after a burst of this many
     cluster_db: str | None = None       # ovsfoot's cluster database; None: no cluster view
     cluster_interval: float = 1.0       # at most one cluster transaction this often
     heartbeat: float = 10.0             # and one at least this often (liveness)
@@ -60,7 +61,8 @@ class Agent:
         self.attributor = Attributor()
         self.learner = Learner(cfg.heavy_at, cfg.half_life)
         self.footprints = Footprints(self.learner)
-        self.publisher = VswitchPublisher(self.db, cfg.bridge, cfg.publish_interval)
+        self.publisher = VswitchPublisher(self.db, cfg.bridge, cfg.publish_rate,
+                                        cfg.publish_burst)
         self.cluster: ClusterPublisher | None = None
         self.cleanup: SouthboundCleanup | None = None
         self._legacy_checked = False

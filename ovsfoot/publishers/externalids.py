@@ -1,9 +1,9 @@
 """Reconciles ovsfoot's keys in rows' external_ids with what is wanted.
 
 Keys are written only with setkey/delkey, so other writers' keys are never
-touched. A reconcile runs at most once per `min_interval`, as one
-transaction; after a server restart the IDL resyncs and the next reconcile
-repairs whatever is missing.
+touched. Each reconcile is one transaction, started when a token of the
+publisher's budget (a TokenBucket; None: unlimited) is there; after a server
+restart the IDL resyncs and the next reconcile repairs whatever is missing.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import ovs.db.idl
 import ovs.poller
 
 from ovsfoot.contract import TS
+from ovsfoot.publishers.bucket import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,10 @@ class ExternalIdsPublisher(Committer):
     keys also gets `ovsfoot-ts`, the time of its last change in ms."""
 
     def __init__(self, idl: ovs.db.idl.Idl, rows: Rows, owned: Callable[[str], bool],
-                 min_interval: float = 0.1, what: str = "OVSDB"):
+                 budget: TokenBucket | None = None, what: str = "OVSDB"):
         super().__init__(what)
         self.idl, self.rows, self.owned = idl, rows, owned
-        self.min_interval = min_interval
-        self._last = 0.0
+        self.budget = budget
         self._want: dict[Hashable, dict[str, str]] | None = None
 
     def want(self, wanted: dict[Hashable, dict[str, str]]) -> None:
@@ -91,12 +91,13 @@ class ExternalIdsPublisher(Committer):
     def run(self) -> None:
         if not self.settled():
             return
-        if self._want is None or time.monotonic() - self._last < self.min_interval:
+        if self._want is None or (self.budget and self.budget.wait_s() > 0):
             return
         changes = self.diff()
         if not changes:
             return
-        self._last = time.monotonic()
+        if self.budget:
+            self.budget.take()
         self.txn = Txn(self.idl)
         self.built = time.time_ns()
         self.txn.add_comment("ovsfoot: publish footprints")
@@ -111,10 +112,8 @@ class ExternalIdsPublisher(Committer):
     def wait(self, poller: ovs.poller.Poller) -> None:
         if self.txn is not None:
             self.txn.wait(poller)
-        elif self._want is not None:
-            left = self.min_interval - (time.monotonic() - self._last)
-            if left > 0:
-                poller.timer_wait(int(left * 1000) + 1)
+        elif self._want is not None and self.budget and (left := self.budget.wait_s()) > 0:
+            poller.timer_wait(int(left * 1000) + 1)
 
     def withdraw(self, timeout: float = 5.0) -> bool:
         """Removes every key ovsfoot wrote; True once done."""
@@ -123,7 +122,8 @@ class ExternalIdsPublisher(Committer):
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Commits what is wanted now, waiting up to `timeout`; True once done."""
-        self._last = 0.0
+        if self.budget:
+            self.budget.fill()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.idl.run()

@@ -30,7 +30,7 @@ class SouthboundCleanup:
         self.idl = make_idl(remote, SB_PART, None)
         self.idl.cond_change("Chassis_Private", [["name", "==", chassis]])
         self.pub = ExternalIdsPublisher(
-            self.idl, self._rows, lambda k: k.startswith(contract.PREFIX), 0.0,
+            self.idl, self._rows, lambda k: k.startswith(contract.PREFIX), None,
             f"OVN Southbound {remote}")
         self.pub.want({})
         self.done = False

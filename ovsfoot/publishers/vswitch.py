@@ -7,18 +7,24 @@ The contract (contract.py, README "OVSDB keys"):
 Not the Open_vSwitch row: any change of it makes ovn-controller recompute all
 of its flows (tests/test_ovn_cost.py measures it). Keys that earlier versions
 wrote there are deleted once. Inputs (ovsfoot-workload, ovsfoot-ip, ovsfoot-cni)
-are never touched.
+are never touched. The write budget: BURST transactions at once (the two
+zones of a flow that cross a few ms apart commit back to back), then RATE per
+second.
 """
 
 from __future__ import annotations
 
 from ovsfoot.contract import OUTPUT_KEYS
 from ovsfoot.ovsdb import LocalDb
+from ovsfoot.publishers.bucket import TokenBucket
 from ovsfoot.publishers.externalids import ExternalIdsPublisher
+
+RATE = 10.0     # transactions per second, sustained
+BURST = 4       # transactions at once
 
 
 class VswitchPublisher(ExternalIdsPublisher):
-    def __init__(self, db: LocalDb, bridge: str, min_interval: float = 0.1):
+    def __init__(self, db: LocalDb, bridge: str, rate: float = RATE, burst: int = BURST):
         self.bridge = bridge
 
         def rows():
@@ -30,7 +36,8 @@ class VswitchPublisher(ExternalIdsPublisher):
             root = db.root()
             if root is not None:
                 yield ("Open_vSwitch", ""), root        # wants nothing: legacy keys go
-        super().__init__(db.idl, rows, OUTPUT_KEYS.__contains__, min_interval, db.remote)
+        super().__init__(db.idl, rows, OUTPUT_KEYS.__contains__, TokenBucket(rate, burst),
+                         db.remote)
 
     def publish(self, interfaces: dict[str, dict[str, str]], node: dict[str, str]) -> None:
         """What to publish: keys per Interface name, and for the node (the bridge)."""

@@ -7,6 +7,7 @@ import pytest
 
 from ovsfoot import cni
 from ovsfoot.contract import OUTPUT_KEYS, TS
+from ovsfoot.publishers.bucket import TokenBucket
 from ovsfoot.publishers.externalids import ExternalIdsPublisher
 
 
@@ -70,3 +71,47 @@ def test_cni_config_good_and_undecodable():
     with pytest.raises(cni.CniError) as e:
         cni.parse_config("[" * 100000)
     assert e.value.code == cni.E_DECODE
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_bucket_lets_a_burst_through_then_the_rate():
+    clock = Clock()
+    b = TokenBucket(10, 4, clock)
+    assert [b.take() for _ in range(5)] == [True] * 4 + [False]
+    assert b.wait_s() == pytest.approx(0.1)
+    clock.t += 0.05
+    assert not b.take() and b.wait_s() == pytest.approx(0.05)
+    clock.t += 0.05
+    assert b.take() and not b.take()
+
+
+def test_bucket_holds_a_flood_to_burst_plus_rate_times_window():
+    clock = Clock()
+    b = TokenBucket(10, 4, clock)
+    taken = 0
+    for _ in range(10_240):          # 10 s of someone asking every ms
+        clock.t += 1 / 1024
+        taken += b.take()
+    assert 4 + 10 * 10 - 1 <= taken <= 4 + 10 * 10
+
+
+def test_bucket_refills_only_to_its_burst_and_fill_restores_it():
+    clock = Clock()
+    b = TokenBucket(10, 4, clock)
+    clock.t += 3600
+    assert sum(b.take() for _ in range(10)) == 4
+    b.fill()
+    assert sum(b.take() for _ in range(10)) == 4
+
+
+@pytest.mark.parametrize("rate,burst", [(0, 4), (-1, 4), (float("nan"), 4), (10, 0)])
+def test_bucket_refuses_a_budget_that_allows_nothing(rate, burst):
+    with pytest.raises(ValueError, match="rate > 0 and burst >= 1"):
+        TokenBucket(rate, burst)
