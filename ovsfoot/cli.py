@@ -69,6 +69,26 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                    help="an elephant idle this long has ended (default %(default)s)")
 
 
+def _rate_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("traffic classes (threshold/set changes them live)")
+    g.add_argument("--heavy-bps", type=_positive(float, 1e15, nonzero=True),
+                   default=_DEFAULTS.heavy_bps,
+                   help="a port whose throughput over the rate window is above this "
+                   "(bit/s) is heavy (default %(default)g)")
+    g.add_argument("--sensitive-flows", type=_positive(float, 1e9, nonzero=True),
+                   default=_DEFAULTS.sensitive_flows,
+                   help="a port with this many new flows per second or more... "
+                   "(default %(default)g)")
+    g.add_argument("--sensitive-flow-bytes", type=_positive(int, MAX_BYTES, nonzero=True),
+                   default=_DEFAULTS.sensitive_flow_bytes,
+                   help="...of at most this many bytes each is sensitive "
+                   "(default %(default)s)")
+    g.add_argument("--rate-window", type=_positive(float, 3600, nonzero=True),
+                   default=_DEFAULTS.window,
+                   help="seconds over which throughput and flow rate are averaged "
+                   "(default %(default)g; at least 1)")
+
+
 def _ssl_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("SSL, for every ssl: remote (as OVS and OVN daemons take it)")
     g.add_argument("-p", "--private-key", metavar="FILE", help="SSL private key")
@@ -269,7 +289,9 @@ def cmd_agent(args) -> int:
     from ovsfoot.learning import StateFile
 
     support.check(args.source)  # before detaching: too old is exit 1, untested a warning
-    thresholds = Thresholds(args.elephant_bytes, args.elephant_seconds, args.idle_seconds)
+    thresholds = Thresholds(args.elephant_bytes, args.elephant_seconds, args.idle_seconds,
+                            args.heavy_bps, args.sensitive_flows, args.sensitive_flow_bytes,
+                            args.rate_window)
     thresholds.validate()
     try:        # before anything starts: a directory would be renamed, a FIFO would block
         state = os.path.abspath(StateFile.check(args.state)) if args.state else None
@@ -361,6 +383,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--metrics", metavar="ADDR:PORT",
                    help="serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)")
     _source_args(a)
+    _rate_args(a)
     _vlog_args(a)
     ovs.daemon.add_args(a)
     a.set_defaults(func=cmd_agent)
