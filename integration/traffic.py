@@ -67,7 +67,7 @@ def rpc(addr: str, port: int, rate: float, seconds: float) -> None:
     sent = []
     start = time.monotonic()
     n = 0
-    while (now := time.monotonic()) < start + seconds:
+    while time.monotonic() < start + seconds:
         _send(addr, port, REQUEST, sent)
         n += 1
         time.sleep(max(0.0, start + n / rate - time.monotonic()))
