@@ -25,6 +25,7 @@
  *   DESTROY_FN         nf_ct_destroy, or destroy_conntrack before 5.19
  *   MAX_FLOWS          size of the per-flow LRU map
  *   MAX_ZONES          size of the per-zone counters map (default 4096)
+ *   NO_ZONE_COUNTERS   count no zone (bench/zonecost.py: the counters' cost)
  *   RINGBUF_PAGES      size of the ring or perf buffer, in pages
  */
 #include <linux/skbuff.h>
@@ -185,6 +186,7 @@ static __always_inline struct config *get_config(void)
  * bpf.py reports the map's fill). */
 static __always_inline void zone_add(u32 zone, u32 len, u64 flows)
 {
+#ifndef NO_ZONE_COUNTERS
 	struct zone_counters zero = {}, *z = zones.lookup_or_try_init(&zone, &zero);
 
 	if (!z)
@@ -192,6 +194,7 @@ static __always_inline void zone_add(u32 zone, u32 len, u64 flows)
 	z->bytes += len;
 	z->packets += len ? 1 : 0;
 	z->flows += flows;
+#endif
 }
 
 /* Start tracking `ct`, counting `len` bytes of a first original-direction packet. */

@@ -8,15 +8,13 @@ The rate window is 4 s here (10 s by default) to keep the test short, and closed
 TCP entries stay 2 s in this conntrack (120 s by default): the RPC loop's entries
 would otherwise pile up to where each ctnetlink dump takes seconds."""
 
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from integration.sandbox import sh, wait_for
+from ovsfoot import api
 
-TRAFFIC = str(Path(__file__).resolve().parents[1] / "integration" / "traffic.py")
 WINDOW = 4
 
 
@@ -46,16 +44,6 @@ def published(node) -> dict[str, str]:
             for k, v in node.ovs.external_ids(table, name).items() if k.startswith("ovsfoot-")}
 
 
-def run_workload(node, client, server, port, *args):
-    """Runs integration/traffic.py's client `args` from `client` against a sink in
-    `server`; returns the client process (the sink stops with the test)."""
-    sink = node.popen(server, sys.executable, TRAFFIC, "serve", node.pods[server].ip,
-                      str(port))
-    wait_for(lambda: f":{port}" in node.ns_exec(server, "ss", "-ltn"), what="the sink")
-    return sink, node.popen(client, sys.executable, TRAFFIC, args[0], node.pods[server].ip,
-                            str(port), *args[1:])
-
-
 def stop(*procs):
     for p in procs:
         p.kill()
@@ -64,9 +52,9 @@ def stop(*procs):
 
 def test_heavy_without_an_elephant_sensitive_rpc_and_idle_light(node, agent):
     # 20 flows of 2 MB each per second: 320 Mbit/s, and no flow is an elephant (5 MB)
-    shuffle = run_workload(node, "p1", "p2", 7001, "shuffle", "20", "2000000", "60")
+    shuffle = node.workload("p1", "p2", 7001, "shuffle", "20", "2000000", "60")
     # 150 short connections per second of 64 bytes each
-    rpc = run_workload(node, "p3", "p4", 7002, "rpc", "150", "60")
+    rpc = node.workload("p3", "p4", 7002, "rpc", "150", "60")
     try:
         heavy = wait_for(lambda: (i := ids(node, "p1")).get("ovsfoot-footprint") == "heavy"
                          and i, timeout=40, what="p1 published heavy")
@@ -86,6 +74,10 @@ def test_heavy_without_an_elephant_sensitive_rpc_and_idle_light(node, agent):
         summary = node.ovs.external_ids("Bridge", node.ovs.bridge)
         assert int(summary["ovsfoot-sensitive-ports"]) >= 1
         assert int(summary["ovsfoot-bps"]) >= 200_000_000
+        with api.Node(node.ovs.remote) as n:               # the library reads them too
+            port = n.port_footprint(node.pods["p3"].interface)
+            assert port.sensitive and port.flows_per_s >= 50
+            assert n.node_footprint(node.ovs.bridge).sensitive_ports >= 1
 
         # learned after --heavy-at=2 windows
         learned = wait_for(lambda: (w := agent.json("workload/show"))["shop/web"]["learned"]
@@ -120,7 +112,7 @@ def test_heavy_without_an_elephant_sensitive_rpc_and_idle_light(node, agent):
 
 
 def test_an_idle_pod_stays_light_and_the_threshold_moves_live(node, agent):
-    shuffle = run_workload(node, "p1", "p2", 7003, "shuffle", "10", "1000000", "60")
+    shuffle = node.workload("p1", "p2", 7003, "shuffle", "10", "1000000", "60")
     try:
         wait_for(lambda: int(ids(node, "p1").get("ovsfoot-bps", "0")) >= 50_000_000,
                  timeout=30, what="p1's throughput published")

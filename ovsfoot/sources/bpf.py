@@ -156,7 +156,8 @@ class BpfSource:
 
     def __init__(self, thresholds: Thresholds, *, netns: str | None = None,
                  include_zone0: bool = False, max_flows: int = 65536,
-                 buffer_pages: int = 64, max_zones: int = 4096):
+                 buffer_pages: int = 64, max_zones: int = 4096,
+                 extra_cflags: tuple[str, ...] = ()):
         try:
             import bcc
         except ImportError:
@@ -169,7 +170,7 @@ class BpfSource:
         self.include_zone0 = include_zone0
         program, probes, cflags = _plan(bcc)
         cflags += [f"-DMAX_FLOWS={max_flows}", f"-DRINGBUF_PAGES={buffer_pages}",
-                   f"-DMAX_ZONES={max_zones}"]
+                   f"-DMAX_ZONES={max_zones}", *extra_cflags]     # bench/zonecost.py
         self.max_zones = max_zones
         self.ringbuf = "-DUSE_RINGBUF" in cflags
         self._bpf, self.probe, reasons = None, None, []
