@@ -44,7 +44,7 @@ SERVER = "ovsdb-server"   # pidfile, log and ctl socket names in DIR
 # table -> (authorization columns, insert_delete, updatable columns)
 PERMISSIONS: dict[str, tuple[list[str], bool, list[str]]] = {
     "Chassis": (["name"], True, ["hostname", "footprint", "elephants", "heavy_ports",
-                                 "updated"]),
+                                 "sensitive_ports", "bps", "flows_per_s", "updated"]),
     "Workload_Class": (["chassis"], True, ["learned", "score", "updated"]),
 }
 
