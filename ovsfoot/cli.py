@@ -69,24 +69,24 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                    help="an elephant idle this long has ended (default %(default)s)")
 
 
+# the traffic classes' thresholds: option, Thresholds field, type, upper bound, help
+RATE_OPTIONS = (
+    ("--heavy-bps", "heavy_bps", float, 1e15, "a port whose throughput over the rate window "
+     "is above this (bit/s) is heavy"),
+    ("--sensitive-flows", "sensitive_flows", float, 1e9, "a port with this many new flows "
+     "per second or more..."),
+    ("--sensitive-flow-bytes", "sensitive_flow_bytes", int, MAX_BYTES, "...of at most this "
+     "many bytes each is sensitive"),
+    ("--rate-window", "window", float, 3600, "seconds over which throughput and flow rate "
+     "are averaged (at least 1)"),
+)
+
+
 def _rate_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("traffic classes (threshold/set changes them live)")
-    g.add_argument("--heavy-bps", type=_positive(float, 1e15, nonzero=True),
-                   default=_DEFAULTS.heavy_bps,
-                   help="a port whose throughput over the rate window is above this "
-                   "(bit/s) is heavy (default %(default)g)")
-    g.add_argument("--sensitive-flows", type=_positive(float, 1e9, nonzero=True),
-                   default=_DEFAULTS.sensitive_flows,
-                   help="a port with this many new flows per second or more... "
-                   "(default %(default)g)")
-    g.add_argument("--sensitive-flow-bytes", type=_positive(int, MAX_BYTES, nonzero=True),
-                   default=_DEFAULTS.sensitive_flow_bytes,
-                   help="...of at most this many bytes each is sensitive "
-                   "(default %(default)s)")
-    g.add_argument("--rate-window", type=_positive(float, 3600, nonzero=True),
-                   default=_DEFAULTS.window,
-                   help="seconds over which throughput and flow rate are averaged "
-                   "(default %(default)g; at least 1)")
+    for flag, field, kind, high, text in RATE_OPTIONS:
+        g.add_argument(flag, type=_positive(kind, high, nonzero=True),
+                       default=getattr(_DEFAULTS, field), help=f"{text} (default %(default)g)")
 
 
 def _ssl_args(p: argparse.ArgumentParser) -> None:
@@ -290,8 +290,8 @@ def cmd_agent(args) -> int:
 
     support.check(args.source)  # before detaching: too old is exit 1, untested a warning
     thresholds = Thresholds(args.elephant_bytes, args.elephant_seconds, args.idle_seconds,
-                            args.heavy_bps, args.sensitive_flows, args.sensitive_flow_bytes,
-                            args.rate_window)
+                            **{f: getattr(args, o[2:].replace("-", "_"))
+                               for o, f, *_ in RATE_OPTIONS})
     thresholds.validate()
     try:        # before anything starts: a directory would be renamed, a FIFO would block
         state = os.path.abspath(StateFile.check(args.state)) if args.state else None
