@@ -82,6 +82,9 @@ class PacedSource:
     def set_thresholds(self, t) -> None:
         pass
 
+    def zone_counters(self) -> dict:
+        return {}               # elephants only: what this bench measures
+
     def stats(self) -> dict:
         return {"source": self.name, "starts": self.starts, "ends": self.ends}
 

@@ -7,7 +7,9 @@
  * the OVS datapath's ct(commit) confirms it) until it is deleted. Every packet
  * conntrack accounts adds to the flow's counters; the first packet to see the
  * flow past both thresholds emits one ELEPHANT event, and the deletion of an
- * elephant emits an END event. Mice never leave the kernel.
+ * elephant emits an END event. Mice never leave the kernel: they only add to
+ * their zone's per-CPU counters (bytes, packets, flows confirmed), which user
+ * space reads each second for every port's throughput and flow rate.
  *
  * Only entries in the configured network namespace count (pods' namespaces
  * have their own conntrack tables and would count the same bytes again), and
@@ -22,6 +24,8 @@
  *                      extra_jiffies, bytes)
  *   DESTROY_FN         nf_ct_destroy, or destroy_conntrack before 5.19
  *   MAX_FLOWS          size of the per-flow LRU map
+ *   MAX_ZONES          size of the per-zone counters map (default 4096)
+ *   NO_ZONE_COUNTERS   count no zone (bench/zonecost.py: the counters' cost)
  *   RINGBUF_PAGES      size of the ring or perf buffer, in pages
  */
 /*
@@ -77,6 +81,15 @@ struct flow {
 	u64 packets[2];
 	u32 ifindex;    /* device of the packet that confirmed the flow */
 	u32 elephant;   /* nonzero once reported */
+	u32 zone;       /* its conntrack zone, read once when tracking starts */
+	u32 pad;
+};
+
+/* Per conntrack zone and CPU, since the program loaded; read by bpf.py. */
+struct zone_counters {
+	u64 bytes;      /* both directions */
+	u64 packets;
+	u64 flows;      /* flows confirmed (committed) in the zone */
 };
 
 struct event {
@@ -101,6 +114,10 @@ struct event {
 BPF_ARRAY(config, struct config, 1);
 BPF_TABLE("lru_hash", u64, struct flow, flows, MAX_FLOWS);
 BPF_PERCPU_ARRAY(counters, u64, NR_COUNTERS);
+#ifndef MAX_ZONES
+#define MAX_ZONES 4096
+#endif
+BPF_PERCPU_HASH(zones, u32, struct zone_counters, MAX_ZONES);
 #ifdef USE_RINGBUF
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 #else
@@ -188,11 +205,27 @@ static __always_inline struct config *get_config(void)
 	return cfg && cfg->netns ? cfg : NULL;
 }
 
+/* Adds to a zone's counters on this CPU (a full map loses the new zone's counts;
+ * bpf.py reports the map's fill). */
+static __always_inline void zone_add(u32 zone, u32 len, u64 flows)
+{
+#ifndef NO_ZONE_COUNTERS
+	struct zone_counters zero = {}, *z = zones.lookup_or_try_init(&zone, &zero);
+
+	if (!z)
+		return;
+	z->bytes += len;
+	z->packets += len ? 1 : 0;
+	z->flows += flows;
+#endif
+}
+
 /* Start tracking `ct`, counting `len` bytes of a first original-direction packet. */
 static __always_inline struct flow *track(struct nf_conn *ct, u32 ifindex, u32 len,
 					  int counter)
 {
-	struct flow f = { .first_seen = bpf_ktime_get_ns(), .ifindex = ifindex };
+	struct flow f = { .first_seen = bpf_ktime_get_ns(), .ifindex = ifindex,
+			  .zone = ct_zone(ct) };
 	u64 key = (u64)ct;
 	int err;
 
@@ -202,6 +235,8 @@ static __always_inline struct flow *track(struct nf_conn *ct, u32 ifindex, u32 l
 	}
 	/* A confirmation overwrites; a late start loses to a racing one. */
 	err = counter == C_STARTED ? flows.update(&key, &f) : flows.insert(&key, &f);
+	if (counter == C_STARTED)
+		zone_add(f.zone, len, 1);
 	if (err && err != -EEXIST) {
 		count(C_MAP_FULL);
 		return NULL;
@@ -232,6 +267,7 @@ static __always_inline void on_packet(void *ctx, struct nf_conn *ct, u32 ctinfo,
 	}
 	__sync_fetch_and_add(&f->bytes[dir], len);
 	__sync_fetch_and_add(&f->packets[dir], 1);
+	zone_add(f->zone, len, 0);
 	if (f->elephant || f->bytes[0] + f->bytes[1] < cfg->bytes)
 		return;
 	now = bpf_ktime_get_ns();

@@ -73,7 +73,8 @@ while True:
         cmd, wall = json.loads(line), time.time_ns()
         if cmd["cmd"] == "thresholds":
             src.set_thresholds(Thresholds(bytes=cmd["bytes"], seconds=cmd["seconds"]))
-        log(kind="ack", wall=wall, stats=src.stats(), **cmd)
+        zones = {z: dataclasses.asdict(c) for z, c in src.zone_counters().items()}
+        log(kind="ack", wall=wall, stats=src.stats(), zones=zones, **cmd)
         if cmd["cmd"] == "quit":
             log(kind="bpf_stats", programs=bpf_stats(src))
             sys.exit(0)
@@ -343,9 +344,32 @@ def check_live_thresholds(run: Run) -> None:
     assert all(e["bytes_orig"] + e["bytes_reply"] >= 1_000_000 for e in got)
 
 
+def check_zone_counters(run: Run) -> None:
+    """The per-zone counters see every packet (mice too, which send no event) and
+    every new flow, in each zone the flow passes, and nothing of the pods' own
+    conntrack; they are cumulative across the phases."""
+    work = run.work
+    acks = {r["id"]: r["zones"] for r in run.records if r["kind"] == "ack"}
+    assert set(acks["quit"]) == {"1", "2"}, acks["quit"]       # never zone 0 or ns2's
+
+    def delta(a, b, zone, field):
+        return acks[b].get(zone, {}).get(field, 0) - acks[a].get(zone, {}).get(field, 0)
+    mouse = json.loads((work / "iperf-mouse.json").read_text())["end"]["sum_sent"]["bytes"]
+    big = json.loads((work / "iperf-elephant.json").read_text())["end"]["sum_sent"]["bytes"]
+    for zone in ("1", "2"):
+        # mice: 3 pings (one ICMP flow) and one TCP transfer (control and data flows)
+        assert delta("mice", "elephant", zone, "bytes") >= mouse
+        assert delta("mice", "elephant", zone, "flows") >= 2
+        assert delta("elephant", "delete", zone, "bytes") >= big
+        assert delta("elephant", "delete", zone, "packets") > big / 65536
+        assert 2 <= delta("elephant", "delete", zone, "flows") <= 4    # iperf3's 2 flows
+        for field in ("bytes", "packets", "flows"):
+            assert delta("mice", "quit", zone, field) >= 0
+
+
 CHECKS = {"loads": check_loaded, "elephant": check_elephant, "mice": check_mice,
           "end": check_end, "elephant-ipv6": check_elephant6,
-          "live-thresholds": check_live_thresholds}
+          "live-thresholds": check_live_thresholds, "zone-counters": check_zone_counters}
 
 
 def matrix_row(suite: str, work: Path) -> dict:

@@ -19,6 +19,7 @@ from ovsfoot.detection import Detector
 from ovsfoot.events import FlowEvent, Kind, Thresholds
 from ovsfoot.footprints import Footprints
 from ovsfoot.learning import Learner, StateFile
+from ovsfoot.rates import ZoneRates
 from ovsfoot.ovsdb import LocalDb, ssl_ready
 from ovsfoot.publishers.cluster import ClusterPublisher, Lesson
 from ovsfoot.publishers.legacy import SouthboundCleanup
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SAVE_EVERY_S = 5.0
 TICK_EVERY_S = 60.0
+RATE_EVERY_S = 1.0      # the source's zone counters are read this often
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Agent:
         self.attributor = Attributor()
         self.learner = Learner(cfg.heavy_at, cfg.half_life)
         self.footprints = Footprints(self.learner)
+        self.rates = ZoneRates(self.thresholds.window)
         self.publisher = VswitchPublisher(self.db, cfg.bridge, cfg.publish_rate,
                                         cfg.publish_burst)
         self.cluster: ClusterPublisher | None = None
@@ -76,7 +79,8 @@ class Agent:
         self.bridge_seen: bool | None = None
         self.synced = False
         self._generation = None
-        self._next_save = self._next_tick = 0.0
+        self._next_save = self._next_tick = self._next_rate = 0.0
+        self._next_lesson = time.monotonic() + self.thresholds.window
         self._identity_warned: dict[str, tuple[str | None, str]] = {}
 
     # -- topology ---------------------------------------------------------
@@ -208,23 +212,43 @@ class Agent:
 
     def set_thresholds(self, t: Thresholds) -> None:
         t.validate()
-        self.thresholds.bytes, self.thresholds.seconds = t.bytes, t.seconds
-        self.thresholds.idle_seconds = t.idle_seconds
-        self.source.set_thresholds(self.thresholds)
-        log.info("thresholds now bytes=%d seconds=%g idle=%g", t.bytes, t.seconds,
-                 t.idle_seconds)
+        self.source.set_thresholds(t)
+        for name in Thresholds.__slots__:
+            setattr(self.thresholds, name, getattr(t, name))
+        self.rates.window = t.window
+        log.info("thresholds now bytes=%d seconds=%g idle=%g heavy-bps=%g sensitive-flows=%g "
+                 "sensitive-flow-bytes=%d window=%g", t.bytes, t.seconds, t.idle_seconds,
+                 t.heavy_bps, t.sensitive_flows, t.sensitive_flow_bytes, t.window)
+
+    # -- traffic ----------------------------------------------------------
+    def update_rates(self, now: int) -> None:
+        """Reads the source's per-zone counters: each bound port's rate (its zone's);
+        once per rate window, what each workload's traffic was teaches the learner."""
+        self.rates.update(self.source.zone_counters(), now)
+        zone_of = {o.owner: z for z, o in self.attributor.zones.current.items() if not o.router}
+        ports = self.attributor.ports
+        self.footprints.set_rates({lp: self.rates.rate(zone_of[lp]) for lp in ports
+                                   if lp in zone_of},
+                                  {lp: p.workload for lp, p in ports.items()}, self.thresholds)
+        if time.monotonic() >= self._next_lesson:
+            self._next_lesson = time.monotonic() + self.thresholds.window
+            for workload, klass in self.footprints.workload_traffic(self.thresholds).items():
+                self.learner.traffic(workload, klass, now)
 
     # -- publishing -------------------------------------------------------
     def desired(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
         """The keys to publish per Interface name, and for the node."""
         ports = self.footprints.by("lport")
-        interfaces, heavy = {}, 0
+        interfaces, classes = {}, []
         for lport, port in self.attributor.ports.items():
             fp = ports.get(lport)
-            kv = contract.PortKeys.format(fp.elephants if fp else 0, self.klass(port.workload))
-            heavy += kv[contract.FOOTPRINT] == contract.HEAVY
+            kv = contract.PortKeys.format(fp.elephants if fp else 0, self.klass(port.workload),
+                                          self.footprints.traffic.get(lport, contract.Traffic()))
+            classes.append(kv[contract.FOOTPRINT])
             interfaces[port.interface] = kv
-        return interfaces, contract.NodeKeys.format(len(self.footprints.active), heavy)
+        return interfaces, contract.NodeKeys.format(
+            len(self.footprints.active), classes.count(contract.HEAVY),
+            classes.count(contract.SENSITIVE), self.footprints.node_traffic)
 
     # -- the loop ---------------------------------------------------------
     def run_once(self) -> None:
@@ -237,6 +261,9 @@ class Agent:
         for ev in self.detector.expire(now):
             self._elephant_event(ev)
         mono = time.monotonic()
+        if mono >= self._next_rate:
+            self._next_rate = mono + RATE_EVERY_S
+            self.update_rates(now)
         if mono >= self._next_tick:
             self.learner.tick(now)
             self._next_tick = mono + TICK_EVERY_S
@@ -245,13 +272,13 @@ class Agent:
         if self.cluster is not None and self.cluster.run():
             self._generation = None         # another chassis learned something
         gen = (self.footprints.generation, len(self.learner.records),
-               sum(r.heavy for r in self.learner.records.values()), self._next_tick)
+               tuple(r.klass for r in self.learner.records.values()), self._next_tick)
         if gen != self._generation:
             self._generation = gen
             interfaces, node = self.desired()
             self.publisher.publish(interfaces, node)
             if self.cluster is not None:
-                self.cluster.publish(node, {w: Lesson(r.klass, r.score)
+                self.cluster.publish(node, {w: Lesson(r.klass, r.class_score)
                                             for w, r in self.learner.records.items()})
         self.publisher.run()
         if self.state and self.learner.dirty and mono >= self._next_save:
@@ -277,6 +304,7 @@ class Agent:
             poller.timer_wait(max(0, (expiry - time.time_ns()) // 1_000_000) + 1)
         if self.state and self.learner.dirty:
             poller.timer_wait(int(SAVE_EVERY_S * 1000))
+        poller.timer_wait(max(0, int((self._next_rate - time.monotonic()) * 1000)) + 1)
         poller.timer_wait(int(TICK_EVERY_S * 1000))
 
     def loop(self, extra=()) -> None:

@@ -105,10 +105,12 @@ class PortFootprint:
     interface: str
     iface_id: str | None
     workload: str | None        # the identity the agent uses for it
-    footprint: str | None       # "heavy" | "light"
+    footprint: str | None       # "heavy" | "sensitive" | "light"
     elephants: int | None
     workload_class: str | None  # the workload's learned class, None if nothing learned
     updated_ms: int | None      # ovsfoot-ts
+    bps: int | None = None      # throughput bucket, bit/s (contract.BPS_STEPS)
+    flows_per_s: int | None = None  # flow rate bucket (contract.FLOW_STEPS)
 
     @property
     def published(self) -> bool:
@@ -118,6 +120,10 @@ class PortFootprint:
     def heavy(self) -> bool:
         return self.footprint == "heavy"
 
+    @property
+    def sensitive(self) -> bool:
+        return self.footprint == "sensitive"
+
 
 @dataclass(frozen=True, slots=True)
 class WorkloadFootprint:
@@ -125,9 +131,11 @@ class WorkloadFootprint:
 
     workload: str
     ports: tuple[PortFootprint, ...]
-    footprint: str | None       # heavy if any port is heavy; None if no port is published
+    footprint: str | None       # its ports' strongest class; None if no port is published
     elephants: int
     workload_class: str | None  # learned class, from any of its ports
+    bps: int = 0                # its ports' throughput buckets summed
+    flows_per_s: int = 0
 
     @property
     def heavy(self) -> bool:
@@ -138,10 +146,13 @@ class WorkloadFootprint:
 class NodeFootprint:
     """What the agent published on the integration bridge (None: not published)."""
 
-    footprint: str | None
+    footprint: str | None       # "heavy" | "light"
     elephants: int | None
     heavy_ports: int | None
     updated_ms: int | None
+    sensitive_ports: int | None = None
+    bps: int | None = None      # throughput bucket of all its ports, bit/s
+    flows_per_s: int | None = None
 
     @property
     def published(self) -> bool:
@@ -405,7 +416,8 @@ class Node:
         return PortFootprint(
             interface=info.name, iface_id=info.iface_id, workload=info.workload,
             footprint=keys.footprint, elephants=keys.elephants,
-            workload_class=keys.workload_class, updated_ms=keys.updated_ms)
+            workload_class=keys.workload_class, updated_ms=keys.updated_ms,
+            bps=keys.bps, flows_per_s=keys.flows_per_s)
 
     def wait_port(self, interface: str, pred, timeout: float,
                   raise_timeout: bool = True) -> PortFootprint:
@@ -430,10 +442,11 @@ class Node:
         classes = {p.workload_class for p in ports if p.workload_class}
         return WorkloadFootprint(
             workload=workload, ports=ports,
-            footprint=contract.classify(heavy_ports=sum(p.heavy for p in published))
-            if published else None,
+            footprint=contract.strongest(p.footprint for p in published) if published else None,
             elephants=sum(p.elephants or 0 for p in ports),
-            workload_class=contract.merge_classes(classes))
+            workload_class=contract.merge_classes(classes),
+            bps=sum(p.bps or 0 for p in ports),
+            flows_per_s=sum(p.flows_per_s or 0 for p in ports))
 
     def node_footprint(self, bridge: str | None = None) -> NodeFootprint:
         """The node's footprint, on the integration bridge: `bridge`, else the one
@@ -448,4 +461,6 @@ class Node:
             raise Error(f"{self.remote} has no bridge {name} (is ovn-controller running?)")
         keys = _parse(contract.NodeKeys, dict(bridge.external_ids), f"Bridge {name}")
         return NodeFootprint(footprint=keys.footprint, elephants=keys.elephants,
-                             heavy_ports=keys.heavy_ports, updated_ms=keys.updated_ms)
+                             heavy_ports=keys.heavy_ports, updated_ms=keys.updated_ms,
+                             sensitive_ports=keys.sensitive_ports, bps=keys.bps,
+                             flows_per_s=keys.flows_per_s)

@@ -69,6 +69,26 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                    help="an elephant idle this long has ended (default %(default)s)")
 
 
+# the traffic classes' thresholds: option, Thresholds field, type, upper bound, help
+RATE_OPTIONS = (
+    ("--heavy-bps", "heavy_bps", float, 1e15, "a port whose throughput over the rate window "
+     "is above this (bit/s) is heavy"),
+    ("--sensitive-flows", "sensitive_flows", float, 1e9, "a port with this many new flows "
+     "per second or more..."),
+    ("--sensitive-flow-bytes", "sensitive_flow_bytes", int, MAX_BYTES, "...of at most this "
+     "many bytes each is sensitive"),
+    ("--rate-window", "window", float, 3600, "seconds over which throughput and flow rate "
+     "are averaged (at least 1)"),
+)
+
+
+def _rate_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("traffic classes (threshold/set changes them live)")
+    for flag, field, kind, high, text in RATE_OPTIONS:
+        g.add_argument(flag, type=_positive(kind, high, nonzero=True),
+                       default=getattr(_DEFAULTS, field), help=f"{text} (default %(default)g)")
+
+
 def _ssl_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("SSL, for every ssl: remote (as OVS and OVN daemons take it)")
     g.add_argument("-p", "--private-key", metavar="FILE", help="SSL private key")
@@ -269,7 +289,9 @@ def cmd_agent(args) -> int:
     from ovsfoot.learning import StateFile
 
     support.check(args.source)  # before detaching: too old is exit 1, untested a warning
-    thresholds = Thresholds(args.elephant_bytes, args.elephant_seconds, args.idle_seconds)
+    thresholds = Thresholds(args.elephant_bytes, args.elephant_seconds, args.idle_seconds,
+                            **{f: getattr(args, o[2:].replace("-", "_"))
+                               for o, f, *_ in RATE_OPTIONS})
     thresholds.validate()
     try:        # before anything starts: a directory would be renamed, a FIFO would block
         state = os.path.abspath(StateFile.check(args.state)) if args.state else None
@@ -361,6 +383,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--metrics", metavar="ADDR:PORT",
                    help="serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)")
     _source_args(a)
+    _rate_args(a)
     _vlog_args(a)
     ovs.daemon.add_args(a)
     a.set_defaults(func=cmd_agent)

@@ -44,7 +44,7 @@ SERVER = "ovsdb-server"   # pidfile, log and ctl socket names in DIR
 # table -> (authorization columns, insert_delete, updatable columns)
 PERMISSIONS: dict[str, tuple[list[str], bool, list[str]]] = {
     "Chassis": (["name"], True, ["hostname", "footprint", "elephants", "heavy_ports",
-                                 "updated"]),
+                                 "sensitive_ports", "bps", "flows_per_s", "updated"]),
     "Workload_Class": (["chassis"], True, ["learned", "score", "updated"]),
 }
 
@@ -371,10 +371,23 @@ def start(args) -> int:
     return 0 if rc < 0 and -rc in forwarded else rc      # stopped by us: a clean exit
 
 
+def upgrade_schema(admin: str) -> bool:
+    """Converts the running database to the packaged schema if it is older (an
+    upgrade adds columns); True if it did. Online: members and clients stay."""
+    with schema_path() as schema:
+        need = _run("ovsdb-client", "--timeout=30", "needs-conversion", admin, schema)
+        if need.stdout.strip() != "yes":
+            return False
+        _run("ovsdb-client", "--timeout=60", "convert", admin, schema)
+    return True
+
+
 def _after_start(args, paths: Paths, joins: list[str], target: str) -> None:
     if args.wait <= 0 and joins:
         return
     _wait_connected(paths, args.wait if args.wait > 0 else 60)
+    if upgrade_schema(paths.admin):
+        print(f"{DB_NAME}: converted to the schema of this version of ovsfoot")
     if not joins:
         if bootstrap(paths.admin, target):
             print(f"{DB_NAME}: chassis connection {target}"

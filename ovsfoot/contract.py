@@ -6,9 +6,10 @@ the unixctl views, the library (api), the CNI plugin and the scheduler extender
 all use this module, so they cannot disagree.
 
 Local Open_vSwitch database, external_ids (README, "OVSDB keys"):
-  Interface (a bound port)   footprint, elephants, workload-class, ts
-  Bridge (the integration    footprint, elephants, heavy-ports, ts  (the node summary;
-  bridge, e.g. br-int)       not on the Open_vSwitch row, whose every change makes
+  Interface (a bound port)   footprint, elephants, bps, flows-per-s, workload-class, ts
+  Bridge (the integration    footprint, elephants, heavy-ports, sensitive-ports, bps,
+  bridge, e.g. br-int)       flows-per-s, ts  (the node summary;
+                             not on the Open_vSwitch row, whose every change makes
                              ovn-controller recompute all its flows)
 Inputs ovsfoot reads and never publishes: workload, ip, cni (the CNI marker).
 The cluster view has its own typed schema (cluster.ovsschema).
@@ -23,22 +24,30 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterable
 
+from ovsfoot.events import Thresholds
+from ovsfoot.rates import Rate
+
 log = logging.getLogger(__name__)
 
 PREFIX = "ovsfoot-"
 ZONE_PREFIX = "ct-zone-"            # ovn-controller's: read, never written
 
-HEAVY, LIGHT = "heavy", "light"
-CLASSES = (LIGHT, HEAVY)
+HEAVY, SENSITIVE, LIGHT = "heavy", "sensitive", "light"
+CLASSES = (LIGHT, SENSITIVE, HEAVY)     # the later wins where several apply
+NODE_CLASSES = (LIGHT, HEAVY)           # a node carries heavy traffic, or not
 
 # published
 FOOTPRINT = "ovsfoot-footprint"
 ELEPHANTS = "ovsfoot-elephants"
 WORKLOAD_CLASS = "ovsfoot-workload-class"
 HEAVY_PORTS = "ovsfoot-heavy-ports"
+SENSITIVE_PORTS = "ovsfoot-sensitive-ports"
+BPS = "ovsfoot-bps"                 # a bucket of BPS_STEPS: throughput, bit/s
+FLOWS_PER_S = "ovsfoot-flows-per-s"  # a bucket of FLOW_STEPS: new flows per second
 TS = "ovsfoot-ts"
-PORT_KEYS = frozenset({FOOTPRINT, ELEPHANTS, WORKLOAD_CLASS, TS})
-NODE_KEYS = frozenset({FOOTPRINT, ELEPHANTS, HEAVY_PORTS, TS})
+PORT_KEYS = frozenset({FOOTPRINT, ELEPHANTS, BPS, FLOWS_PER_S, WORKLOAD_CLASS, TS})
+NODE_KEYS = frozenset({FOOTPRINT, ELEPHANTS, HEAVY_PORTS, SENSITIVE_PORTS, BPS, FLOWS_PER_S,
+                       TS})
 OUTPUT_KEYS = PORT_KEYS | NODE_KEYS
 
 # read
@@ -64,24 +73,78 @@ class ContractError(ValueError):
 
 
 # -- the rule -------------------------------------------------------------------
-def classify(elephants: int = 0, learned: str | None = None, heavy_ports: int = 0) -> str:
-    """heavy while something is heavy now (elephants, heavy ports) or was learned heavy.
+BUCKET_MARGIN = 0.1     # a class or bucket holds until its value is this far past it
 
-    A port: its elephants and its workload's learned class. A workload: its
-    elephants on this node and its learned class. The node: all elephants and
-    its heavy ports."""
-    return HEAVY if elephants or heavy_ports or learned == HEAVY else LIGHT
+
+def strongest(classes: Iterable[str | None]) -> str | None:
+    """heavy over sensitive over light; None if none of `classes` is a class."""
+    ranks = [CLASSES.index(c) for c in classes if c in CLASSES]
+    return CLASSES[max(ranks)] if ranks else None
+
+
+def traffic_class(rate: Rate, t: Thresholds, previous: str | None = None) -> str:
+    """What a port's (or workload's) traffic over the rate window says: heavy at a
+    sustained throughput above `t.heavy_bps`; sensitive at `t.sensitive_flows` new
+    flows per second or more that carry `t.sensitive_flow_bytes` or less each; else
+    light. Until the window is (nearly) full, light. The `previous` class holds
+    until the rate is BUCKET_MARGIN past its threshold the other way, so a rate
+    wobbling around a threshold does not flap."""
+    if rate.seconds < 0.9 * t.window:
+        return LIGHT
+    heavy = t.heavy_bps * (1 - BUCKET_MARGIN if previous == HEAVY else 1)
+    if rate.bps > heavy:
+        return HEAVY
+    held = 1 + BUCKET_MARGIN if previous == SENSITIVE else 1
+    if rate.flows_per_s * held >= t.sensitive_flows \
+            and rate.bytes_per_flow <= t.sensitive_flow_bytes * held:
+        return SENSITIVE
+    return LIGHT
+
+
+def classify(elephants: int = 0, learned: str | None = None, heavy_ports: int = 0,
+             traffic: str | None = None) -> str:
+    """heavy while something is heavy now (elephants, heavy ports, throughput) or was
+    learned heavy; else sensitive if its traffic is now or was learned so; else light.
+
+    A port: its elephants, its traffic and its workload's learned class. A workload:
+    the same on this node. The node: all elephants and its heavy ports (heavy|light)."""
+    if elephants or heavy_ports:
+        return HEAVY
+    return strongest([LIGHT, learned, traffic])
 
 
 def merge_classes(classes: Iterable[str | None]) -> str | None:
-    """One learned class from several opinions (this chassis', others'): heavy wins."""
-    seen = {c for c in classes if c in CLASSES}
-    return HEAVY if HEAVY in seen else LIGHT if seen else None
+    """One learned class from several opinions (this chassis', others'): the strongest."""
+    return strongest(classes)
+
+
+# Published values are buckets, not raw numbers: a key changes only when the value
+# leaves its bucket by more than BUCKET_MARGIN, so OVSDB is not written at every
+# change of a rate. The value is the bucket's lower bound (0 below the first step).
+BPS_STEPS = tuple(m * 10**e for e in range(6, 13) for m in (1, 2, 5))     # 1 Mbit/s..
+FLOW_STEPS = tuple(m * 10**e for e in range(0, 7) for m in (1, 2, 5))     # 1 flow/s..
+
+
+def bucket(value: float, steps: tuple[int, ...], previous: int | None = None) -> int:
+    """The bucket of `value`; `previous` (the one published) is kept while `value`
+    stays within BUCKET_MARGIN of its bounds."""
+    if previous is not None:
+        i = steps.index(previous) + 1 if previous in steps else 0
+        upper = steps[i] if i < len(steps) else float("inf")
+        if previous * (1 - BUCKET_MARGIN) <= value < upper * (1 + BUCKET_MARGIN):
+            return previous
+    return max((s for s in steps if s <= value), default=0)
 
 
 # -- values ---------------------------------------------------------------------
 def parse_class(value: str | None, where: str) -> str | None:
     if value is not None and value not in CLASSES:
+        raise ContractError(f"{where}: {value!r} is not one of {', '.join(CLASSES)}")
+    return value
+
+
+def parse_node_class(value: str | None, where: str) -> str | None:
+    if value is not None and value not in NODE_CLASSES:
         raise ContractError(f"{where}: {value!r} is neither heavy nor light")
     return value
 
@@ -104,6 +167,24 @@ def _parsed(ids: dict[str, str], where: str, *keys) -> list:
 
 
 @dataclass(frozen=True, slots=True)
+class Traffic:
+    """A port's or node's published traffic: buckets (see `bucket`) and its class."""
+
+    bps: int = 0
+    flows_per_s: int = 0
+    klass: str = LIGHT
+
+    def next(self, rate: Rate, t: Thresholds) -> "Traffic":
+        """What to publish for `rate`, this being what is published now."""
+        return Traffic(bucket(rate.bps, BPS_STEPS, self.bps),
+                       bucket(rate.flows_per_s, FLOW_STEPS, self.flows_per_s),
+                       traffic_class(rate, t, self.klass))
+
+    def keys(self) -> dict[str, str]:
+        return {BPS: str(self.bps), FLOWS_PER_S: str(self.flows_per_s)}
+
+
+@dataclass(frozen=True, slots=True)
 class PortKeys:
     """The keys published on a port's Interface."""
 
@@ -111,15 +192,20 @@ class PortKeys:
     elephants: int | None
     workload_class: str | None
     updated_ms: int | None
+    bps: int | None = None
+    flows_per_s: int | None = None
 
     @classmethod
     def parse(cls, ids: dict[str, str], where: str) -> "PortKeys":
         return cls(*_parsed(ids, where, (FOOTPRINT, parse_class), (ELEPHANTS, parse_count),
-                            (WORKLOAD_CLASS, parse_class), (TS, parse_count)))
+                            (WORKLOAD_CLASS, parse_class), (TS, parse_count),
+                            (BPS, parse_count), (FLOWS_PER_S, parse_count)))
 
     @staticmethod
-    def format(elephants: int, learned: str | None) -> dict[str, str]:
-        kv = {FOOTPRINT: classify(elephants, learned), ELEPHANTS: str(elephants)}
+    def format(elephants: int, learned: str | None,
+               traffic: Traffic = Traffic()) -> dict[str, str]:
+        kv = {FOOTPRINT: classify(elephants, learned, traffic=traffic.klass),
+              ELEPHANTS: str(elephants), **traffic.keys()}
         if learned:
             kv[WORKLOAD_CLASS] = learned
         return kv
@@ -133,16 +219,23 @@ class NodeKeys:
     elephants: int | None
     heavy_ports: int | None
     updated_ms: int | None
+    sensitive_ports: int | None = None
+    bps: int | None = None
+    flows_per_s: int | None = None
 
     @classmethod
     def parse(cls, ids: dict[str, str], where: str) -> "NodeKeys":
-        return cls(*_parsed(ids, where, (FOOTPRINT, parse_class), (ELEPHANTS, parse_count),
-                            (HEAVY_PORTS, parse_count), (TS, parse_count)))
+        return cls(*_parsed(ids, where, (FOOTPRINT, parse_node_class),
+                            (ELEPHANTS, parse_count), (HEAVY_PORTS, parse_count),
+                            (TS, parse_count), (SENSITIVE_PORTS, parse_count),
+                            (BPS, parse_count), (FLOWS_PER_S, parse_count)))
 
     @staticmethod
-    def format(elephants: int, heavy_ports: int) -> dict[str, str]:
+    def format(elephants: int, heavy_ports: int, sensitive_ports: int = 0,
+               traffic: Traffic = Traffic()) -> dict[str, str]:
         return {FOOTPRINT: classify(elephants, heavy_ports=heavy_ports),
-                ELEPHANTS: str(elephants), HEAVY_PORTS: str(heavy_ports)}
+                ELEPHANTS: str(elephants), HEAVY_PORTS: str(heavy_ports),
+                SENSITIVE_PORTS: str(sensitive_ports), **traffic.keys()}
 
 
 def integration_bridge(root_external_ids: dict[str, str]) -> str:

@@ -101,11 +101,20 @@ def check_number(name: str, value, low: float, high: float, *, whole: bool = Fal
 
 @dataclass(slots=True)
 class Thresholds:
-    """When a flow is an elephant: at least `bytes` carried over `seconds` lived."""
+    """When a flow is an elephant: at least `bytes` carried over `seconds` lived.
+    When a port's traffic, averaged over `window` seconds, is heavy (above
+    `heavy_bps`) or sensitive (at least `sensitive_flows` new flows per second,
+    of at most `sensitive_flow_bytes` each): see contract.traffic_class."""
 
     bytes: int = 10_000_000
     seconds: float = 1.0
     idle_seconds: float = 30.0   # an elephant that carries nothing this long has ended
+    heavy_bps: float = 200e6
+    sensitive_flows: float = 50.0
+    sensitive_flow_bytes: int = 100_000
+    window: float = 10.0
+
+    RATE_FIELDS = ("heavy_bps", "sensitive_flows", "sensitive_flow_bytes", "window")
 
     def validate(self) -> None:
         """ValueError naming each value out of its range (non-finite ones included)."""
@@ -113,7 +122,11 @@ class Thresholds:
         for name, value, low, high, whole, low_open in (
                 ("bytes", self.bytes, 1, MAX_BYTES, True, False),
                 ("seconds", self.seconds, 0, MAX_SECONDS, False, False),
-                ("idle seconds", self.idle_seconds, 0, MAX_SECONDS, False, True)):
+                ("idle seconds", self.idle_seconds, 0, MAX_SECONDS, False, True),
+                ("heavy bps", self.heavy_bps, 0, 1e15, False, True),
+                ("sensitive flows", self.sensitive_flows, 0, 1e9, False, True),
+                ("sensitive flow bytes", self.sensitive_flow_bytes, 1, MAX_BYTES, True, False),
+                ("window", self.window, 1, 3600, False, False)):
             try:
                 check_number(name, value, low, high, whole=whole, low_open=low_open)
             except ValueError as e:

@@ -1,9 +1,12 @@
 """Learned workload classes, and the msgpack state file that keeps them.
 
-Each elephant a workload produces adds one to its score; the score halves
+Each elephant a workload produces adds one to its score, and so does each rate
+window (10 s) its traffic was heavy (sustained throughput); the score halves
 every `half_life` seconds. A workload is learned heavy once its score reaches
 `heavy_at` and stays heavy until the score falls below half of that, so a
-workload that keeps producing elephants is heavy and forgets slowly.
+workload that keeps producing elephants is heavy and forgets slowly. Each rate
+window its traffic was sensitive (many short flows) adds one to a second score,
+which makes it sensitive the same way. Heavy wins over sensitive.
 
 A conntrack entry counts once, whatever the agent's restarts: the learner
 remembers the entries it counted (tuple and start time), in the state file
@@ -22,13 +25,14 @@ from dataclasses import asdict, dataclass
 
 import msgpack
 
-from ovsfoot.contract import ContractError, printable, validate_workload
+from ovsfoot.contract import (HEAVY, LIGHT, SENSITIVE, ContractError, printable,
+                              validate_workload)
 from ovsfoot.events import FlowKey
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 2               # 2: also the conntrack entries counted ("flows")
-READABLE_VERSIONS = (1, 2)
+STATE_VERSION = 3               # 2: also the conntrack entries counted ("flows");
+READABLE_VERSIONS = (1, 2, 3)   # 3: the sensitive score
 FORGET_BELOW = 0.05
 SAME_ENTRY_NS = 10**9           # two sightings of one entry: start times this close
 # how long a counted entry is remembered after it was last seen: one seen to end
@@ -46,10 +50,17 @@ class WorkloadRecord:
     updated: int = 0            # ns since the epoch of the score's last decay
     heavy: bool = False
     elephants: int = 0          # elephants seen in all
+    sensitive_score: float = 0.0
+    sensitive: bool = False
 
     @property
     def klass(self) -> str:
-        return "heavy" if self.heavy else "light"
+        return HEAVY if self.heavy else SENSITIVE if self.sensitive else LIGHT
+
+    @property
+    def class_score(self) -> float:
+        """The score behind `klass` (the heavy one unless sensitive)."""
+        return self.sensitive_score if self.sensitive and not self.heavy else self.score
 
 
 @dataclass(slots=True)
@@ -76,11 +87,31 @@ class Learner:
 
     def _decay(self, r: WorkloadRecord, now: int) -> None:
         if now > r.updated:
-            r.score *= 0.5 ** ((now - r.updated) / 1e9 / self.half_life)
+            factor = 0.5 ** ((now - r.updated) / 1e9 / self.half_life)
+            r.score *= factor
+            r.sensitive_score *= factor
             r.updated = now
         if r.heavy and r.score < self.heavy_at / 2:
             r.heavy = False
             self.dirty = True
+        if r.sensitive and r.sensitive_score < self.heavy_at / 2:
+            r.sensitive = False
+            self.dirty = True
+
+    def traffic(self, workload: str, klass: str, now: int) -> None:
+        """Counts one rate window in which `workload`'s traffic was of class `klass`
+        (heavy or sensitive; light counts nothing)."""
+        if klass not in (HEAVY, SENSITIVE):
+            return
+        r = self.records.setdefault(workload, WorkloadRecord(updated=now))
+        self._decay(r, now)
+        if klass == HEAVY:
+            r.score += 1
+            r.heavy = r.heavy or r.score >= self.heavy_at
+        else:
+            r.sensitive_score += 1
+            r.sensitive = r.sensitive or r.sensitive_score >= self.heavy_at
+        self.dirty = True
 
     def elephant(self, workload: str, now: int, flow: FlowKey | None = None,
                  first_seen: int = 0) -> bool:
@@ -137,7 +168,7 @@ class Learner:
         """Decays every score; forgets workloads whose score has faded away."""
         for name, r in list(self.records.items()):
             self._decay(r, now)
-            if r.score < FORGET_BELOW and not r.heavy:
+            if max(r.score, r.sensitive_score) < FORGET_BELOW and not (r.heavy or r.sensitive):
                 del self.records[name]
                 self.dirty = True
         self._forget_flows(now)
@@ -162,9 +193,14 @@ class Learner:
                 if not isinstance(fields, dict):
                     raise ValueError("not a map")
                 r = WorkloadRecord(_number(fields, "score", float), _number(fields, "updated"),
-                                   fields["heavy"], _number(fields, "elephants"))
-                if not isinstance(r.heavy, bool):
-                    raise ValueError(f"heavy is {printable(repr(r.heavy))}, not true or false")
+                                   fields["heavy"], _number(fields, "elephants"),
+                                   _number({"sensitive_score": 0.0, **fields},
+                                           "sensitive_score", float),
+                                   fields.get("sensitive", False))     # not in versions 1-2
+                for flag in ("heavy", "sensitive"):
+                    if not isinstance(getattr(r, flag), bool):
+                        raise ValueError(f"{flag} is {printable(repr(getattr(r, flag)))}, "
+                                         "not true or false")
             except (ContractError, KeyError, TypeError, ValueError) as e:
                 log.warning("state: ignoring the record of workload '%s': %s",
                             printable(name), printable(str(e), 160))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from integration.programs import require
 from integration.sandbox import Ovs, OvnCentral, sh, wait_for
 
 UNIT = Path(__file__).resolve().parent / "unit"
+TRAFFIC = str(Path(__file__).resolve().parents[1] / "integration" / "traffic.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -103,6 +105,15 @@ class Node:
         finally:
             srv.kill()
             srv.wait()
+
+    def workload(self, client: str, server: str, port: int, *args: str):
+        """integration/traffic.py's client `args` (shuffle ..., rpc ...) from `client`
+        against a sink in `server`; returns both processes, running."""
+        sink = self.popen(server, sys.executable, TRAFFIC, "serve", self.pods[server].ip,
+                          str(port))
+        wait_for(lambda: f":{port}" in self.ns_exec(server, "ss", "-ltn"), what="the sink")
+        return sink, self.popen(client, sys.executable, TRAFFIC, args[0],
+                                self.pods[server].ip, str(port), *args[1:])
 
     def flush_conntrack(self) -> None:
         sh("ip", "netns", "exec", self.kp.netns, "conntrack", "-F", check=False)

@@ -98,6 +98,34 @@ def test_agent_adds_no_recompute(node):
     assert with_agent_cost.vswitchd_reconfigures <= control.vswitchd_reconfigures
 
 
+def test_traffic_keys_add_no_recompute(node):
+    """The throughput and flow-rate keys: a shuffle (heavy without an elephant) and an
+    RPC loop (sensitive), without the agent, then with it publishing their buckets and
+    classes: no more recomputes, and few transactions for 12 s of rates."""
+    def traffic():
+        procs = [*node.workload("p1", "p2", 7101, "shuffle", "20", "2000000", "12"),
+                 *node.workload("p3", "p4", 7102, "rpc", "100", "12")]
+        time.sleep(13)
+        for p in procs:
+            p.kill()
+            p.wait()
+    control = measure(node.ovs, node.central, traffic)
+    agent = node.agent("--rate-window=4").start()
+    try:
+        with_agent = measure(node.ovs, node.central, traffic)
+        published = node.ovs.external_ids("Interface", node.pods["p1"].interface)
+        transactions = agent.json("stats")["transactions"]
+    finally:
+        assert agent.stop() == 0
+    print(f"without the agent: {control}; with it: {with_agent}, "
+          f"{transactions} transactions, p1: {published}")
+    assert "ovsfoot-bps" in published, "the agent published no rate: nothing was measured"
+    assert transactions <= 12
+    assert with_agent.controller <= control.controller
+    assert with_agent.northd <= control.northd
+    assert with_agent.vswitchd_reconfigures <= control.vswitchd_reconfigures
+
+
 def test_upgrade_deletes_legacy_keys_once(node):
     """Keys an earlier version wrote on the Open_vSwitch row and in this chassis'
     Chassis_Private row go, once; nobody else's keys are touched."""

@@ -22,6 +22,9 @@ Everything but two histograms is computed from that snapshot at scrape time:
     ovsfoot_port_elephants{port,interface}       per bound port (Interface with an
     ovsfoot_port_bytes{port,interface}           iface-id): the label set is the bound
     ovsfoot_port_heavy{port,interface}           ports, nothing a flow can add
+    ovsfoot_port_sensitive{port,interface}
+    ovsfoot_port_bits_per_second{port,interface}  over the rate window, not bucketed
+    ovsfoot_port_new_flows_per_second{port,interface}
     ovsfoot_node_elephants, ovsfoot_node_heavy, ovsfoot_node_heavy_ports
     ovsfoot_ctnetlink_polls_total, ovsfoot_ctnetlink_entries (the ctnetlink source)
     ovsfoot_agent_info{version,source}, ovsfoot_metrics_snapshot_age_seconds
@@ -95,7 +98,8 @@ class Snapshot:
     taken: float                                    # time.monotonic()
     counters: dict[str, int]
     roles: dict[str, int]
-    ports: list[tuple[str, str, int, int, bool]]    # lport, interface, elephants, bytes, heavy
+    # lport, interface, elephants, bytes, heavy, sensitive, bit/s, new flows/s
+    ports: list[tuple[str, str, int, int, bool, bool, float, float]]
     node: tuple[int, bool, int]                     # elephants, heavy, heavy ports
     publishers: dict[str, tuple[int, int]]          # target: (transactions, failures)
     source: str
@@ -112,7 +116,9 @@ def snapshot(agent) -> Snapshot:
     interfaces, node = agent.desired()
     fps = agent.footprints.by("lport", agent.attributor.ports)
     ports = [(lport, port.interface, fps[lport].elephants, fps[lport].bytes,
-              interfaces[port.interface][contract.FOOTPRINT] == contract.HEAVY)
+              interfaces[port.interface][contract.FOOTPRINT] == contract.HEAVY,
+              interfaces[port.interface][contract.FOOTPRINT] == contract.SENSITIVE,
+              fps[lport].rate.bps, fps[lport].rate.flows_per_s)
              for lport, port in agent.attributor.ports.items()]
     pubs = {"ovsdb": (agent.publisher.transactions, agent.publisher.failures)}
     if agent.cluster is not None:
@@ -203,10 +209,18 @@ class _AgentCollector:
                     GaugeMetricFamily("ovsfoot_port_bytes", "Bytes of a bound port's active "
                                       "elephants", labels=["port", "interface"]),
                     GaugeMetricFamily("ovsfoot_port_heavy", "1 if a bound port's footprint is "
-                                      "heavy, else 0", labels=["port", "interface"])]
-        for lport, iface, n, nbytes, heavy in s.ports:
-            for m, v in zip(per_port, (n, nbytes, int(heavy))):
-                m.add_metric([lport, iface], v)
+                                      "heavy, else 0", labels=["port", "interface"]),
+                    GaugeMetricFamily("ovsfoot_port_sensitive", "1 if a bound port's footprint "
+                                      "is sensitive, else 0", labels=["port", "interface"]),
+                    GaugeMetricFamily("ovsfoot_port_bits_per_second", "A bound port's "
+                                      "throughput over the rate window",
+                                      labels=["port", "interface"]),
+                    GaugeMetricFamily("ovsfoot_port_new_flows_per_second", "New flows per "
+                                      "second in a bound port's zone over the rate window",
+                                      labels=["port", "interface"])]
+        for lport, iface, *values in s.ports:
+            for m, v in zip(per_port, values):
+                m.add_metric([lport, iface], float(v))
         yield from per_port
         for name, v, doc in (("ovsfoot_node_elephants", s.node[0], "Active elephants here"),
                              ("ovsfoot_node_heavy", int(s.node[1]),

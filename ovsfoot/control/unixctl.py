@@ -23,6 +23,21 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _traffic(fp) -> str:
+    return f"{fp.rate.bps / 1e6:.1f} Mbit/s, {fp.rate.flows_per_s:.1f} new flows/s"
+
+
+# threshold/set NAME=VALUE: the Thresholds field and its type
+SETTABLE = {"bytes": ("bytes", int), "seconds": ("seconds", float),
+            "idle": ("idle_seconds", float), "heavy-bps": ("heavy_bps", float),
+            "sensitive-flows": ("sensitive_flows", float),
+            "sensitive-flow-bytes": ("sensitive_flow_bytes", int), "window": ("window", float)}
+
+
 class Control:
     """Registers the agent's commands and serves them on a unixctl socket."""
 
@@ -41,8 +56,8 @@ class Control:
         }
         for name, fn in shows.items():
             ovs.unixctl.command_register(name, "[json]", 0, 1, self._show, fn)
-        ovs.unixctl.command_register("threshold/set", "bytes=N seconds=S [idle=S]",
-                                     1, 3, self._threshold_set, None)
+        ovs.unixctl.command_register("threshold/set", " ".join(f"[{n}=X]" for n in SETTABLE),
+                                     1, len(SETTABLE), self._threshold_set, None)
         ovs.unixctl.command_register("exit", "", 0, 0, self._exit, None)
 
     def run(self) -> None:
@@ -65,18 +80,20 @@ class Control:
 
     def _threshold_set(self, conn, argv, _aux):
         t = self.agent.thresholds
-        values = {"bytes": t.bytes, "seconds": t.seconds, "idle": t.idle_seconds}
+        values = {field: getattr(t, field) for field in Thresholds.__slots__}
         try:
             for arg in argv:
                 name, sep, value = arg.partition("=")
-                if not sep or name not in values:
-                    raise ValueError(f"bad argument {arg!r}: use bytes=N, seconds=S, idle=S")
+                if not sep or name not in SETTABLE:
+                    raise ValueError(f"bad argument {arg!r}: use "
+                                     + ", ".join(f"{n}=X" for n in SETTABLE))
+                field, kind = SETTABLE[name]
                 try:
-                    values[name] = int(value) if name == "bytes" else float(value)
+                    values[field] = kind(value)
                 except ValueError:
-                    kind = "a whole number" if name == "bytes" else "a number"
-                    raise ValueError(f"bad argument {arg!r}: {name} must be {kind}") from None
-            new = Thresholds(values["bytes"], values["seconds"], values["idle"])
+                    what = "a whole number" if kind is int else "a number"
+                    raise ValueError(f"bad argument {arg!r}: {name} must be {what}") from None
+            new = Thresholds(**values)
             new.validate()      # ranges, and nan/inf: before anything changes
         except ValueError as e:
             conn.reply_error(f"thresholds not changed: {e}")
@@ -101,16 +118,24 @@ class Control:
         data = {"node": {**a.footprints.node().as_dict(), "class": node[contract.FOOTPRINT],
                          "heavy_ports": int(node[contract.HEAVY_PORTS])},
                 "ports": {}}
+        data["node"]["sensitive_ports"] = int(node[contract.SENSITIVE_PORTS])
+        data["node"]["published"] = {"bps": int(node[contract.BPS]),
+                                     "flows_per_s": int(node[contract.FLOWS_PER_S])}
         lines = [f"node: {node[contract.FOOTPRINT]}, {node[contract.ELEPHANTS]} elephants, "
-                 f"{node[contract.HEAVY_PORTS]} heavy ports"]
+                 f"{node[contract.HEAVY_PORTS]} heavy ports, "
+                 f"{node[contract.SENSITIVE_PORTS]} sensitive ports, "
+                 f"{_traffic(a.footprints.node())}"]
         for lport, port in sorted(a.attributor.ports.items()):
             fp = ports[lport]
             klass = interfaces[port.interface][contract.FOOTPRINT]
             learned = a.klass(port.workload)
+            kv = interfaces[port.interface]
             data["ports"][lport] = {**fp.as_dict(), "class": klass, "learned": learned,
-                                    "interface": port.interface, "workload": port.workload}
+                                    "interface": port.interface, "workload": port.workload,
+                                    "published": {"bps": int(kv[contract.BPS]),
+                                                  "flows_per_s": int(kv[contract.FLOWS_PER_S])}}
             lines.append(f"  {lport} ({port.interface}, workload {port.workload}): {klass}, "
-                         f"{fp.elephants} elephants, {_mb(fp.bytes)}"
+                         f"{fp.elephants} elephants, {_mb(fp.bytes)}, {_traffic(fp)}"
                          + (f", learned {learned}" if learned else ""))
         return data, "\n".join(lines)
 
@@ -151,15 +176,17 @@ class Control:
         a = self.agent
         present = {p.workload for p in a.attributor.ports.values()}
         cluster = a.cluster.classes if a.cluster else {}
-        fps = a.footprints.workloads(a.klass, present | cluster.keys())
+        fps = a.footprints.workloads(a.klass, a.thresholds, present | cluster.keys())
         data, lines = {}, []
         for name, fp in sorted(fps.items()):
             r = a.learner.records.get(name)
             data[name] = {**fp.as_dict(), "present": name in present,
                           "cluster": cluster.get(name),
                           "score": round(r.score, 3) if r else 0.0,
+                          "sensitive_score": round(r.sensitive_score, 3) if r else 0.0,
                           "elephants_seen": r.elephants if r else 0}
-            lines.append(f"{name}: {fp.klass}, {fp.elephants} elephants now, learned "
+            lines.append(f"{name}: {fp.klass}, {fp.elephants} elephants now, "
+                         f"{_traffic(fp)} ({fp.traffic}), learned "
                          f"{fp.learned or '-'}" + (f" (score {r.score:.2f}, {r.elephants} seen)"
                                                    if r else "")
                          + ("" if name in present else ", not on this node"))
@@ -167,8 +194,9 @@ class Control:
 
     def threshold_show(self):
         t = self.agent.thresholds
-        data = {"bytes": t.bytes, "seconds": t.seconds, "idle_seconds": t.idle_seconds}
-        return data, f"bytes={t.bytes} seconds={t.seconds:g} idle={t.idle_seconds:g}"
+        data = {field: getattr(t, field) for field in Thresholds.__slots__}
+        return data, " ".join(f"{name}={_number(getattr(t, field))}"
+                              for name, (field, _) in SETTABLE.items())
 
     def stats(self):
         a = self.agent

@@ -9,11 +9,12 @@ name: its `Chassis` row and its `Workload_Class` rows.
 Each agent keeps, with at most one transaction per `min_interval`, when
 something changed and, as a heartbeat, every `heartbeat` seconds (readers tell a
 dead agent from a quiet node by `updated`):
-  Chassis         name, hostname, footprint, elephants, heavy_ports, updated
-  Workload_Class  (workload, chassis): learned (heavy|light), score, updated
-and reads the heavy classes other chassis learned, so that a workload learned
-heavy on one node is classed heavy the moment it is redeployed on another.
-The IDL monitors only this chassis' rows and heavy classes (conditional
+  Chassis         name, hostname, footprint, elephants, heavy_ports,
+                  sensitive_ports, bps, flows_per_s (buckets, as on the Bridge), updated
+  Workload_Class  (workload, chassis): learned (heavy|sensitive|light), score, updated
+and reads the heavy and sensitive classes other chassis learned, so that a
+workload learned on one node is classed the moment it is redeployed on another.
+The IDL monitors only this chassis' rows and those classes (conditional
 monitoring), so a chassis' traffic does not grow with the size of the cluster.
 The schema ships with the package: connecting never waits for the server.
 """
@@ -34,7 +35,13 @@ from ovsfoot.publishers.externalids import Committer
 log = logging.getLogger(__name__)
 
 Txn = ovs.db.idl.Transaction
-SUMMARY_COLUMNS = ("hostname", "footprint", "elephants", "heavy_ports")
+SUMMARY_COLUMNS = ("hostname", "footprint", "elephants", "heavy_ports", "sensitive_ports",
+                   "bps", "flows_per_s")
+# summary column: its key in NodeKeys.format
+COUNT_KEYS = {"elephants": contract.ELEPHANTS, "heavy_ports": contract.HEAVY_PORTS,
+              "sensitive_ports": contract.SENSITIVE_PORTS, "bps": contract.BPS,
+              "flows_per_s": contract.FLOWS_PER_S}
+SHARED_CLASSES = (contract.HEAVY, contract.SENSITIVE)     # what other chassis' lessons say
 HEARTBEAT_S = 10.0
 SCORE_STEP = 0.5        # a lesson's score is rewritten when it moved this much (or its class)
 CLASS_COLUMNS = ("learned", "score")
@@ -64,9 +71,9 @@ class ClusterPublisher(Committer):
             "Chassis": ["name", *SUMMARY_COLUMNS, "updated"],
             "Workload_Class": ["workload", "chassis", *CLASS_COLUMNS, "updated"]}, ClusterIdl)
         self.idl.cond_change("Chassis", [["name", "==", chassis]])
-        self.idl.cond_change("Workload_Class", [["chassis", "==", chassis],
-                                                ["learned", "==", contract.HEAVY]])
-        self.classes: dict[str, str] = {}           # heavy, as learned on other chassis
+        self.idl.cond_change("Workload_Class", [["chassis", "==", chassis]] +
+                             [["learned", "==", c] for c in SHARED_CLASSES])
+        self.classes: dict[str, str] = {}           # as learned on other chassis
         self._summary: dict | None = None           # None: withdrawn
         self._lessons: dict[str, Lesson] = {}
         self._last = 0.0
@@ -76,10 +83,8 @@ class ClusterPublisher(Committer):
 
     def publish(self, node: dict[str, str], learned: dict[str, Lesson]) -> None:
         """The node summary (NodeKeys.format) and this chassis' lessons."""
-        self._summary = {"hostname": self.hostname,
-                         "footprint": node[contract.FOOTPRINT],
-                         "elephants": int(node[contract.ELEPHANTS]),
-                         "heavy_ports": int(node[contract.HEAVY_PORTS])}
+        self._summary = {"hostname": self.hostname, "footprint": node[contract.FOOTPRINT],
+                         **{c: int(node[k]) for c, k in COUNT_KEYS.items()}}
         self._lessons = dict(learned)
 
     # -- reconciling ------------------------------------------------------------
@@ -157,9 +162,9 @@ class ClusterPublisher(Committer):
         self._seqno = self.idl.change_seqno
         classes: dict[str, str] = {}
         for r in self._rows("Workload_Class"):
-            if r.chassis != self.chassis and r.learned == contract.HEAVY \
+            if r.chassis != self.chassis and r.learned in SHARED_CLASSES \
                     and contract.usable_workload(r.workload, "cluster database"):
-                classes[r.workload] = contract.HEAVY
+                classes[r.workload] = contract.strongest([classes.get(r.workload), r.learned])
         changed, self.classes = classes != self.classes, classes
         return changed
 

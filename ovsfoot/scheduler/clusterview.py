@@ -1,6 +1,6 @@
 """The cluster view: what every chassis' agent published in ovsfoot's cluster database.
 
-A python-ovs IDL in its own thread replicates `Chassis` and the heavy rows of
+A python-ovs IDL in its own thread replicates `Chassis` and the heavy and sensitive rows of
 `Workload_Class` from `--cluster-db` (several comma-separated remotes of the
 raft cluster, any member will do, or a relay) and rebuilds an immutable
 `ClusterView` whenever they change; request handlers only read the latest view.
@@ -27,7 +27,8 @@ NODE_KEYS = ("hostname", "name")
 def _facts(row, seen: float | None) -> NodeFacts:
     """Facts of a Chassis row (the schema has already checked its types and ranges)."""
     return NodeFacts(row["name"], row["hostname"], row["footprint"], row["elephants"],
-                     row["heavy_ports"], row["updated"], seen)
+                     row["heavy_ports"], row["updated"], seen, row["sensitive_ports"],
+                     row["bps"], row["flows_per_s"])
 
 
 def build_view(chassis: list[dict], classes: list[dict], node_key: str,
@@ -56,7 +57,8 @@ def build_view(chassis: list[dict], classes: list[dict], node_key: str,
 class ClusterDbView:
     """Keeps a `ClusterView` of the cluster database up to date in a thread."""
 
-    CHASSIS = ("name", "hostname", "footprint", "elephants", "heavy_ports", "updated")
+    CHASSIS = ("name", "hostname", "footprint", "elephants", "heavy_ports", "updated",
+               "sensitive_ports", "bps", "flows_per_s")
     CLASSES = ("workload", "chassis", "learned")
 
     def __init__(self, remote: str, node_key: str = "hostname"):
@@ -93,7 +95,8 @@ class ClusterDbView:
     def _run(self) -> None:
         idl = make_idl(self.remote, contract.cluster_schema_path(), {
             "Chassis": list(self.CHASSIS), "Workload_Class": list(self.CLASSES)}, ClusterIdl)
-        idl.cond_change("Workload_Class", [["learned", "==", contract.HEAVY]])
+        idl.cond_change("Workload_Class", [["learned", "==", c]
+                                           for c in (contract.HEAVY, contract.SENSITIVE)])
         seqno, warned = None, False
         seen: dict[str, tuple[int, float]] = {}     # chassis: (updated, when it moved)
         try:

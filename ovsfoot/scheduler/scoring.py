@@ -1,14 +1,18 @@
 """Placement logic of the scheduler extender, free of I/O: pod class, node facts, scores.
 
 A pod's class, first match wins: the annotation, then the label
-`ovsfoot.io/footprint: light|heavy`; the class its workload (`<namespace>/<owner>`)
-learned on any chassis (the cluster database's Workload_Class); else light.
+`ovsfoot.io/footprint: light|sensitive|heavy`; the class its workload
+(`<namespace>/<owner>`) learned on any chassis (the cluster database's
+Workload_Class; heavy over sensitive); else light.
 
 Scores are 0-10, `round(10 * 2 / (2 + load))`: 10 on a quiet node, 7 at load 1,
 5 at load 2, 3 at load 4. A light pod's load is the node's active elephants plus
-its heavy ports (queues it would share); a heavy pod's load is the node's heavy
-ports plus half its elephants, so heavy pods spread away from each other. A node
-the cluster view does not know (no chassis, or no agent publishing) gets 5.
+its heavy ports (queues it would share). A sensitive pod's is twice that plus
+twice the node's throughput in units of HEAVY_BPS, so it keeps away from busy
+queues more strongly than a light pod. A heavy pod's load is the node's heavy
+ports plus half its elephants plus its sensitive ports, so heavy pods spread away
+from each other and from sensitive pods. A node the cluster view does not know
+(no chassis, or no agent publishing) gets 5.
 
 Assumed load: once a heavy pod is ranked best on a node, it counts there as a
 heavy port until the node's agent reports one more heavy port, or for
@@ -22,12 +26,14 @@ import dataclasses
 import threading
 from dataclasses import dataclass, field
 
-from ovsfoot.contract import CLASSES, HEAVY, LIGHT, RS_HASH, pod_workload
+from ovsfoot.contract import CLASSES, HEAVY, RS_HASH, SENSITIVE, LIGHT, pod_workload
 
 LABEL = "ovsfoot.io/footprint"
 MAX_SCORE = 10
 UNKNOWN_SCORE = 5
 ASSUME_S = 60.0
+HEAVY_BPS = 200e6           # the agents' default heavy throughput (Thresholds.heavy_bps)
+SENSITIVE_WEIGHT = 2.0      # how much more a sensitive pod minds a load than a light one
 
 
 class BadRequest(ValueError):
@@ -45,6 +51,9 @@ class NodeFacts:
     heavy_ports: int = 0
     updated_ms: int | None = None
     seen: float | None = None       # the reader's monotonic clock when `updated_ms` last moved
+    sensitive_ports: int = 0
+    bps: int = 0                    # throughput bucket (contract.BPS_STEPS)
+    flows_per_s: int = 0            # flow rate bucket (contract.FLOW_STEPS)
 
     @property
     def known(self) -> bool:
@@ -53,7 +62,8 @@ class NodeFacts:
     def as_dict(self) -> dict:
         return {"chassis": self.chassis, "hostname": self.hostname,
                 "footprint": self.footprint, "elephants": self.elephants,
-                "heavy_ports": self.heavy_ports, "ts": self.updated_ms}
+                "heavy_ports": self.heavy_ports, "sensitive_ports": self.sensitive_ports,
+                "bps": self.bps, "flows_per_s": self.flows_per_s, "ts": self.updated_ms}
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +212,9 @@ def parse_args(body: bytes) -> tuple[PodInfo, list[str], bool, dict]:
 # -- scoring ------------------------------------------------------------------
 def load(facts: NodeFacts, klass: str) -> float:
     if klass == HEAVY:
-        return facts.heavy_ports + 0.5 * facts.elephants
+        return facts.heavy_ports + 0.5 * facts.elephants + facts.sensitive_ports
+    if klass == SENSITIVE:
+        return SENSITIVE_WEIGHT * (facts.elephants + facts.heavy_ports + facts.bps / HEAVY_BPS)
     return facts.elephants + facts.heavy_ports
 
 
@@ -296,14 +308,14 @@ def filter_nodes(pod: PodInfo, names: list[str], view: ClusterView, filter_heavy
                  now: float = 0.0, max_age: float = 0.0) -> tuple[list[str], dict[str, str]]:
     """(nodes kept, {node: why it failed}); drops nothing unless `filter_heavy`."""
     klass, _ = pod_class(pod, view)
-    if not filter_heavy or klass != LIGHT:
+    if not filter_heavy or klass == HEAVY:
         return names, {}
     failed = {}
     for n in names:
         f = view.current(n, now, max_age)
         if f is not None and f.footprint == HEAVY:
             failed[n] = (f"ovsfoot: node carries heavy traffic ({f.elephants} elephants, "
-                         f"{f.heavy_ports} heavy ports) and the pod is light")
+                         f"{f.heavy_ports} heavy ports) and the pod is {klass}")
     if len(failed) == len(names):
         return names, {}            # never filter out every node
     return [n for n in names if n not in failed], failed

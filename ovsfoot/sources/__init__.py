@@ -11,6 +11,7 @@ import logging
 from typing import Protocol
 
 from ovsfoot.events import FlowEvent, Thresholds
+from ovsfoot.rates import ZoneCounters
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,11 @@ class Source(Protocol):
         ...
 
     def run(self) -> list[FlowEvent]: ...
+
+    def zone_counters(self) -> dict[int, ZoneCounters]:
+        """Per conntrack zone, cumulative bytes, packets and new flows (mice included)."""
+        ...
+
     def wait(self, poller) -> None: ...
     def set_thresholds(self, thresholds: Thresholds) -> None: ...
     def stats(self) -> dict: ...

@@ -1,10 +1,12 @@
 """The eBPF source: elephants decided in the kernel on conntrack (bpf/ovsfoot_ct.c).
 
-The program counts every packet of every committed flow in the kernel and
-sends user space one ELEPHANT event when a flow passes the thresholds and one
+The program counts every packet of every committed flow in the kernel, per
+flow and per conntrack zone (per CPU: bytes, packets, new flows), and sends
+user space one ELEPHANT event when a flow passes the thresholds and one
 END event when that flow's conntrack entry is deleted; mice never leave the
 kernel. Each second the elephants' counters are read back from the map as
-UPDATE events, so that an elephant that has gone quiet ends on time. It is
+UPDATE events, so that an elephant that has gone quiet ends on time; the zone
+counters are read when the agent asks (each second). It is
 compiled with bcc when the source opens. Everything that would keep it from
 running is checked first and reported as SourceUnavailable.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from ovsfoot import netns as ns
 from ovsfoot.events import FlowEvent, FlowKey, Kind, Thresholds
+from ovsfoot.rates import ZoneCounters
 from ovsfoot.sources import SourceUnavailable
 
 log = logging.getLogger(__name__)
@@ -161,7 +164,8 @@ class BpfSource:
 
     def __init__(self, thresholds: Thresholds, *, netns: str | None = None,
                  include_zone0: bool = False, max_flows: int = 65536,
-                 buffer_pages: int = 64):
+                 buffer_pages: int = 64, max_zones: int = 4096,
+                 extra_cflags: tuple[str, ...] = ()):
         try:
             import bcc
         except ImportError:
@@ -173,7 +177,9 @@ class BpfSource:
         self.netns = netns
         self.include_zone0 = include_zone0
         program, probes, cflags = _plan(bcc)
-        cflags += [f"-DMAX_FLOWS={max_flows}", f"-DRINGBUF_PAGES={buffer_pages}"]
+        cflags += [f"-DMAX_FLOWS={max_flows}", f"-DRINGBUF_PAGES={buffer_pages}",
+                   f"-DMAX_ZONES={max_zones}", *extra_cflags]     # bench/zonecost.py
+        self.max_zones = max_zones
         self.ringbuf = "-DUSE_RINGBUF" in cflags
         self._bpf, self.probe, reasons = None, None, []
         for probe in probes:
@@ -276,6 +282,15 @@ class BpfSource:
             events += self._refresh()
         return events
 
+    def zone_counters(self) -> dict[int, ZoneCounters]:
+        """The kernel's per-zone counters, summed over the CPUs."""
+        out = {}
+        for zone, cpus in self._bpf["zones"].items():
+            out[zone.value] = ZoneCounters(sum(c.bytes for c in cpus),
+                                           sum(c.packets for c in cpus),
+                                           sum(c.flows for c in cpus))
+        return out
+
     def wait(self, poller) -> None:
         import ovs.poller
         for fd in self._fds:
@@ -287,10 +302,13 @@ class BpfSource:
         counters = self._bpf["counters"]
         c = {name: counters.sum(counters.Key(i)).value for i, name in enumerate(COUNTERS)}
         tracked = len(self._bpf["flows"])
+        zones = len(self._bpf["zones"])
         return {"source": self.name, "probe": self.probe,
                 "buffer": "ringbuf" if self.ringbuf else "perf",
                 "netns": self.netns or "(own)", "netns_inode": self.netns_inode,
                 "events": self.events, "flows_tracked": tracked,
+                # a full zone map counts no new zone (rates read 0 for it)
+                "zones_counted": zones, "zones_full": zones >= self.max_zones,
                 # flows that left the map without being deleted were evicted
                 "evictions": max(0, c["started"] + c["late_starts"] - c["ended"] - tracked),
                 **c}

@@ -3,7 +3,8 @@
 It dumps the conntrack table of the OVS datapath's network namespace every
 `interval` seconds. Like the kernel program it keeps mice out of user space:
 only entries that have carried at least the byte threshold become events.
-Entries that vanish from the table end with an END event.
+Entries that vanish from the table end with an END event. Every entry's
+counters also add to its zone's (rates.EntryCounter), for throughput and flow rate.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pyroute2 import NFCTSocket
 
 from ovsfoot import netns as ns
 from ovsfoot.events import FlowEvent, FlowKey, Kind, Thresholds
+from ovsfoot.rates import EntryCounter, ZoneCounters
 from ovsfoot.sources import SourceUnavailable
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,7 @@ class CtnetlinkSource:
                         "be turned on: set net.netfilter.nf_conntrack_acct=1 there, "
                         "no elephant can be detected until then", netns or "(own)")
         self._first_seen: dict[FlowKey, int] = {}   # candidates reported so far
+        self.zones = EntryCounter()
         self._next_poll = 0.0
         self.polls = 0
         self.entries = 0
@@ -109,6 +112,7 @@ class CtnetlinkSource:
             ev = decode(msg, self.netns_inode, ts)
             if ev is None or (ev.key.zone == 0 and not self.include_zone0):
                 continue
+            self.zones.add(ev.key, ev.bytes, ev.packets_orig + ev.packets_reply)
             first = self._first_seen.get(ev.key)
             if first is None and ev.bytes < self.min_bytes:
                 continue
@@ -122,9 +126,13 @@ class CtnetlinkSource:
             if key not in seen:
                 events.append(FlowEvent(Kind.END, key, ts, first))
         self._first_seen = seen
+        self.zones.finish()
         self.polls += 1
         self.entries = n
         return events
+
+    def zone_counters(self) -> dict[int, ZoneCounters]:
+        return self.zones.totals
 
     def wait(self, poller) -> None:
         poller.timer_wait(max(0, int((self._next_poll - time.monotonic()) * 1000)))

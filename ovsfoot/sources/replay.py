@@ -132,6 +132,10 @@ class ReplaySource:
     def set_thresholds(self, thresholds) -> None:
         pass
 
+    def zone_counters(self) -> dict:
+        """None: a recording holds elephant events only, so no port has a rate."""
+        return {}
+
     def stats(self) -> dict:
         return {"source": self.name, "file": self.path, "recorded_by": self.recorded_by,
                 "events": self.events, "errors": self.errors, "finished": self.done}

@@ -20,7 +20,7 @@ def test_heavy_wins_when_opinions_differ():
 
 
 @pytest.mark.parametrize("ids,err", [
-    ({c.FOOTPRINT: "medium"}, "neither heavy nor light"),
+    ({c.FOOTPRINT: "medium"}, "not one of light, sensitive, heavy"),
     ({c.ELEPHANTS: "-1"}, "non-negative integer"),
     ({c.ELEPHANTS: "two"}, "non-negative integer"),
     ({c.TS: "1.5"}, "non-negative integer"),

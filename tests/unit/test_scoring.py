@@ -97,14 +97,18 @@ def test_malformed_args(body):
 
 
 def test_build_view_merges_classes_and_skips_invalid_names():
+    traffic = {"sensitive_ports": 2, "bps": 500_000_000, "flows_per_s": 100}
     chassis = [{"name": "hv-a", "hostname": "node-a", "footprint": "heavy", "elephants": 1,
-                "heavy_ports": 1, "updated": 5},
+                "heavy_ports": 1, "updated": 5, **traffic},
                {"name": "hv-b", "hostname": "node-a", "footprint": "light", "elephants": 0,
-                "heavy_ports": 0, "updated": 5}]
+                "heavy_ports": 0, "updated": 5, **traffic}]
     classes = [{"workload": "shop/web", "chassis": "hv-a", "learned": "light"},
                {"workload": "shop/web", "chassis": "hv-b", "learned": "heavy"},
+               {"workload": "shop/api", "chassis": "hv-a", "learned": "sensitive"},
+               {"workload": "shop/api", "chassis": "hv-b", "learned": "light"},
                {"workload": "bad\nname", "chassis": "hv-b", "learned": "heavy"}]
     v = build_view(chassis, classes, "hostname", {"hv-a": 3.0})
-    assert v.classes == {"shop/web": "heavy"}
+    assert v.classes == {"shop/web": "heavy", "shop/api": "sensitive"}
     assert v.node("node-a").chassis == "hv-a" and v.node("node-a").seen == 3.0
+    assert v.node("node-a").bps == 500_000_000 and v.node("node-a").sensitive_ports == 2
     assert set(build_view(chassis, classes, "name").by_key) == {"hv-a", "hv-b"}
