@@ -69,6 +69,16 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                    help="an elephant idle this long has ended (default %(default)s)")
 
 
+def _isolate_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("isolation of elephants on the Geneve underlay")
+    g.add_argument("--isolate", nargs="?", const="auto", metavar="IFACE",
+                   help="put active elephants' tunnel packets in a lower band of a qdisc on "
+                        "IFACE's egress (default: the interface holding ovn-encap-ip); "
+                        "off by default, `ovs-appctl -t ovsfoot isolate/set on|off` live")
+    g.add_argument("--isolate-dscp", type=_positive(int, 63), metavar="N",
+                   help="also rewrite isolated packets' outer DSCP to N (0-63)")
+
+
 def _ssl_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("SSL, for every ssl: remote (as OVS and OVN daemons take it)")
     g.add_argument("-p", "--private-key", metavar="FILE", help="SSL private key")
@@ -266,6 +276,7 @@ def cmd_agent(args) -> int:
     from ovsfoot import support
     from ovsfoot.agent import Agent, Config
     from ovsfoot.control.unixctl import Control
+    from ovsfoot.isolation import Isolator
     from ovsfoot.learning import StateFile
 
     support.check(args.source)  # before detaching: too old is exit 1, untested a warning
@@ -283,7 +294,10 @@ def cmd_agent(args) -> int:
     cfg = Config(db=args.db, bridge=args.bridge, thresholds=thresholds, state=state,
                  heavy_at=args.heavy_at, half_life=args.half_life,
                  cluster_db=args.cluster_db, heartbeat=args.heartbeat)
-    agent = Agent(cfg, source)
+    isolator = Isolator(args.isolate, args.netns, args.isolate_dscp, on=bool(args.isolate))
+    if args.isolate:
+        isolator.prepare()      # compiles the classifier before the loop starts
+    agent = Agent(cfg, source, isolator=isolator)
     extra = [Control(agent, args.unixctl)]
     if args.metrics:
         from ovsfoot.control.metrics import serve_agent
@@ -361,6 +375,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--metrics", metavar="ADDR:PORT",
                    help="serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)")
     _source_args(a)
+    _isolate_args(a)
     _vlog_args(a)
     ovs.daemon.add_args(a)
     a.set_defaults(func=cmd_agent)

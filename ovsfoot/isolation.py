@@ -350,6 +350,14 @@ class Isolator:
     def on(self) -> bool:
         return self.where is not None
 
+    def prepare(self) -> None:
+        """Compiles the classifier now (seconds; more under emulation), not at first use."""
+        try:
+            self.classifier = self.classifier or Classifier()
+        except IsolationUnavailable as e:
+            self.reason = str(e)
+            log.warning("isolate: %s", e)
+
     def topology(self, encap_ip: str | None) -> None:
         """Resolves the interface (once it is known) and, if asked, switches on."""
         name = self.interface_arg
@@ -386,7 +394,8 @@ class Isolator:
             self.reason = "switched off (isolate/set off)"
             return
         if self.uplink is None:
-            raise IsolationUnavailable(self.reason or f"interface {self.interface_arg} not known yet")
+            raise IsolationUnavailable(self.reason or
+                                       f"interface {self.interface_arg} not known yet")
         if not self.on:
             self._on()
         if not self.on:
