@@ -16,7 +16,6 @@ import threading
 import time
 from pathlib import Path
 
-from integration.sandbox import sh
 
 SAMPLE_S = 0.5
 ROUNDS = ("d", "b", "d", "b")          # the first (d) right after the detection
@@ -26,14 +25,18 @@ class Throughput:
     """Mbit/s received on `ifname` in network namespace `netns`, sampled in a thread."""
 
     def __init__(self, netns: str, ifname: str = "eth0"):
-        self.path = f"/sys/class/net/{ifname}/statistics/rx_bytes"
-        self.netns = netns
+        from pyroute2 import IPRoute
+
+        from ovsfoot import netns as ns
+        with ns.entered(netns):
+            self.ipr = IPRoute()
+        self.ifname = ifname
         self.samples: list[tuple[float, float]] = []      # (epoch s, Mbit/s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="throughput", daemon=True)
 
     def _read(self) -> int:
-        return int(sh("ip", "netns", "exec", self.netns, "cat", self.path))
+        return self.ipr.get_links(ifname=self.ifname)[0].get_attr("IFLA_STATS64")["rx_bytes"]
 
     def _run(self) -> None:
         last_t, last = time.time(), self._read()
@@ -49,6 +52,7 @@ class Throughput:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+        self.ipr.close()
 
     def mean(self, t0: float, t1: float) -> float | None:
         inside = [m for t, m in self.samples if t0 < t <= t1]

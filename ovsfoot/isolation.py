@@ -7,11 +7,12 @@ other packet to the first band, which is always served first. The agent
 fills the classifier's map as elephants are detected and empties it as they
 end. Optionally the elephants' outer DSCP is rewritten for the fabric.
 
-Where the qdisc goes: under a `tbf` root (its one class) or in place of the
-kernel's default root (handle 0:, e.g. noqueue, pfifo_fast, mq); any other
-root belongs to someone who configured it, and isolation stays off and says
-why. What ovsfoot installs carries its handle (f5a0:), so that a restarted
-agent finds and removes what a killed one left.
+Where the qdisc goes: under a `tbf` root (its one class, in place of the tbf's
+own bfifo, which is put back as f5a1: on removal) or in place of the kernel's
+default root (handle 0:, e.g. noqueue, pfifo_fast, mq); any other root, or a
+tbf class holding someone else's qdisc, was configured by someone else, and
+isolation stays off and says why. What ovsfoot installs carries its handle
+(f5a0:), so that a restarted agent finds and removes what a killed one left.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 PROGRAM = "ovsfoot_isolate.c"
 HANDLE = 0xF5A0                 # ovsfoot's qdisc: f5a0:
+RESTORED = 0xF5A1               # a tbf's own bfifo, put back by ovsfoot: f5a1:
 FILTER_NAME = "ovsfoot_isolate"
 TC_H_ROOT = 0xFFFFFFFF
 GENEVE_PORT = 6081
@@ -236,7 +238,7 @@ class Uplink:
         if kind == "tbf":
             parent = root["handle"] | 1
             child = next((q for q in self._qdiscs() if q["parent"] == parent), None)
-            if child is None or child["handle"] == 0:
+            if child is None or child["handle"] in (0, RESTORED << 16):
                 parms = root.get_attr("TCA_OPTIONS").get_attr("TCA_TBF_PARMS")
                 return Placement(parent, parms["limit"])
             raise IsolationUnavailable(
@@ -282,8 +284,9 @@ class Uplink:
         if where.parent == TC_H_ROOT:
             self.ipr.tc("del", "prio", self.index, HANDLE << 16, parent=TC_H_ROOT)
         elif where.restore_limit is not None:
-            # deleting a tbf's child would leave it the noop qdisc (dropping all)
-            self.ipr.tc("replace", "bfifo", self.index, 0, parent=where.parent,
+            # deleting a tbf's child would leave it the noop qdisc (dropping all); the
+            # bfifo it had, with the tbf's limit, goes back with a handle that says so
+            self.ipr.tc("replace", "bfifo", self.index, RESTORED << 16, parent=where.parent,
                         limit=where.restore_limit)
         else:
             self.ipr.tc("del", "prio", self.index, HANDLE << 16, parent=where.parent)
@@ -351,7 +354,20 @@ class Isolator:
         return self.where is not None
 
     def prepare(self) -> None:
-        """Compiles the classifier now (seconds; more under emulation), not at first use."""
+        """Compiles the classifier now (seconds; more under emulation), not at first use,
+        unless the named interface's qdiscs already say that isolation must stay off."""
+        if self.interface_arg != "auto":
+            try:
+                uplink = Uplink(self.interface_arg, self.netns)
+                try:
+                    if uplink.ours() is None:       # a leftover is removed at the start
+                        uplink.plan()
+                finally:
+                    uplink.close()
+            except IsolationUnavailable as e:
+                self.reason = str(e)
+                log.warning("isolate: %s", e)
+                return
         try:
             self.classifier = self.classifier or Classifier()
         except IsolationUnavailable as e:
@@ -403,6 +419,7 @@ class Isolator:
 
     def _on(self) -> None:
         try:
+            self.uplink.plan()              # before compiling: where would it go?
             if self.classifier is None:
                 self.classifier = Classifier()
             self.classifier.set_dscp(self.dscp)

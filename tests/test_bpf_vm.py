@@ -25,7 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from integration.programs import PACKAGES, require  # noqa: E402
+from integration.programs import require, shell_require  # noqa: E402
 from integration.vm import ensure_kernel, run_in_vm  # noqa: E402
 from ovsfoot.events import Thresholds  # noqa: E402
 from ovsfoot.sources import SourceUnavailable  # noqa: E402
@@ -76,11 +76,7 @@ while True:
 PROGRAMS = ("ip", "ping", "iperf3", "nft", "conntrack", "modprobe", "mkfifo", "ovsdb-tool",
             "ovsdb-server", "ovs-vsctl", "ovs-vswitchd", "ovs-ofctl", "ovs-appctl")
 
-SCENARIO = r'''
-for need in @PROGRAMS@; do        # program:Debian package
-    command -v "${need%%:*}" >/dev/null || { echo "scenario: program '${need%%:*}' not found:" \
-        "install the Debian package ${need#*:} (or run \`make deps\`)"; exit 1; }
-done
+SCENARIO = shell_require(*PROGRAMS) + r'''
 set -eux
 W=$PWD
 export PYTHONPATH=$OVSFOOT_REPO OVS_RUNDIR=/tmp/ovs OVS_DBDIR=/tmp/ovs OVS_LOGDIR=$W/ovslog
@@ -172,7 +168,7 @@ conntrack -L >conntrack.txt 2>&1 || true
 ctl '{"cmd": "quit", "id": "quit"}'
 ovs-appctl dpctl/show -s >dpctl.txt
 echo scenario-ok
-'''.replace("@PROGRAMS@", " ".join(f"{p}:{PACKAGES[p]}" for p in PROGRAMS))
+'''
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ no sch_prio and no geneve module).
 One VM boot runs SCENARIO: two namespaces, iso1 and iso2, joined by a veth
 underlay (`ul`, 192.168.77.0/24) with a Linux Geneve tunnel across it, and a
 tbf bottleneck as the root qdisc of iso1's `ul` (as the lab's hv1 has). The
-agent runs with the ctnetlink source in iso1 (zone 0 counted: the endpoints are
-the namespaces themselves), an OVSDB whose Open_vSwitch row names iso1's
+agent runs with the ctnetlink source in iso1 (whose conntrack puts the tunnel's
+inner traffic in zone 5, as OVN puts a port's), an OVSDB whose Open_vSwitch row names iso1's
 `ovn-encap-ip`, and `--isolate` (the interface found from that address). An
 iperf3 elephant crosses the tunnel; isolation is switched off and on again
 live; the agent is killed with -9 and started again; a second agent on iso2,
@@ -24,17 +24,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from integration.programs import PACKAGES, require  # noqa: E402
+from integration.programs import require, shell_require  # noqa: E402
 from integration.vm import ensure_kernel, run_in_vm  # noqa: E402
 
-PROGRAMS = ("ip", "tc", "ping", "iperf3", "modprobe", "ovsdb-tool", "ovsdb-server",
+PROGRAMS = ("ip", "tc", "nft", "ping", "iperf3", "modprobe", "ovsdb-tool", "ovsdb-server",
             "ovs-vsctl", "ovs-appctl")
 
-SCENARIO = r'''
-for need in @PROGRAMS@; do        # program:Debian package
-    command -v "${need%%:*}" >/dev/null || { echo "scenario: program '${need%%:*}' not found:" \
-        "install the Debian package ${need#*:} (or run \`make deps\`)"; exit 1; }
-done
+SCENARIO = shell_require(*PROGRAMS) + r'''
 set -eux
 W=$PWD
 export PYTHONPATH=$OVSFOOT_REPO OVS_RUNDIR=/tmp/ovs OVS_DBDIR=/tmp/ovs OVS_LOGDIR=$W
@@ -52,6 +48,15 @@ for i in 1 2; do
     ip -n iso$i addr add 10.77.0.$i/24 dev gnv0
     ip -n iso$i link set gnv0 up
 done
+# conntrack tracks a namespace's traffic only where a rule uses it: zone 5, as a port's
+for i in 1 2; do
+    ip netns exec iso$i nft -f - <<'EOF'
+table inet pod {
+    chain pre { type filter hook prerouting priority raw; ct zone set 5; }
+    chain out { type filter hook output priority raw; ct zone set 5; }
+}
+EOF
+done
 ip netns exec iso1 tc qdisc replace dev ul root tbf rate 40mbit burst 16kb latency 100ms
 ip netns exec iso2 tc qdisc replace dev ul root handle 7: htb default 1
 ip netns exec iso1 ping -c 1 -W 20 10.77.0.2
@@ -66,7 +71,7 @@ CTL=/tmp/ovs/ovsfoot.ctl
 agent() {   # agent NETNS CTL LOG ARGS...
     local n=$1 ctl=$2 logf=$3; shift 3
     $OVSFOOT_PY -m ovsfoot agent --db unix:/tmp/ovs/db.sock --state /tmp/ovs/state.$n \
-        --source ctnetlink --netns $n --include-zone0 --interval 0.2 \
+        --source ctnetlink --netns $n --interval 0.2 \
         --elephant-bytes 2000000 --elephant-seconds 1 --unixctl $ctl \
         --log-file=$W/$logf -vconsole:off -visolation:file:dbg "$@" &
     echo $! >/tmp/ovs/$n.pid
@@ -121,7 +126,7 @@ ovs-appctl -t /tmp/ovs/iso2.ctl isolate/set on >$W/htb-set-on.txt 2>&1 \
 ip netns exec iso2 tc qdisc show dev ul >$W/htb-after.qdisc
 ovs-appctl -t /tmp/ovs/iso2.ctl exit
 echo scenario-ok
-'''.replace("@PROGRAMS@", " ".join(f"{p}:{PACKAGES[p]}" for p in PROGRAMS))
+'''
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +191,7 @@ def test_off_restores_the_tbf_and_traffic_flows(vm):
     assert off["state"] == "off" and off["qdisc"] is None and off["flows"] == []
     qdisc = (vm / "off.qdisc").read_text()
     assert "f5a0" not in qdisc and "qdisc tbf" in qdisc
+    assert "qdisc bfifo f5a1:" in qdisc, "the tbf's bfifo, put back as ovsfoot's f5a1:"
     assert " 0% packet loss" in (vm / "ping-off.txt").read_text()
     mbits = json.loads((vm / "off-traffic.iperf.json").read_text())["end"]["sum_received"][
         "bits_per_second"] / 1e6
