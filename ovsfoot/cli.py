@@ -11,6 +11,7 @@ import time
 
 import ovs.daemon
 import ovs.dirs
+import ovs.fatal_signal
 import ovs.unixctl
 import ovs.util
 import ovs.vlog
@@ -297,6 +298,9 @@ def cmd_agent(args) -> int:
     isolator = Isolator(args.isolate, args.netns, args.isolate_dscp, on=bool(args.isolate))
     if args.isolate:
         isolator.prepare()      # compiles the classifier before the loop starts
+    # SIGTERM and SIGINT end the process in python-ovs's handler, past `finally`:
+    # the uplink gets its qdisc back there too
+    ovs.fatal_signal.add_hook(isolator.close, None, True)
     agent = Agent(cfg, source, isolator=isolator)
     extra = [Control(agent, args.unixctl)]
     if args.metrics:

@@ -8,7 +8,8 @@ agent runs with the ctnetlink source in iso1 (whose conntrack puts the tunnel's
 inner traffic in zone 5, as OVN puts a port's), an OVSDB whose Open_vSwitch row names iso1's
 `ovn-encap-ip`, and `--isolate` (the interface found from that address). An
 iperf3 elephant crosses the tunnel; isolation is switched off and on again
-live; the agent is killed with -9 and started again; a second agent on iso2,
+live; the agent is killed with -9 and started again, stopped with `exit`, started
+and stopped with SIGTERM; a second agent on iso2,
 whose root is an htb ovsfoot did not install, must stay off and touch nothing.
 Every step's `isolate/show json` and `tc` view are saved for the tests below.
 """
@@ -117,6 +118,13 @@ for _ in $(seq 100); do kill -0 $(cat /tmp/ovs/iso1.pid) 2>/dev/null || break; s
 ip netns exec iso1 tc qdisc show dev ul >$W/exited.qdisc
 ip netns exec iso1 ping -c 3 -i 0.2 -W 2 10.77.0.2 >$W/ping-exited.txt
 
+# SIGTERM (systemctl stop) removes it too
+agent iso1 $CTL agent4.log --isolate
+ip netns exec iso1 tc qdisc show dev ul >$W/before-term.qdisc
+kill -TERM $(cat /tmp/ovs/iso1.pid)
+for _ in $(seq 100); do kill -0 $(cat /tmp/ovs/iso1.pid) 2>/dev/null || break; sleep 0.2; done
+ip netns exec iso1 tc qdisc show dev ul >$W/terminated.qdisc
+
 # a root ovsfoot did not install: off, with the reason, and the htb untouched
 ip netns exec iso2 tc qdisc show dev ul >$W/htb-before.qdisc
 agent iso2 /tmp/ovs/iso2.ctl agent3.log --isolate ul
@@ -221,6 +229,12 @@ def test_exit_removes_what_it_installed(vm):
     qdisc = (vm / "exited.qdisc").read_text()
     assert "f5a0" not in qdisc and "qdisc tbf" in qdisc
     assert " 0% packet loss" in (vm / "ping-exited.txt").read_text()
+
+
+def test_sigterm_removes_it_too(vm):
+    assert "qdisc prio f5a0:" in (vm / "before-term.qdisc").read_text()
+    qdisc = (vm / "terminated.qdisc").read_text()
+    assert "f5a0" not in qdisc and "qdisc tbf" in qdisc and "bfifo f5a1:" in qdisc
 
 
 def test_a_root_it_did_not_install_is_left_alone(vm):
