@@ -18,6 +18,7 @@ isolation stays off and says why. What ovsfoot installs carries its handle
 from __future__ import annotations
 
 import ctypes
+import errno
 import ipaddress
 import logging
 import os
@@ -251,9 +252,16 @@ class Uplink:
             f"the kernel's default root); isolation stays off")
 
     def install(self, fd: int) -> Placement:
+        from pyroute2 import NetlinkError
         where = self.plan()
-        self.ipr.tc("add", "prio", self.index, HANDLE << 16, parent=where.parent,
-                    bands=2, priomap=[0] * 16)
+        try:
+            self.ipr.tc("add", "prio", self.index, HANDLE << 16, parent=where.parent,
+                        bands=2, priomap=[0] * 16)
+        except NetlinkError as e:
+            if e.code == errno.ENOENT:
+                raise IsolationUnavailable("this kernel has no prio qdisc (load sch_prio: "
+                                           "modprobe sch_prio; or CONFIG_NET_SCH_PRIO)") from None
+            raise
         try:
             self.ipr.tc("add-filter", "bpf", self.index, ":1", parent=HANDLE << 16, fd=fd,
                         name=FILTER_NAME, direct_action=True, prio=1)
@@ -348,6 +356,7 @@ class Isolator:
         self.since_ns = 0
         self.isolated: dict[FlowKey, int] = {}      # key -> its detection time (ns)
         self._active_seen = None
+        self._encap_ip: str | None = None
 
     @property
     def on(self) -> bool:
@@ -375,32 +384,39 @@ class Isolator:
             log.warning("isolate: %s", e)
 
     def topology(self, encap_ip: str | None) -> None:
-        """Resolves the interface (once it is known) and, if asked, switches on."""
+        """Follows the interface (named, or holding `encap_ip`); when it changes, removes
+        what a killed agent left on it and, if asked, switches on there."""
         name = self.interface_arg
         if name == "auto":
             ip = (encap_ip or "").split(",")[0].strip()
+            if ip == self._encap_ip:
+                return                  # the OVSDB changed, not the address
+            self._encap_ip = ip
             name = interface_of(ip, self.netns) if ip else None
             if name is None:
                 if self.want and not self.on:
-                    self.reason = (f"no interface holds ovn-encap-ip {ip!r}" if ip else
+                    self.reason = (f"no interface holds ovn-encap-ip {ip}" if ip else
                                    "the chassis has no ovn-encap-ip yet: give --isolate IFACE")
                 return
-        if name != self.interface:
-            if self.on:
-                self._off()
-            self._close_uplink()
-            self.interface = name
-            try:
-                self.uplink = Uplink(name, self.netns)
-            except IsolationUnavailable as e:
-                self.reason = str(e)
-                log.warning("isolate: %s", e)
-                return
-            if self.uplink.remove():
-                log.warning("isolate: removed the qdisc and filter a killed agent left on %s",
-                            name)
-        if self.want and not self.on:
+        if name == self.interface:
+            return
+        self._off()
+        self._close_uplink()
+        self.interface = name
+        if self._open_uplink() and self.want:
             self._on()
+
+    def _open_uplink(self) -> bool:
+        try:
+            self.uplink = Uplink(self.interface, self.netns)
+        except IsolationUnavailable as e:
+            self.reason = str(e)
+            log.warning("isolate: %s", e)
+            return False
+        if self.uplink.remove():
+            log.warning("isolate: removed the qdisc and filter a killed agent left on %s",
+                        self.interface)
+        return True
 
     def set(self, on: bool) -> None:
         """Switches isolation live; IsolationUnavailable says why it cannot go on."""
@@ -409,7 +425,7 @@ class Isolator:
             self._off()
             self.reason = "switched off (isolate/set off)"
             return
-        if self.uplink is None:
+        if self.uplink is None and not (self.interface and self._open_uplink()):
             raise IsolationUnavailable(self.reason or
                                        f"interface {self.interface_arg} not known yet")
         if not self.on:
