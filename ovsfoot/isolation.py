@@ -494,6 +494,11 @@ class Isolator:
         return rows
 
     def show(self) -> tuple[dict, str]:
+        if self.on and self.uplink.ours() is None:
+            self.where = None
+            self.reason = (f"ovsfoot's qdisc on {self.interface} was removed by someone else "
+                           "(isolate/set on installs it again)")
+            log.warning("isolate: %s", self.reason)
         data = {"state": "on" if self.on else "off", "reason": self.reason,
                 "interface": self.interface or self.interface_arg, "netns": self.netns,
                 "dscp": self.dscp, "qdisc": None, "flows": [], "bands": {}, "classifier": {}}
