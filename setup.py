@@ -9,7 +9,8 @@ setup(
     # The cluster view's OVSDB schema, for `ovsfoot cluster-db start` (importlib.resources);
     # the eBPF program: ovsfoot/bpf/ovsfoot_ct.c is a link to bpf/ovsfoot_ct.c, the one
     # source, that the build copies into the wheel as a file (tests/test_wheel.py).
-    package_data={"ovsfoot": ["cluster.ovsschema", "bpf/ovsfoot_ct.c"]},
+    package_data={"ovsfoot": ["cluster.ovsschema", "bpf/ovsfoot_ct.c",
+                              "bpf/ovsfoot_isolate.c"]},
     include_package_data=True,
     python_requires=">=3.11",
     # bcc comes from Debian's python3-bpfcc: the virtualenv is made with

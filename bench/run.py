@@ -2,7 +2,7 @@
 
     bench/run.py [--only NAME[,NAME]] [--quick] [--list]
 
-Host: pipeline, ctnetlink, publishing, clusterdb. VM (one boot for all three):
+Host: pipeline, ctnetlink, publishing, clusterdb, extender, isolate. VM (one boot for all three):
 latency, datapath, churn. Prints one table and merges the results into
 bench/results.json. See bench/README.md for what each number means.
 """
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, table, save  # noqa: E402
 
-HOST = ("pipeline", "ctnetlink", "publishing", "clusterdb", "extender")
+HOST = ("pipeline", "ctnetlink", "publishing", "clusterdb", "extender", "isolate")
 VM = ("latency", "datapath", "churn")
 ALL = HOST + VM
 MODULES = {"ctnetlink": "ctnetlink_scale", "clusterdb": "clusterdb_scale"}
@@ -30,6 +30,7 @@ ABOUT = {
     "publishing": "host: 1,000 elephant starts + ends per second, OVSDB transactions",
     "clusterdb": "host: 200 chassis' ClusterPublishers on a 3-member raft cluster vs standalone",
     "extender": "host: scheduler extender, 100 nodes: 20 clients on new connections, keep-alive",
+    "isolate": "host: the underlay classifier's ns per packet vs a minimal tc classifier",
     "latency": "VM: threshold crossing -> OVSDB monitor sees the key, bpf vs ctnetlink",
     "datapath": "VM: tracer's ns per call vs an empty program (bpf_stats); iperf3 with/without",
     "churn": "VM: connect/reset churn with the tracer; drops, evictions, agent CPU",

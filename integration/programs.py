@@ -81,3 +81,15 @@ def require(*programs: str) -> None:
         pkgs = sorted({PACKAGES[p] for p in gone})
         raise MissingProgram(f"ovsfoot: programs {', '.join(map(repr, gone))} not found: "
                              f"install the Debian packages {' '.join(pkgs)} (or run `make deps`)")
+
+
+def shell_require(*programs: str) -> str:
+    """The lines of a shell script that check `programs` the way `require` does
+    (for scripts run where Python is not at hand, e.g. in the VM)."""
+    missing(*programs)      # each must have its package here
+    pairs = " ".join(f"{p}:{PACKAGES[p]}" for p in programs)
+    return (f"for need in {pairs}; do        # program:Debian package\n"
+            "    command -v \"${need%%:*}\" >/dev/null || { echo \"scenario: program "
+            "'${need%%:*}' not found:\" \\\n"
+            "        \"install the Debian package ${need#*:} (or run \\`make deps\\`)\"; "
+            "exit 1; }\ndone\n")

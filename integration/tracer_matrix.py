@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from integration.debian_kernel import CACHE, SUITES, KernelInfo, ensure_kernel
-from integration.programs import PACKAGES, require
+from integration.programs import require, shell_require
 from integration.vm import progress, run_in_vm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,11 +89,7 @@ while True:
 PROGRAMS = ("ip", "ping", "iperf3", "nft", "conntrack", "modprobe", "mkfifo", "sysctl",
             "ovsdb-tool", "ovsdb-server", "ovs-vsctl", "ovs-vswitchd", "ovs-ofctl", "ovs-appctl")
 
-SCENARIO = r'''
-for need in @PROGRAMS@; do        # program:Debian package
-    command -v "${need%%:*}" >/dev/null || { echo "scenario: program '${need%%:*}' not found:" \
-        "install the Debian package ${need#*:} (or run \`make deps\`)"; exit 1; }
-done
+SCENARIO = shell_require(*PROGRAMS) + r'''
 set -eux
 W=$PWD
 export PYTHONPATH=$OVSFOOT_REPO OVS_RUNDIR=/tmp/ovs OVS_DBDIR=/tmp/ovs OVS_LOGDIR=$W/ovslog
@@ -201,7 +197,7 @@ conntrack -L >conntrack.txt 2>&1 || true
 ctl '{"cmd": "quit", "id": "quit"}'
 ovs-appctl dpctl/show -s >dpctl.txt
 echo scenario-ok
-'''.replace("@PROGRAMS@", " ".join(f"{p}:{PACKAGES[p]}" for p in PROGRAMS))
+'''
 
 
 @dataclass

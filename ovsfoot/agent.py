@@ -18,6 +18,7 @@ from ovsfoot.attribution import Attributor, Port, port_addresses
 from ovsfoot.detection import Detector
 from ovsfoot.events import FlowEvent, Kind, Thresholds
 from ovsfoot.footprints import Footprints
+from ovsfoot.isolation import Isolator
 from ovsfoot.learning import Learner, StateFile
 from ovsfoot.rates import ZoneRates
 from ovsfoot.ovsdb import LocalDb, ssl_ready
@@ -54,8 +55,10 @@ def _key(ev: FlowEvent) -> str:
 
 
 class Agent:
-    def __init__(self, cfg: Config, source: Source, db: LocalDb | None = None):
+    def __init__(self, cfg: Config, source: Source, db: LocalDb | None = None,
+                 isolator: Isolator | None = None):
         self.cfg = cfg
+        self.isolator = isolator or Isolator()      # off unless asked
         self.thresholds = cfg.thresholds
         self.source = source
         self.db = db or LocalDb(cfg.db)
@@ -115,6 +118,8 @@ class Agent:
                      contract.printable(ports[lport].workload),
                      f", learned {klass}" if klass else "")
         self._follow_cluster()
+        root = self.db.root()
+        self.isolator.topology(dict(root.external_ids).get("ovn-encap-ip") if root else None)
         self.synced = True
         self._generation = None         # republish
 
@@ -260,6 +265,7 @@ class Agent:
         now = self.source.clock()
         for ev in self.detector.expire(now):
             self._elephant_event(ev)
+        self.isolator.sync(self.footprints.active)
         mono = time.monotonic()
         if mono >= self._next_rate:
             self._next_rate = mono + RATE_EVERY_S
@@ -321,6 +327,7 @@ class Agent:
                 poller.block()
 
     def shutdown(self, withdraw: bool = True) -> None:
+        self.isolator.close()
         self.save_state()
         if withdraw:
             self.publisher.withdraw()

@@ -11,6 +11,7 @@ import time
 
 import ovs.daemon
 import ovs.dirs
+import ovs.fatal_signal
 import ovs.unixctl
 import ovs.util
 import ovs.vlog
@@ -87,6 +88,16 @@ def _rate_args(p: argparse.ArgumentParser) -> None:
     for flag, field, kind, high, text in RATE_OPTIONS:
         g.add_argument(flag, type=_positive(kind, high, nonzero=True),
                        default=getattr(_DEFAULTS, field), help=f"{text} (default %(default)g)")
+
+
+def _isolate_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("isolation of elephants on the Geneve underlay")
+    g.add_argument("--isolate", nargs="?", const="auto", metavar="IFACE",
+                   help="put active elephants' tunnel packets in a lower band of a qdisc on "
+                        "IFACE's egress (default: the interface holding ovn-encap-ip); "
+                        "off by default, `ovs-appctl -t ovsfoot isolate/set on|off` live")
+    g.add_argument("--isolate-dscp", type=_positive(int, 63), metavar="N",
+                   help="also rewrite isolated packets' outer DSCP to N (0-63)")
 
 
 def _ssl_args(p: argparse.ArgumentParser) -> None:
@@ -286,6 +297,7 @@ def cmd_agent(args) -> int:
     from ovsfoot import support
     from ovsfoot.agent import Agent, Config
     from ovsfoot.control.unixctl import Control
+    from ovsfoot.isolation import Isolator
     from ovsfoot.learning import StateFile
 
     support.check(args.source)  # before detaching: too old is exit 1, untested a warning
@@ -305,7 +317,13 @@ def cmd_agent(args) -> int:
     cfg = Config(db=args.db, bridge=args.bridge, thresholds=thresholds, state=state,
                  heavy_at=args.heavy_at, half_life=args.half_life,
                  cluster_db=args.cluster_db, heartbeat=args.heartbeat)
-    agent = Agent(cfg, source)
+    isolator = Isolator(args.isolate, args.netns, args.isolate_dscp, on=bool(args.isolate))
+    if args.isolate:
+        isolator.prepare()      # compiles the classifier before the loop starts
+    # SIGTERM and SIGINT end the process in python-ovs's handler, past `finally`:
+    # the uplink gets its qdisc back there too
+    ovs.fatal_signal.add_hook(isolator.close, None, True)
+    agent = Agent(cfg, source, isolator=isolator)
     extra = [Control(agent, args.unixctl)]
     if args.metrics:
         from ovsfoot.control.metrics import serve_agent
@@ -384,6 +402,7 @@ def parser() -> argparse.ArgumentParser:
                    help="serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)")
     _source_args(a)
     _rate_args(a)
+    _isolate_args(a)
     _vlog_args(a)
     ovs.daemon.add_args(a)
     a.set_defaults(func=cmd_agent)

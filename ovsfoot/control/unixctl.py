@@ -15,6 +15,7 @@ import ovs.unixctl.server
 from ovsfoot import __version__, contract
 from ovsfoot.contract import printable
 from ovsfoot.events import Thresholds
+from ovsfoot.isolation import IsolationUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,13 @@ class Control:
             "workload/show": self.workloads,
             "threshold/show": self.threshold_show,
             "stats": self.stats,
+            "isolate/show": lambda: self.agent.isolator.show(),
         }
         for name, fn in shows.items():
             ovs.unixctl.command_register(name, "[json]", 0, 1, self._show, fn)
         ovs.unixctl.command_register("threshold/set", " ".join(f"[{n}=X]" for n in SETTABLE),
                                      1, len(SETTABLE), self._threshold_set, None)
+        ovs.unixctl.command_register("isolate/set", "on|off", 1, 1, self._isolate_set, None)
         ovs.unixctl.command_register("exit", "", 0, 0, self._exit, None)
 
     def run(self) -> None:
@@ -105,6 +108,18 @@ class Control:
             conn.reply_error(f"thresholds not changed: {e}")
             return
         conn.reply(self.threshold_show()[1])
+
+    def _isolate_set(self, conn, argv, _aux):
+        if argv[0] not in ("on", "off"):
+            conn.reply_error(f"unknown argument {argv[0]!r}: use on or off")
+            return
+        try:
+            self.agent.isolator.set(argv[0] == "on")
+            self.agent.isolator.sync(self.agent.footprints.active)
+        except IsolationUnavailable as e:
+            conn.reply_error(f"isolation stays off: {e}")
+            return
+        conn.reply(self.agent.isolator.show()[1])
 
     def _exit(self, conn, argv, _aux):
         self.agent.exiting = True

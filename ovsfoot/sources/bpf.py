@@ -88,17 +88,17 @@ def _refresh_has_skb(release: str) -> bool:
     return _kernel_version() < (6, 13)
 
 
-def program_file() -> Path:
-    """The eBPF C program (see PACKAGE_BPF_DIR); SourceUnavailable if it is nowhere."""
+def program_file(name: str = PROGRAM) -> Path:
+    """The eBPF C program `name` (see PACKAGE_BPF_DIR); SourceUnavailable if it is nowhere."""
     env = os.environ.get("OVSFOOT_BPF_DIR")
     dirs = [Path(env)] if env else [PACKAGE_BPF_DIR, TREE_BPF_DIR]
     for d in dirs:
         # (a checkout without symlinks leaves the link as a 22-byte text file)
-        if (d / PROGRAM).is_file() and (d / PROGRAM).stat().st_size > 1024:
-            return d / PROGRAM
-    raise SourceUnavailable(f"the eBPF program {PROGRAM} is not in "
+        if (d / name).is_file() and (d / name).stat().st_size > 1024:
+            return d / name
+    raise SourceUnavailable(f"the eBPF program {name} is not in "
                             f"{' or '.join(str(d) for d in dirs)}: a broken installation "
-                            f"(the wheel ships it as ovsfoot/bpf/{PROGRAM})")
+                            f"(the wheel ships it as ovsfoot/bpf/{name})")
 
 
 def _plan(bcc) -> tuple[Path, list[str], list[str]]:

@@ -1,0 +1,1 @@
+../../bpf/ovsfoot_isolate.c
