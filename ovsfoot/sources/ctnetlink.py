@@ -1,57 +1,61 @@
-"""Kernel conntrack through ctnetlink (pyroute2): the source where eBPF cannot run.
+"""Kernel conntrack through ctnetlink: the source where eBPF cannot run.
 
-It dumps the conntrack table of the OVS datapath's network namespace every
-`interval` seconds. Like the kernel program it keeps mice out of user space:
-only entries that have carried at least the byte threshold become events.
-Entries that vanish from the table end with an END event.
+Every `interval` seconds it dumps the conntrack table of the OVS datapath's
+network namespace, a slice at a time (`SLICE_S`), so that the agent's loop
+(unixctl, publishing) keeps turning during the dump of a large table. Like the
+kernel program it keeps mice out of user space: `ctmsg.scan` reads only the
+counters, zone and id of each entry, and only the entries that carried at least
+the byte threshold become events (NEW, then UPDATE).
+
+A followed entry ends (END) as soon as its flow ends: when a TCP entry leaves
+ESTABLISHED (FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE; seen by the next
+dump), when the kernel deletes it (a DESTROY event, with its final counters), or
+when a dump no longer finds it.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import select
+import socket
 import time
+from dataclasses import dataclass
 
-from pyroute2 import NFCTSocket
+from pyroute2.netlink import NETLINK_NETFILTER
+from pyroute2.netlink.nfnetlink import NFNLGRP_CONNTRACK_DESTROY
 
 from ovsfoot import netns as ns
 from ovsfoot.events import FlowEvent, FlowKey, Kind, Thresholds
 from ovsfoot.sources import SourceUnavailable
+from ovsfoot.sources import ctmsg
 
 log = logging.getLogger(__name__)
 
-_IP_ATTRS = (("CTA_IP_V4_SRC", "CTA_IP_V4_DST"), ("CTA_IP_V6_SRC", "CTA_IP_V6_DST"))
+SLICE_S = 0.05          # longest stretch of work per run(): the loop turns in between
+RCVBUF = 8 << 20        # socket receive buffers (SO_RCVBUFFORCE as root)
+RECV = 1 << 20          # one recv() of a dump: the kernel fills up to its skb size
 
 
-def _counters(msg, attr: str) -> tuple[int, int]:
-    c = msg.get_attr(attr)
-    if c is None:
-        return 0, 0
-    return c.get_attr("CTA_COUNTERS_BYTES") or 0, c.get_attr("CTA_COUNTERS_PACKETS") or 0
+@dataclass(slots=True)
+class Followed:
+    """An entry over the byte threshold, reported to the pipeline."""
+
+    key: FlowKey
+    first_seen: int     # ns since the epoch
+    closed: bool = False    # ended by its TCP state; the entry is still in the table
 
 
-def decode(msg, netns_inode: int, ts: int) -> FlowEvent | None:
-    """Turn one ctnetlink message into an UPDATE event (None if not IP)."""
-    tup = msg.get_attr("CTA_TUPLE_ORIG")
-    if tup is None:
-        return None
-    ip = tup.get_attr("CTA_TUPLE_IP")
-    proto = tup.get_attr("CTA_TUPLE_PROTO")
-    for s, d in _IP_ATTRS:
-        src = ip.get_attr(s)
-        if src is not None:
-            dst = ip.get_attr(d)
-            break
-    else:
-        return None
-    key = FlowKey(netns_inode, msg.get_attr("CTA_ZONE") or 0,
-                  proto.get_attr("CTA_PROTO_NUM"), src, dst,
-                  proto.get_attr("CTA_PROTO_SRC_PORT") or 0,
-                  proto.get_attr("CTA_PROTO_DST_PORT") or 0)
-    stamp = msg.get_attr("CTA_TIMESTAMP")
-    first = stamp.get_attr("CTA_TIMESTAMP_START") if stamp is not None else None
-    bo, po = _counters(msg, "CTA_COUNTERS_ORIG")
-    br, pr = _counters(msg, "CTA_COUNTERS_REPLY")
-    return FlowEvent(Kind.UPDATE, key, ts, first or 0, bo, br, po, pr)
+def _open(netns: str | None, groups: int = 0) -> socket.socket:
+    with ns.entered(netns):
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
+                          NETLINK_NETFILTER)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)     # SO_RCVBUFFORCE
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    s.bind((0, groups))
+    return s
 
 
 class CtnetlinkSource:
@@ -67,24 +71,43 @@ class CtnetlinkSource:
         self.min_bytes = (thresholds or Thresholds()).bytes
         try:
             self.netns_inode = ns.inode(netns)
-            with ns.entered(netns):
-                # pyroute2 opens the socket on first use: use it here, so that it
-                # belongs to this namespace (its netns= option forks a helper instead).
-                self._sock = NFCTSocket()
-                self._sock.count()
+            self._sock = _open(netns)
+            self._events = _open(netns, 1 << (NFNLGRP_CONNTRACK_DESTROY - 1))
         except (OSError, FileNotFoundError) as e:
             raise SourceUnavailable(f"cannot open ctnetlink in namespace "
                                     f"{netns or '(own)'}: {e}") from None
         self.accounting = ns.sysctl(netns, "net.netfilter.nf_conntrack_acct", "1") == "1"
         self.timestamps = ns.sysctl(netns, "net.netfilter.nf_conntrack_timestamp", "1") == "1"
+        self.destroy_events = ns.sysctl(netns, "net.netfilter.nf_conntrack_events") != "0"
         if not self.accounting:
             log.warning("conntrack byte counters are off in namespace %s and could not "
                         "be turned on: set net.netfilter.nf_conntrack_acct=1 there, "
                         "no elephant can be detected until then", netns or "(own)")
-        self._first_seen: dict[FlowKey, int] = {}   # candidates reported so far
+        if not self.destroy_events:
+            log.warning("conntrack events are off in namespace %s "
+                        "(net.netfilter.nf_conntrack_events=0): an elephant whose entry is "
+                        "deleted ends only when a dump misses it; set it to 2",
+                        netns or "(own)")
+        self._follow: dict[int, Followed] = {}   # by the entry's CTA_ID
+        self._seq = 0
+        self._dumping = False
+        self._seen: set[int] = set()
+        self._started = self._busy = 0.0
+        self._n = 0
         self._next_poll = 0.0
+        self._warned = False
+        self.on_poll = None     # called with (seconds, busy seconds) after each dump
         self.polls = 0
         self.entries = 0
+        self.last_poll_s = self.last_poll_busy_s = 0.0
+        self.ended = {"tcp_state": 0, "destroyed": 0, "gone": 0}
+        self.dropped = 0
+        try:            # a cheap request that ctnetlink refuses as it would the dumps
+            self.entries_at_start = ctmsg.count(self._sock, 0)
+        except OSError as e:
+            self.close()
+            raise SourceUnavailable(f"cannot read conntrack in namespace "
+                                    f"{netns or '(own)'}: {e}") from None
 
     clock = staticmethod(time.time_ns)
 
@@ -92,46 +115,158 @@ class CtnetlinkSource:
         self.min_bytes = thresholds.bytes
 
     def run(self) -> list[FlowEvent]:
-        if time.monotonic() < self._next_poll:
-            return []
-        self._next_poll = time.monotonic() + self.interval
-        return self.poll()
+        """Whatever is ready, for at most about SLICE_S of work."""
+        deadline = time.monotonic() + SLICE_S
+        out: list[FlowEvent] = []
+        self._drain_events(out, deadline)
+        if not self._dumping and time.monotonic() >= self._next_poll:
+            self._start()
+        if self._dumping:
+            try:
+                self._continue(out, deadline)
+            except ctmsg.DumpError as e:
+                log.warning("conntrack dump failed, retrying at the next interval: %s", e)
+                self._dumping = False
+        return out
 
     def poll(self) -> list[FlowEvent]:
-        """One full dump: NEW/UPDATE for flows over the byte threshold, END for gone ones."""
-        ts = time.time_ns()
-        events, seen = [], {}
-        n = 0
-        for msg in self._sock.dump():
-            n += 1
-            ev = decode(msg, self.netns_inode, ts)
-            if ev is None or (ev.key.zone == 0 and not self.include_zone0):
-                continue
-            first = self._first_seen.get(ev.key)
-            if first is None and ev.bytes < self.min_bytes:
-                continue
-            if not ev.first_seen:               # no timestamps: when we first saw it
-                ev.first_seen = first or ts
-            if first is None:
-                ev.kind = Kind.NEW
-            seen[ev.key] = ev.first_seen
-            events.append(ev)
-        for key, first in self._first_seen.items():
-            if key not in seen:
-                events.append(FlowEvent(Kind.END, key, ts, first))
-        self._first_seen = seen
+        """One whole dump, blocking: NEW/UPDATE for flows over the byte threshold,
+        END for those that ended."""
+        out: list[FlowEvent] = []
+        self._drain_events(out, None)
+        if not self._dumping:
+            self._start()
+        while self._dumping:
+            self._continue(out, None)
+        return out
+
+    def _start(self) -> None:
+        self._seq += 1
+        self._sock.send(ctmsg.dump_request(self._seq))
+        self._dumping, self._seen, self._n, self._busy = True, set(), 0, 0.0
+        self._started = time.monotonic()
+        self._next_poll = self._started + self.interval
+
+    def _continue(self, out: list[FlowEvent], deadline: float | None) -> None:
+        """Read and handle the dump until it ends or `deadline` (None: until it ends)."""
+        t0 = time.monotonic()
+        try:
+            while True:
+                try:
+                    buf = self._sock.recv(RECV)
+                except BlockingIOError:
+                    if deadline is not None:
+                        return
+                    select.select([self._sock], [], [], 10)
+                    continue
+                entries: list[ctmsg.CtEntry] = []
+                n, done = ctmsg.scan(buf, self.min_bytes, self._follow, entries)
+                self._n += n
+                ts = time.time_ns()
+                for e in entries:
+                    self._entry(e, ts, out)
+                if done:
+                    self._finish(ts, out)
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+        finally:
+            self._busy += time.monotonic() - t0
+
+    def _entry(self, e: ctmsg.CtEntry, ts: int, out: list[FlowEvent]) -> None:
+        if e.zone == 0 and not self.include_zone0:
+            return
+        key = e.key(self.netns_inode)
+        if key is None:
+            return
+        f = self._follow.get(e.id)
+        if f is not None and f.key != key:
+            f = None                    # another entry with the same 32-bit id
+        if f is None:
+            if e.bytes < self.min_bytes:
+                return
+            f = self._follow[e.id] = Followed(key, e.start() or ts)
+            kind = Kind.NEW
+        else:
+            kind = Kind.UPDATE
+        self._seen.add(e.id)
+        if f.closed:
+            return
+        if e.closing():
+            f.closed = True
+            self.ended["tcp_state"] += 1
+            kind = Kind.END
+        out.append(FlowEvent(kind, key, ts, f.first_seen, e.bytes_orig, e.bytes_reply,
+                             e.packets_orig, e.packets_reply))
+
+    def _finish(self, ts: int, out: list[FlowEvent]) -> None:
+        for cid in [c for c in self._follow if c not in self._seen]:
+            f = self._follow.pop(cid)
+            if not f.closed:
+                self.ended["gone"] += 1
+                out.append(FlowEvent(Kind.END, f.key, ts, f.first_seen))
+        self._dumping = False
         self.polls += 1
-        self.entries = n
-        return events
+        self.entries = self._n
+        self.last_poll_s = time.monotonic() - self._started
+        self.last_poll_busy_s = self._busy
+        if self.on_poll is not None:
+            self.on_poll(self.last_poll_s, self._busy)
+        if self.last_poll_s > self.interval and not self._warned:
+            self._warned = True
+            log.warning("one poll of the conntrack table (%d entries) takes %.2f s "
+                        "(%.2f s of work), longer than --interval %g s: elephants are seen "
+                        "and ended up to %.1f s late; the bpf source has no such limit",
+                        self._n, self.last_poll_s, self._busy, self.interval,
+                        self.last_poll_s + self.interval)
+
+    def _drain_events(self, out: list[FlowEvent], deadline: float | None) -> None:
+        """DESTROY events: a followed entry was deleted; END with its final counters."""
+        while True:
+            try:
+                buf = self._events.recv(RECV)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+                self.dropped += 1   # the buffer overflowed: the next dump catches up
+                continue
+            if not self._follow:
+                continue
+            entries: list[ctmsg.CtEntry] = []
+            ctmsg.scan(buf, ctmsg.NEVER, self._follow, entries, ctmsg.MSG_DELETE)
+            ts = time.time_ns()
+            for e in entries:
+                f = self._follow.get(e.id)
+                if f is None or f.key != e.key(self.netns_inode):
+                    continue
+                del self._follow[e.id]
+                if not f.closed:
+                    self.ended["destroyed"] += 1
+                    out.append(FlowEvent(Kind.END, f.key, ts, f.first_seen, e.bytes_orig,
+                                         e.bytes_reply, e.packets_orig, e.packets_reply))
+            if deadline is not None and time.monotonic() >= deadline:
+                return
 
     def wait(self, poller) -> None:
-        poller.timer_wait(max(0, int((self._next_poll - time.monotonic()) * 1000)))
+        import ovs.poller
+        poller.fd_wait(self._events.fileno(), ovs.poller.POLLIN)
+        if self._dumping:
+            poller.fd_wait(self._sock.fileno(), ovs.poller.POLLIN)
+        else:
+            poller.timer_wait(max(0, int((self._next_poll - time.monotonic()) * 1000)))
 
     def stats(self) -> dict:
         return {"source": self.name, "netns": self.netns or "(own)",
                 "accounting": self.accounting, "timestamps": self.timestamps,
-                "interval_s": self.interval, "polls": self.polls,
-                "entries_last_poll": self.entries, "flows_tracked": len(self._first_seen)}
+                "destroy_events": self.destroy_events, "interval_s": self.interval,
+                "polls": self.polls, "entries_last_poll": self.entries,
+                "last_poll_s": round(self.last_poll_s, 4),
+                "last_poll_busy_s": round(self.last_poll_busy_s, 4),
+                "flows_tracked": len(self._follow), "ended": dict(self.ended),
+                "dropped": self.dropped}
 
     def close(self) -> None:
         self._sock.close()
+        self._events.close()
