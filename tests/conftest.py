@@ -89,17 +89,32 @@ class Node:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def iperf(self, client: str, server: str, seconds: float = 3, rate: str = "300M",
-              port: int = 5201) -> None:
-        """An iperf3 flow from `client` to `server` (blocks until it is done)."""
+              port: int = 5201, during=None):
+        """An iperf3 flow from `client` to `server` (blocks until it is done).
+
+        An elephant ends when its TCP connection closes: to look at one, pass
+        `during`, which is called while the flow runs (for at most `seconds`); the
+        flow is closed once it returns, and its value is returned."""
         require("iperf3", "ss")         # not a 30 s wait for a server that cannot start
         srv = self.popen(server, "iperf3", "-s", "-1", "-p", str(port))
+        cli = None
         try:
             wait_for(lambda: f":{port}" in self.ns_exec(server, "ss", "-ltn"), what="iperf3 -s")
-            self.ns_exec(client, "iperf3", "-c", self.pods[server].ip, "-p", str(port),
-                         "-t", str(seconds), "-b", rate, timeout=seconds + 30)
+            cmd = ["iperf3", "-c", self.pods[server].ip, "-p", str(port), "-t", str(seconds),
+                   "-b", rate]
+            if during is None:
+                self.ns_exec(client, *cmd, timeout=seconds + 30)
+                return None
+            cli = self.popen(client, *cmd)
+            value = during()
+            cli.terminate()             # iperf3 closes its connections and exits
+            cli.wait(30)
+            return value
         finally:
-            srv.kill()
-            srv.wait()
+            for p in (cli, srv):
+                if p is not None and p.poll() is None:
+                    p.kill()
+                    p.wait()
 
     def flush_conntrack(self) -> None:
         sh("ip", "netns", "exec", self.kp.netns, "conntrack", "-F", check=False)

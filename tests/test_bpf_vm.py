@@ -152,12 +152,19 @@ ip netns exec ns1 ping -c 3 -i 0.3 10.0.0.2
 ip netns exec ns1 iperf3 -c 10.0.0.2 -n 200K -J >iperf-mouse.json
 sleep 2
 
-# The elephant, then its conntrack entries deleted.
+# The elephant: it ends when its TCP connection closes (its entries stay, in TIME_WAIT).
 ctl '{"cmd": "mark", "id": "elephant"}'
 ip netns exec ns1 iperf3 -c 10.0.0.2 -t 4 -J >iperf-elephant.json
+date +%s%N >elephant-closed.ns
+sleep 2
+conntrack -L -p tcp --dport 5201 >elephant-after.txt 2>&1 || true
+
+# A UDP elephant (no close), then its conntrack entries deleted.
+ctl '{"cmd": "mark", "id": "udp"}'
+ip netns exec ns1 iperf3 -c 10.0.0.2 -u -b 50M -t 3 -J >iperf-udp.json
 sleep 1
 ctl '{"cmd": "mark", "id": "delete"}'
-conntrack -D -p tcp --dport 5201 || true
+conntrack -D -p udp --dport 5201 || true
 sleep 2
 
 # Live threshold change: too high for a running elephant, then low enough.
@@ -249,17 +256,38 @@ def test_elephant_in_both_zones_with_direction(vm):
 
 def test_no_elephant_for_mice(vm):
     work, records, _ = vm
-    ports = {data_port(work, "iperf-elephant.json"), data_port(work, "iperf-live.json")}
+    ports = {(socket.IPPROTO_TCP, data_port(work, "iperf-elephant.json")),
+             (socket.IPPROTO_TCP, data_port(work, "iperf-live.json")),
+             (socket.IPPROTO_UDP, data_port(work, "iperf-udp.json"))}
     for e in elephants(records):
-        assert e["key"]["proto"] == socket.IPPROTO_TCP and e["key"]["sport"] in ports, e
+        assert (e["key"]["proto"], e["key"]["sport"]) in ports, e
     assert not elephants(phases(records)["mice"])
+
+
+def test_end_at_tcp_close(vm):
+    """An elephant ends when its TCP connection closes, though its entries stay
+    (TIME_WAIT for 120 s): not only when they are deleted."""
+    work, records, _ = vm
+    port = data_port(work, "iperf-elephant.json")
+    closed = int((work / "elephant-closed.ns").read_text())
+    ends = [e for e in elephants(phases(records)["elephant"], "END")
+            if e["key"]["sport"] == port]
+    assert sorted(e["key"]["zone"] for e in ends) == [1, 2], ends
+    first = {e["key"]["zone"]: e for e in elephants(records) if e["key"]["sport"] == port}
+    for e in ends:
+        assert e["ts"] <= closed + 2_000_000_000        # within 2 s of the close
+        assert e["bytes_orig"] > first[e["key"]["zone"]]["bytes_orig"]
+    assert "TIME_WAIT" in (work / "elephant-after.txt").read_text()   # not deleted
+    mine = [e for e in records if e["kind"] in ("ELEPHANT", "END") and e["key"]["sport"] == port]
+    assert len(mine) == 4, mine         # once each: no END again when the entries go
 
 
 def test_end_after_conntrack_delete(vm):
     work, records, _ = vm
-    port = data_port(work, "iperf-elephant.json")
+    port = data_port(work, "iperf-udp.json")
     ends = [e for e in elephants(phases(records)["delete"], "END") if e["key"]["sport"] == port]
     assert sorted(e["key"]["zone"] for e in ends) == [1, 2], ends
+    assert not elephants(phases(records)["udp"], "END")    # UDP has no close: it waited
     first = {e["key"]["zone"]: e for e in elephants(records) if e["key"]["sport"] == port}
     for e in ends:
         el = first[e["key"]["zone"]]

@@ -269,8 +269,8 @@ def test_loose_and_duplicate_zones(node, agent):
             assert "655" not in zmap and not any(e["owner"].startswith("zz-")
                                                  for e in zmap.values())
             node.flush_conntrack()
-            node.iperf("p1", "p2", seconds=2)
-            rows = wait_elephants(a, lambda r: any(e["zone"] == p1.zone for e in r))
+            rows = node.iperf("p1", "p2", seconds=20, during=lambda: wait_elephants(
+                a, lambda r: any(e["zone"] == p1.zone for e in r)))
             mine = [r for r in rows if r["zone"] == p1.zone]
             assert mine[0]["port"] == p1.lport and mine[0]["workload"] == "shop/web"
             log = a.log_text()[since:] if a is b else a.log_text()
@@ -309,8 +309,8 @@ def test_a_second_interface_with_a_ports_iface_id(node, agent):
             assert entry["interface"] == p1.interface and entry["workload"] == "shop/web"
             assert [c["ignored"] for c in entry["conflicts"]] == ["Interface a-rogue"]
             node.flush_conntrack()
-            node.iperf("p1", "p2", seconds=2)
-            rows = wait_elephants(a, lambda r: any(e["zone"] == p1.zone for e in r))
+            rows = node.iperf("p1", "p2", seconds=20, during=lambda: wait_elephants(
+                a, lambda r: any(e["zone"] == p1.zone for e in r)))
             assert [r["workload"] for r in rows if r["zone"] == p1.zone] == ["shop/web"]
             assert a.json("workload/show").get("evil/thief") is None
             assert not OUTPUT_KEYS & node.ovs.external_ids("Interface", "a-rogue").keys()

@@ -92,7 +92,7 @@ class CtnetlinkSource:
         self._seq = 0
         self._dumping = False
         self._seen: set[int] = set()
-        self._started = self._busy = 0.0
+        self._started = self._slice_started = self._busy = 0.0
         self._n = 0
         self._next_poll = 0.0
         self._warned = False
@@ -149,7 +149,7 @@ class CtnetlinkSource:
 
     def _continue(self, out: list[FlowEvent], deadline: float | None) -> None:
         """Read and handle the dump until it ends or `deadline` (None: until it ends)."""
-        t0 = time.monotonic()
+        self._slice_started = time.monotonic()
         try:
             while True:
                 try:
@@ -171,7 +171,8 @@ class CtnetlinkSource:
                 if deadline is not None and time.monotonic() >= deadline:
                     return
         finally:
-            self._busy += time.monotonic() - t0
+            if self._dumping:
+                self._busy += time.monotonic() - self._slice_started
 
     def _entry(self, e: ctmsg.CtEntry, ts: int, out: list[FlowEvent]) -> None:
         if e.zone == 0 and not self.include_zone0:
@@ -206,9 +207,11 @@ class CtnetlinkSource:
                 self.ended["gone"] += 1
                 out.append(FlowEvent(Kind.END, f.key, ts, f.first_seen))
         self._dumping = False
+        now = time.monotonic()
+        self._busy += now - self._slice_started
         self.polls += 1
         self.entries = self._n
-        self.last_poll_s = time.monotonic() - self._started
+        self.last_poll_s = now - self._started
         self.last_poll_busy_s = self._busy
         if self.on_poll is not None:
             self.on_poll(self.last_poll_s, self._busy)
