@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import REPO, Result, median, ratio
-from integration.cttable import ConntrackTable, agent_during_polls
+from bench.common import REPO, Result, median, percentile, ratio
+from integration.cttable import ConntrackTable, table_agent, unixctl_during_polls
 from integration.programs import require
 
 
@@ -89,21 +89,28 @@ def run(quick: bool = False, log=print) -> list[Result]:
                 "ctnetlink_keeps_up_entries", n / v, "entries one poll per second covers, "
                 "one core", n / b, "the same for `conntrack -L`", ratio(n / v, n / b),
                 "informational", None, detail={"poll_s": v, "conntrack_tools_s": b}))
-            with tempfile.TemporaryDirectory(prefix="ovsfoot-bench-ct-") as tmp:
-                a = agent_during_polls(table, Path(tmp), polls=2)
+            with tempfile.TemporaryDirectory(prefix="ovsfoot-bench-ct-") as tmp, \
+                    table_agent(table, Path(tmp), "--interval=1") as agent:
+                a = unixctl_during_polls(agent, polls=2)
             ms = a["answers_ms"]
             log(f"ctnetlink 1m agent: peak RSS {a['peak_rss_kib'] / 1024:.0f} MiB, "
-                f"unixctl max {max(ms):.0f} ms over {len(ms)} answers, "
+                f"unixctl p95 {percentile(ms, 95):.0f} ms, max {max(ms):.0f} ms over "
+                f"{len(ms)} answers (ovsdb-server p95 {percentile(a['ovsdb_server_ms'], 95):.0f}"
+                f" ms), "
                 f"poll {a['stats']['last_poll_s']:.2f} s")
             results.append(Result(
                 "ctnetlink_agent_rss_1m", a["peak_rss_kib"] / 1024, "MiB peak RSS (VmHWM)",
                 None, "", None, "< 200 MiB", a["peak_rss_kib"] < 200 * 1024,
                 detail={"stats": a["stats"], "warning": a["warned"]}))
+            base = a["ovsdb_server_ms"]
+            p95, base95 = percentile(ms, 95), percentile(base, 95)
             results.append(Result(
-                "ctnetlink_unixctl_ms_1m", max(ms), "ms, slowest `ovs-appctl version` "
-                "answer during the agent's dumps", median(ms), "median answer", ratio(max(ms),
-                                                                                median(ms)),
-                "<= 200 ms", max(ms) <= 200, detail={"answers_ms": ms}))
+                "ctnetlink_unixctl_ms_1m", p95, "ms, p95 of `ovs-appctl -t ovsfoot version` "
+                "during the agent's dumps", base95, "p95 of the same to its ovsdb-server, "
+                "alternated", ratio(p95, base95), "<= 200 ms", p95 <= 200,
+                detail={"answers_ms": ms, "ovsdb_server_ms": base, "max_ms": max(ms),
+                        "longest_slice_s": a["stats"]["longest_slice_s"],
+                        "longest_slice_cpu_s": a["stats"]["longest_slice_cpu_s"]}))
     return results
 
 

@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from integration.programs import require
@@ -107,36 +108,46 @@ table ip bench {{
         self.destroy()
 
 
-def agent_during_polls(table: ConntrackTable, workdir: Path, polls: int = 3,
-                       interval: float = 1.0) -> dict:
-    """A real `ovsfoot agent --source ctnetlink` on `table` (an ovsdb-server of its own,
-    no ovs-vswitchd): `ovs-appctl -t ovsfoot version` asked back to back until the agent
-    has finished `polls` dumps. Returns each answer's time (ms), the agent's peak RSS
-    (VmHWM, KiB) and its source stats."""
+@contextmanager
+def table_agent(table: ConntrackTable, workdir: Path, *args: str):
+    """A real `ovsfoot agent --source ctnetlink` on `table`, with an ovsdb-server of its
+    own (no ovs-vswitchd), after its first dump."""
     from integration.agentproc import AgentProcess
     from integration.sandbox import Ovs, wait_for
     ovs = Ovs(workdir, bridge="br-ct").start_db().create_bridge()
-    agent = AgentProcess(ovs, "--source=ctnetlink", f"--netns={table.name}",
-                         f"--interval={interval}")
+    agent = AgentProcess(ovs, "--source=ctnetlink", f"--netns={table.name}", *args)
     try:
         agent.start()
         wait_for(lambda: agent.json("stats")["source"]["polls"] >= 1, timeout=120,
                  what="the agent's first dump")
-        first = agent.json("stats")["source"]["polls"]
-        answers = []
-        while True:
-            t0 = time.perf_counter()
-            out = agent.appctl("version")
-            answers.append((time.perf_counter() - t0) * 1000)
-            assert out, "ovs-appctl version answered nothing"
-            stats = agent.json("stats")["source"]
-            if stats["polls"] >= first + polls:
-                break
-        with open(f"/proc/{agent.proc.pid}/status") as f:
-            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-        log = agent.log_text()
-        return {"answers_ms": answers, "peak_rss_kib": hwm, "stats": stats,
-                "warned": [line for line in log.splitlines() if "longer than --interval" in line]}
+        yield agent
     finally:
         agent.stop()
         ovs.stop_all()
+
+
+def unixctl_during_polls(agent, polls: int = 2) -> dict:
+    """`ovs-appctl -t ovsfoot version` asked back to back until the agent has finished
+    `polls` more dumps, alternating with the same question to the sandbox's
+    ovsdb-server (a C daemon the dumps cannot hold up: what the machine itself
+    allows). Returns each answer's time (ms), for both, the agent's peak RSS (VmHWM,
+    KiB), its source stats and its warnings about slow polls."""
+    first = agent.json("stats")["source"]["polls"]
+    answers, baseline = [], []
+    ovsdb = str(agent.ovs.dir / "ovsdb-server.ctl")
+    while True:
+        for target, into in (("ovsfoot", answers), (ovsdb, baseline)):
+            t0 = time.perf_counter()
+            out = agent.ovs.appctl(target, "version")
+            into.append((time.perf_counter() - t0) * 1000)
+            if not out:
+                raise RuntimeError(f"ovs-appctl -t {target} version answered nothing")
+        stats = agent.json("stats")["source"]
+        if stats["polls"] >= first + polls:
+            break
+    with open(f"/proc/{agent.proc.pid}/status") as f:
+        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return {"answers_ms": answers, "ovsdb_server_ms": baseline, "peak_rss_kib": hwm,
+            "stats": stats,
+            "warned": [line for line in agent.log_text().splitlines()
+                       if "longer than --interval" in line]}

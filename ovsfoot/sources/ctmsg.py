@@ -87,6 +87,14 @@ def _raise(err: int) -> None:
                          f"{os.strerror(err)}")
 
 
+def get_request(seq: int, family: int, tuple_orig: bytes, zone: int) -> bytes:
+    """IPCTNL_MSG_CT_GET of one entry: its CTA_TUPLE_ORIG attribute as the kernel sent
+    it, and its zone."""
+    body = tuple_orig + _NLA.pack(6, CTA_ZONE) + _BE16.pack(zone) + bytes(2)
+    return _NLMSG.pack(_HEAD + len(body), MSG_GET, NLM_F_REQUEST, seq, 0) + \
+        struct.pack("BBH", family, 0, 0) + body
+
+
 class DumpError(OSError):
     """The kernel answered a request with an error."""
 
@@ -128,6 +136,11 @@ class CtEntry:
         """A TCP entry past ESTABLISHED: FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE."""
         s = self.tcp_state()
         return s is not None and TCP_CONNTRACK_FIN_WAIT <= s <= TCP_CONNTRACK_CLOSE
+
+    def tuple_attr(self) -> bytes:
+        """The CTA_TUPLE_ORIG attribute, header included (for `get_request`)."""
+        a = self._attr(CTA_TUPLE_ORIG)
+        return bytes(self.buf[a[0] - 4:a[1]]) if a else b""
 
     def start(self) -> int:
         """CTA_TIMESTAMP_START, ns since the epoch; 0 without nf_conntrack_timestamp."""
@@ -188,13 +201,14 @@ def _counters(buf, off: int, ln: int) -> tuple[int, int]:
             _BE64.unpack_from(buf, b[0])[0] if b else 0)
 
 
-def scan(buf: bytes, min_bytes: int, follow, out: list,
-         msg_type: int = MSG_NEW) -> tuple[int, bool]:
+def scan(buf: bytes, min_bytes: int, follow, out: list, msg_type: int = MSG_NEW,
+         errors: list | None = None) -> tuple[int, bool]:
     """Append to `out` a CtEntry for each entry message (`msg_type`) in `buf` that
     carried at least `min_bytes` or whose id is in `follow` (a set or dict).
 
     Returns (entry messages seen, whether `buf` holds the end of a dump:
-    NLMSG_DONE); raises DumpError for an NLMSG_ERROR that carries an error.
+    NLMSG_DONE). An NLMSG_ERROR that carries an error raises DumpError, or with
+    `errors` is appended there as (its request's sequence number, errno).
     """
     unpack_nlmsg, unpack_nla, unpack_be32 = _NLMSG.unpack_from, _NLA.unpack_from, \
         _BE32.unpack_from
@@ -229,7 +243,9 @@ def scan(buf: bytes, min_bytes: int, follow, out: list,
             done = True
         elif mtype == NLMSG_ERROR:
             err = -struct.unpack_from("<i", buf, off + 16)[0]
-            if err:
+            if err and errors is not None:
+                errors.append((_NLMSG.unpack_from(buf, off + 16)[3], err))
+            elif err:
                 _raise(err)
         off += (mlen + 3) & ~3
     return n, done

@@ -7,10 +7,13 @@ kernel program it keeps mice out of user space: `ctmsg.scan` reads only the
 counters, zone and id of each entry, and only the entries that carried at least
 the byte threshold become events (NEW, then UPDATE).
 
-A followed entry ends (END) as soon as its flow ends: when a TCP entry leaves
-ESTABLISHED (FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE; seen by the next
-dump), when the kernel deletes it (a DESTROY event, with its final counters), or
-when a dump no longer finds it.
+Each interval, every followed entry is also asked for on its own (one
+IPCTNL_MSG_CT_GET each), so its counters and state are fresh even while the
+dump of a large table takes longer than the interval. A followed entry ends
+(END) as soon as its flow ends: when a TCP entry leaves ESTABLISHED (FIN_WAIT,
+CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE), when the kernel deletes it (a DESTROY
+event, with its final counters; entries created while a listener was there),
+or when a GET or a dump no longer finds it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ovsfoot.sources import ctmsg
 
 log = logging.getLogger(__name__)
 
-SLICE_S = 0.05          # longest stretch of work per run(): the loop turns in between
+SLICE_S = 0.02          # longest stretch of work per run(): the loop turns in between
 RCVBUF = 8 << 20        # socket receive buffers (SO_RCVBUFFORCE as root)
 RECV = 1 << 20          # one recv() of a dump: the kernel fills up to its skb size
 
@@ -43,6 +46,7 @@ class Followed:
 
     key: FlowKey
     first_seen: int     # ns since the epoch
+    request: bytes      # IPCTNL_MSG_CT_GET of it, but for the sequence number
     closed: bool = False    # ended by its TCP state; the entry is still in the table
 
 
@@ -72,6 +76,7 @@ class CtnetlinkSource:
         try:
             self.netns_inode = ns.inode(netns)
             self._sock = _open(netns)
+            self._check_sock = _open(netns)
             self._events = _open(netns, 1 << (NFNLGRP_CONNTRACK_DESTROY - 1))
         except (OSError, FileNotFoundError) as e:
             raise SourceUnavailable(f"cannot open ctnetlink in namespace "
@@ -94,12 +99,14 @@ class CtnetlinkSource:
         self._seen: set[int] = set()
         self._started = self._slice_started = self._busy = 0.0
         self._n = 0
-        self._next_poll = 0.0
+        self._next_poll = self._next_check = 0.0
+        self._checking: dict[int, int] = {}    # sequence number -> id, GETs unanswered
         self._warned = False
         self.on_poll = None     # called with (seconds, busy seconds) after each dump
         self.polls = 0
         self.entries = 0
         self.last_poll_s = self.last_poll_busy_s = 0.0
+        self.longest_slice_s = self.longest_slice_cpu_s = 0.0    # wall and CPU, of a run()
         self.ended = {"tcp_state": 0, "destroyed": 0, "gone": 0}
         self.dropped = 0
         try:            # a cheap request that ctnetlink refuses as it would the dumps
@@ -119,6 +126,7 @@ class CtnetlinkSource:
         deadline = time.monotonic() + SLICE_S
         out: list[FlowEvent] = []
         self._drain_events(out, deadline)
+        self._check(out)
         if not self._dumping and time.monotonic() >= self._next_poll:
             self._start()
         if self._dumping:
@@ -149,7 +157,7 @@ class CtnetlinkSource:
 
     def _continue(self, out: list[FlowEvent], deadline: float | None) -> None:
         """Read and handle the dump until it ends or `deadline` (None: until it ends)."""
-        self._slice_started = time.monotonic()
+        self._slice_started, cpu = time.monotonic(), time.thread_time()
         try:
             while True:
                 try:
@@ -171,8 +179,11 @@ class CtnetlinkSource:
                 if deadline is not None and time.monotonic() >= deadline:
                     return
         finally:
+            now = time.monotonic()
+            self.longest_slice_s = max(self.longest_slice_s, now - self._slice_started)
+            self.longest_slice_cpu_s = max(self.longest_slice_cpu_s, time.thread_time() - cpu)
             if self._dumping:
-                self._busy += time.monotonic() - self._slice_started
+                self._busy += now - self._slice_started
 
     def _entry(self, e: ctmsg.CtEntry, ts: int, out: list[FlowEvent]) -> None:
         if e.zone == 0 and not self.include_zone0:
@@ -186,7 +197,9 @@ class CtnetlinkSource:
         if f is None:
             if e.bytes < self.min_bytes:
                 return
-            f = self._follow[e.id] = Followed(key, e.start() or ts)
+            family = socket.AF_INET6 if ":" in key.src else socket.AF_INET
+            f = self._follow[e.id] = Followed(key, e.start() or ts, ctmsg.get_request(
+                0, family, e.tuple_attr(), e.zone))
             kind = Kind.NEW
         else:
             kind = Kind.UPDATE
@@ -223,6 +236,53 @@ class CtnetlinkSource:
                         self._n, self.last_poll_s, self._busy, self.interval,
                         self.last_poll_s + self.interval)
 
+    def _check(self, out: list[FlowEvent]) -> None:
+        """Each interval, one IPCTNL_MSG_CT_GET per followed entry: its counters and TCP
+        state do not wait for a dump of the whole table to come round to it."""
+        self._drain_checks(out)
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + self.interval
+        self._checking.clear()          # the last round's answers came long ago
+        for cid, f in self._follow.items():
+            if f.closed:
+                continue
+            self._seq += 1
+            self._checking[self._seq] = cid
+            req = bytearray(f.request)
+            req[8:12] = self._seq.to_bytes(4, "little")
+            try:
+                self._check_sock.send(req)
+            except BlockingIOError:
+                break                   # the rest wait for the next interval
+
+    def _drain_checks(self, out: list[FlowEvent]) -> None:
+        while True:
+            try:
+                buf = self._check_sock.recv(RECV)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+                self.dropped += 1
+                continue
+            entries: list[ctmsg.CtEntry] = []
+            errors: list[tuple[int, int]] = []
+            ctmsg.scan(buf, ctmsg.NEVER, self._follow, entries, errors=errors)
+            ts = time.time_ns()
+            for e in entries:
+                self._entry(e, ts, out)
+            for seq, err in errors:
+                cid = self._checking.pop(seq, None)
+                f = self._follow.get(cid) if err == errno.ENOENT else None
+                if f is not None:
+                    del self._follow[cid]
+                    if not f.closed:
+                        self.ended["gone"] += 1
+                        out.append(FlowEvent(Kind.END, f.key, ts, f.first_seen))
+
     def _drain_events(self, out: list[FlowEvent], deadline: float | None) -> None:
         """DESTROY events: a followed entry was deleted; END with its final counters."""
         while True:
@@ -255,10 +315,13 @@ class CtnetlinkSource:
     def wait(self, poller) -> None:
         import ovs.poller
         poller.fd_wait(self._events.fileno(), ovs.poller.POLLIN)
+        poller.fd_wait(self._check_sock.fileno(), ovs.poller.POLLIN)
         if self._dumping:
             poller.fd_wait(self._sock.fileno(), ovs.poller.POLLIN)
         else:
             poller.timer_wait(max(0, int((self._next_poll - time.monotonic()) * 1000)))
+        if self._follow:
+            poller.timer_wait(max(0, int((self._next_check - time.monotonic()) * 1000)))
 
     def stats(self) -> dict:
         return {"source": self.name, "netns": self.netns or "(own)",
@@ -267,9 +330,11 @@ class CtnetlinkSource:
                 "polls": self.polls, "entries_last_poll": self.entries,
                 "last_poll_s": round(self.last_poll_s, 4),
                 "last_poll_busy_s": round(self.last_poll_busy_s, 4),
+                "longest_slice_s": round(self.longest_slice_s, 4),
+                "longest_slice_cpu_s": round(self.longest_slice_cpu_s, 4),
                 "flows_tracked": len(self._follow), "ended": dict(self.ended),
                 "dropped": self.dropped}
 
     def close(self) -> None:
-        self._sock.close()
-        self._events.close()
+        for s in (self._sock, self._check_sock, self._events):
+            s.close()
