@@ -14,7 +14,7 @@ import msgpack
 import pytest
 
 from conftest import wait_elephants
-from integration.sandbox import wait_for
+from integration.sandbox import sh, wait_for
 from ovsfoot.agent import Agent
 from ovsfoot.attribution import Attributor, Port, ZoneMap, parse_zone
 from ovsfoot.contract import OUTPUT_KEYS, ContractError, printable, validate_workload
@@ -75,7 +75,8 @@ def test_version_1_state_files_still_load(tmp_path):
 
 def test_restarts_and_time_wait_count_a_flow_once(node, tmp_path):
     """One long flow, three clean restarts, then a restart while its entry is in
-    TIME_WAIT: shop/web has produced one elephant, and is not learned heavy."""
+    TIME_WAIT (a closed flow: no elephant any more): shop/web has produced one
+    elephant, and is not learned heavy."""
     state = tmp_path / "state"
     p1, p2 = node.pods["p1"], node.pods["p2"]
     node.flush_conntrack()
@@ -97,8 +98,10 @@ def test_restarts_and_time_wait_count_a_flow_once(node, tmp_path):
         client.send_signal(signal.SIGINT)          # a clean end: FIN, then TIME_WAIT
         client.wait(30)
         a = node.agent(state=state).start()
-        wait_for(lambda: a.json("stats")["elephants_detected"] >= 1,
-                 what="the TIME_WAIT entry seen as an elephant")
+        wait_for(lambda: a.json("stats")["source"]["polls"] >= 3, what="three dumps")
+        assert "TIME_WAIT" in sh("ip", "netns", "exec", node.kp.netns, "conntrack", "-L",
+                                 "-p", "tcp", "--dport", "5311")
+        assert a.json("stats")["elephants_detected"] == 0     # closed: not an elephant
         web = a.json("workload/show")["shop/web"]
         assert web["elephants_seen"] == 1 and web["learned"] == "light", web
         assert "ovsfoot-workload-class" not in node.ovs.external_ids(
