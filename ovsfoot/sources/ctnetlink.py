@@ -257,17 +257,20 @@ class CtnetlinkSource:
             except BlockingIOError:
                 break                   # the rest wait for the next interval
 
+    def _recv(self, sock: socket.socket) -> bytes | None:
+        """What `sock` has (b"" if its buffer overflowed), None if nothing."""
+        try:
+            return sock.recv(RECV)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno != errno.ENOBUFS:
+                raise
+            self.dropped += 1   # the kernel dropped messages: the next dump catches up
+            return b""
+
     def _drain_checks(self, out: list[FlowEvent]) -> None:
-        while True:
-            try:
-                buf = self._check_sock.recv(RECV)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                if e.errno != errno.ENOBUFS:
-                    raise
-                self.dropped += 1
-                continue
+        while (buf := self._recv(self._check_sock)) is not None:
             entries: list[ctmsg.CtEntry] = []
             errors: list[tuple[int, int]] = []
             ctmsg.scan(buf, ctmsg.NEVER, self._follow, entries, errors=errors)
@@ -285,16 +288,7 @@ class CtnetlinkSource:
 
     def _drain_events(self, out: list[FlowEvent], deadline: float | None) -> None:
         """DESTROY events: a followed entry was deleted; END with its final counters."""
-        while True:
-            try:
-                buf = self._events.recv(RECV)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                if e.errno != errno.ENOBUFS:
-                    raise
-                self.dropped += 1   # the buffer overflowed: the next dump catches up
-                continue
+        while (buf := self._recv(self._events)) is not None:
             if not self._follow:
                 continue
             entries: list[ctmsg.CtEntry] = []
