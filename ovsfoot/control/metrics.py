@@ -186,7 +186,7 @@ class _AgentCollector:
             c.add_metric([], _num(st.get("polls")) or 0)
             yield c
             g = GaugeMetricFamily("ovsfoot_ctnetlink_entries",
-                                  "Conntrack entries in the last dump over the byte threshold")
+                                  "Conntrack entries in the last dump")
             g.add_metric([], _num(st.get("entries_last_poll")) or 0)
             yield g
         tx = CounterMetricFamily("ovsfoot_publish_transactions", "OVSDB transactions sent",
