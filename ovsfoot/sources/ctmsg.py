@@ -244,7 +244,7 @@ def scan(buf: bytes, min_bytes: int, follow, out: list, msg_type: int = MSG_NEW,
         elif mtype == NLMSG_ERROR:
             err = -struct.unpack_from("<i", buf, off + 16)[0]
             if err and errors is not None:
-                errors.append((_NLMSG.unpack_from(buf, off + 16)[3], err))
+                errors.append((unpack_nlmsg(buf, off)[3], err))
             elif err:
                 _raise(err)
         off += (mlen + 3) & ~3
