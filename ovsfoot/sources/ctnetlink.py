@@ -231,9 +231,10 @@ class CtnetlinkSource:
         if self.last_poll_s > self.interval and not self._warned:
             self._warned = True
             log.warning("one poll of the conntrack table (%d entries) takes %.2f s "
-                        "(%.2f s of work), longer than --interval %g s: elephants are seen "
-                        "and ended up to %.1f s late; the bpf source has no such limit",
-                        self._n, self.last_poll_s, self._busy, self.interval,
+                        "(%.2f s of work), longer than --interval %g s: a new elephant is "
+                        "seen up to %.1f s late (those already seen are still checked every "
+                        "interval); the bpf source has no such limit", self._n,
+                        self.last_poll_s, self._busy, self.interval,
                         self.last_poll_s + self.interval)
 
     def _check(self, out: list[FlowEvent]) -> None:
