@@ -26,7 +26,8 @@ ALL = HOST + VM
 MODULES = {"ctnetlink": "ctnetlink_scale", "clusterdb": "clusterdb_scale"}
 ABOUT = {
     "pipeline": "host: 1M recorded events through the agent (replay source, speed 0)",
-    "ctnetlink": "host: one ctnetlink poll of 100,000 entries vs conntrack -L",
+    "ctnetlink": "host: ctnetlink polls of 100,000 and 1,000,000 entries vs conntrack -L; "
+                 "the agent at 1,000,000 (RSS, unixctl)",
     "publishing": "host: 1,000 elephant starts + ends per second, OVSDB transactions",
     "clusterdb": "host: 200 chassis' ClusterPublishers on a 3-member raft cluster vs standalone",
     "extender": "host: scheduler extender, 100 nodes: 20 clients on new connections, keep-alive",

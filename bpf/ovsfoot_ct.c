@@ -6,10 +6,11 @@
  * A flow is tracked from when its conntrack entry is confirmed (committed;
  * the OVS datapath's ct(commit) confirms it) until it is deleted. Every packet
  * conntrack accounts adds to the flow's counters; the first packet to see the
- * flow past both thresholds emits one ELEPHANT event, and the deletion of an
- * elephant emits an END event. Mice never leave the kernel: they only add to
- * their zone's per-CPU counters (bytes, packets, flows confirmed), which user
- * space reads each second for every port's throughput and flow rate.
+ * flow past both thresholds emits one ELEPHANT event, and an elephant's TCP
+ * close (its entry leaving ESTABLISHED) or deletion emits one END event. Mice
+ * never leave the kernel: they only add to their zone's per-CPU counters
+ * (bytes, packets, flows confirmed), which user space reads each second for
+ * every port's throughput and flow rate.
  *
  * Only entries in the configured network namespace count (pods' namespaces
  * have their own conntrack tables and would count the same bytes again), and
@@ -80,9 +81,15 @@ struct flow {
 	u64 bytes[2];   /* per direction: IP_CT_DIR_ORIGINAL, IP_CT_DIR_REPLY */
 	u64 packets[2];
 	u32 ifindex;    /* device of the packet that confirmed the flow */
-	u32 elephant;   /* nonzero once reported */
+	u32 elephant;   /* enum elephant_state */
 	u32 zone;       /* its conntrack zone, read once when tracking starts */
 	u32 pad;
+};
+
+enum elephant_state {
+	ELEPHANT_NO,            /* not reported */
+	ELEPHANT_ACTIVE,        /* ELEPHANT sent */
+	ELEPHANT_CLOSED,        /* END sent: its TCP connection closed, the entry lives on */
 };
 
 /* Per conntrack zone and CPU, since the program loaded; read by bpf.py. */
@@ -150,6 +157,21 @@ static __always_inline bool watched(struct nf_conn *ct, struct config *cfg)
 	bpf_probe_read_kernel(&net, sizeof(net), &ct->ct_net.net);
 	bpf_probe_read_kernel(&inum, sizeof(inum), &net->ns.inum);
 	return inum == cfg->netns && (cfg->zone0 || ct_zone(ct));
+}
+
+/* Has this TCP entry left ESTABLISHED for the close (FIN_WAIT, CLOSE_WAIT,
+ * LAST_ACK, TIME_WAIT, CLOSE)? conntrack updates the state before it accounts
+ * the packet, so the packet that closes is the one that tells. */
+static __always_inline bool tcp_closing(struct nf_conn *ct)
+{
+	u8 proto = 0, state = 0;
+
+	bpf_probe_read_kernel(&proto, sizeof(proto),
+			      &ct->tuplehash[IP_CT_DIR_ORIGINAL].tuple.dst.protonum);
+	if (proto != IPPROTO_TCP)
+		return false;
+	bpf_probe_read_kernel(&state, sizeof(state), &ct->proto.tcp.state);
+	return state >= TCP_CONNTRACK_FIN_WAIT && state <= TCP_CONNTRACK_CLOSE;
 }
 
 /* Send an event about `ct`; returns 0, or nonzero if the buffer was full. */
@@ -268,6 +290,14 @@ static __always_inline void on_packet(void *ctx, struct nf_conn *ct, u32 ctinfo,
 	__sync_fetch_and_add(&f->bytes[dir], len);
 	__sync_fetch_and_add(&f->packets[dir], 1);
 	zone_add(f->zone, len, 0);
+	if (f->elephant == ELEPHANT_ACTIVE) {
+		if (tcp_closing(ct)) {
+			f->elephant = ELEPHANT_CLOSED;
+			if (emit(ctx, ct, f, KIND_END, cfg))
+				f->elephant = ELEPHANT_ACTIVE;  /* lost: try again */
+		}
+		return;
+	}
 	if (f->elephant || f->bytes[0] + f->bytes[1] < cfg->bytes)
 		return;
 	now = bpf_ktime_get_ns();
@@ -275,7 +305,7 @@ static __always_inline void on_packet(void *ctx, struct nf_conn *ct, u32 ctinfo,
 		return;
 	/* Two CPUs racing here may both report: bcc cannot emit atomic
 	 * fetch-and-add, so user space drops the duplicate. */
-	f->elephant = 1;
+	f->elephant = ELEPHANT_ACTIVE;
 	if (emit(ctx, ct, f, KIND_ELEPHANT, cfg))
 		f->elephant = 0;        /* lost: try again on the next packet */
 	else
@@ -290,7 +320,7 @@ static __always_inline void on_gone(void *ctx, struct nf_conn *ct)
 
 	if (!f)
 		return;
-	if (f->elephant && cfg)
+	if (f->elephant == ELEPHANT_ACTIVE && cfg)
 		emit(ctx, ct, f, KIND_END, cfg);
 	flows.delete(&key);
 	count(C_ENDED);

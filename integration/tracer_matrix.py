@@ -169,18 +169,26 @@ ip netns exec ns1 ping -c 3 -i 0.3 10.0.0.2
 ip netns exec ns1 iperf3 -c 10.0.0.2 -n 200K -J >iperf-mouse.json
 sleep 2
 
-# The elephant, then its conntrack entries deleted.
+# The elephant: it ends when its TCP connection closes (its entries stay, in TIME_WAIT).
 ctl '{"cmd": "mark", "id": "elephant"}'
 ip netns exec ns1 iperf3 -c 10.0.0.2 -t 4 -J >iperf-elephant.json
+date +%s%N >elephant-closed.ns
+sleep 2
+conntrack -L -p tcp --dport 5201 >elephant-after.txt 2>&1 || true
+
+# A UDP elephant (no close), then its conntrack entries deleted.
+ctl '{"cmd": "mark", "id": "udp"}'
+ip netns exec ns1 iperf3 -c 10.0.0.2 -u -b 50M -t 3 -J >iperf-udp.json
 sleep 1
 ctl '{"cmd": "mark", "id": "delete"}'
-conntrack -D -p tcp --dport 5201 || true
+conntrack -D -p udp --dport 5201 || true
 sleep 2
 
 # The same over IPv6 (TCP only through the zones: neighbour discovery stays plain).
 ctl '{"cmd": "mark", "id": "elephant6"}'
 ip netns exec ns1 iperf3 -6 -c fd00::2 -t 4 -J >iperf-elephant6.json
-sleep 1
+date +%s%N >elephant6-closed.ns
+sleep 2
 ctl '{"cmd": "mark", "id": "delete6"}'
 conntrack -D -f ipv6 -p tcp --dport 5201 || true
 sleep 2
@@ -297,26 +305,53 @@ def check_elephant(run: Run, phase="elephant", src="10.0.0.1", dst="10.0.0.2") -
 
 
 def check_elephant6(run: Run) -> None:
-    """The IPv6 elephant, in both zones, with its v6 tuple; its END on deletion."""
+    """The IPv6 elephant, in both zones, with its v6 tuple; its END at its close."""
     check_elephant(run, "elephant6", "fd00::1", "fd00::2")
-    check_end(run, "elephant6", "delete6")
+    check_end_at_close(run, "elephant6", "delete6")
 
 
 def check_mice(run: Run) -> None:
     """Mice (pings, a 200 KB transfer) stay in the kernel."""
     work, records = run.work, run.records
-    ports = {data_port(work, f"iperf-{name}.json") for name in ("elephant", "elephant6", "live")}
+    ports = {(socket.IPPROTO_TCP, data_port(work, f"iperf-{name}.json"))
+             for name in ("elephant", "elephant6", "live")}
+    ports.add((socket.IPPROTO_UDP, data_port(work, "iperf-udp.json")))
     for e in elephants(records):
-        assert e["key"]["proto"] == socket.IPPROTO_TCP and e["key"]["sport"] in ports, e
+        assert (e["key"]["proto"], e["key"]["sport"]) in ports, e
     assert not elephants(phases(records)["mice"])
 
 
-def check_end(run: Run, phase="elephant", deleted="delete") -> None:
-    """Deleting the elephant's conntrack entries sends END in both zones, counted to the end."""
+def check_end_at_close(run: Run, phase="elephant", after="udp") -> None:
+    """An elephant ends when its TCP connection closes, though its entries stay
+    (TIME_WAIT or CLOSE): not only when they are deleted; once in each zone."""
+    work, records = run.work, run.records
+    port = data_port(work, f"iperf-{phase}.json")
+    closed = int((work / f"{phase}-closed.ns").read_text())
+    ends = [e for e in elephants(phases(records)[phase], "END") if e["key"]["sport"] == port]
+    assert sorted(e["key"]["zone"] for e in ends) == [1, 2], ends
+    first = {e["key"]["zone"]: e for e in elephants(phases(records)[phase])
+             if e["key"]["sport"] == port}
+    for e in ends:
+        assert e["ts"] <= closed + 2_000_000_000        # within 2 s of the close
+        assert e["bytes_orig"] > first[e["key"]["zone"]]["bytes_orig"]
+    if phase == "elephant":                              # 2 s after: still there
+        table = (work / "elephant-after.txt").read_text()
+        assert table.count(f"sport={port} dport=5201") == 2, table
+    mine = [e for e in records if e["kind"] in ("ELEPHANT", "END") and e["key"]["sport"] == port
+            and e["key"]["src"] == first[1]["key"]["src"]]
+    assert len(mine) == 4, mine         # once each: no END again when the entries go
+    assert not [e for e in elephants(phases(records)[after], "END")
+                if e["key"]["sport"] == port]
+
+
+def check_end(run: Run, phase="udp", deleted="delete") -> None:
+    """Deleting a UDP elephant's conntrack entries (no close) sends END in both zones,
+    counted to the end; not before."""
     records = run.records
     port = data_port(run.work, f"iperf-{phase}.json")
     ends = [e for e in elephants(phases(records)[deleted], "END") if e["key"]["sport"] == port]
     assert sorted(e["key"]["zone"] for e in ends) == [1, 2], ends
+    assert not elephants(phases(records)[phase], "END")    # UDP has no close: it waited
     first = {e["key"]["zone"]: e for e in elephants(phases(records)[phase])
              if e["key"]["sport"] == port}
     for e in ends:
@@ -356,15 +391,16 @@ def check_zone_counters(run: Run) -> None:
         # mice: 3 pings (one ICMP flow) and one TCP transfer (control and data flows)
         assert delta("mice", "elephant", zone, "bytes") >= mouse
         assert delta("mice", "elephant", zone, "flows") >= 2
-        assert delta("elephant", "delete", zone, "bytes") >= big
-        assert delta("elephant", "delete", zone, "packets") > big / 65536
-        assert 2 <= delta("elephant", "delete", zone, "flows") <= 4    # iperf3's 2 flows
+        assert delta("elephant", "udp", zone, "bytes") >= big
+        assert delta("elephant", "udp", zone, "packets") > big / 65536
+        assert 2 <= delta("elephant", "udp", zone, "flows") <= 4    # iperf3's 2 flows
         for field in ("bytes", "packets", "flows"):
             assert delta("mice", "quit", zone, field) >= 0
 
 
 CHECKS = {"loads": check_loaded, "elephant": check_elephant, "mice": check_mice,
-          "end": check_end, "elephant-ipv6": check_elephant6,
+          "end-at-close": check_end_at_close, "end-at-delete": check_end,
+          "elephant-ipv6": check_elephant6,
           "live-thresholds": check_live_thresholds, "zone-counters": check_zone_counters}
 
 

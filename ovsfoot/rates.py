@@ -3,7 +3,7 @@
 Both sources count per conntrack zone, since they started: bytes and packets
 of every flow (mice included) and the flows that began. The bpf source keeps
 them in the kernel (per CPU, `zones` in bpf/ovsfoot_ct.c); the ctnetlink source
-derives them from its dumps (`EntryCounter`). Each second the agent hands a
+derives them from its dumps and DESTROY events (`DumpCounter`). Each second the agent hands a
 snapshot to `ZoneRates`, which keeps `window` seconds of them and answers each
 zone's rate over that window.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from ovsfoot.events import FlowKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,38 +43,40 @@ class Rate:
                     else self.seconds or other.seconds)
 
 
-class EntryCounter:
-    """Per-zone counters from full conntrack dumps, fed entry by entry.
+class DumpCounter:
+    """Per-zone counters from conntrack dumps, without memory per entry.
 
-    `add` takes every entry of a dump (its cumulative counters); `finish` ends
-    the dump. An entry not in the previous dump is a new flow, and only what an
-    entry carried since the previous dump adds to its zone. Entries that were
-    already there at the first dump are not counted as new; a flow that began
-    and ended between two dumps is missed (conntrack keeps closed TCP entries
-    for 2 minutes, so short connections are seen)."""
+    Each dump gives every zone's sums over its live entries (bytes, packets,
+    entries: `ctmsg.scan`'s `zones`), and DESTROY events the final counters of
+    the entries deleted in between (`destroyed`). What a zone carried between two
+    dumps is then the change of its sums plus what its deleted entries carried;
+    its new flows, the change of its entry count plus its deletions. So flows
+    that begin and end between two dumps count too. The first dump is the
+    baseline. A DESTROY event lost (nf_conntrack_events off, or the socket
+    overflowed) makes a change negative: that step then counts 0."""
 
     def __init__(self):
         self.totals: dict[int, ZoneCounters] = {}
-        self._last: dict[FlowKey, tuple[int, int]] = {}     # entry: (bytes, packets)
-        self._seen: dict[FlowKey, tuple[int, int]] = {}
-        self._first = True
+        self._last: dict[int, list[int]] | None = None
+        self._gone: dict[int, list[int]] = {}
 
-    def add(self, key: FlowKey, nbytes: int, packets: int) -> None:
-        prev = self._last.get(key)
-        new = prev is None or nbytes < prev[0]      # a later entry with the same tuple
-        if new:
-            prev = (0, 0)
-        self._seen[key] = (nbytes, packets)
-        if self._first:
-            return                  # a baseline: what came before we started is not counted
-        z = self.totals.get(key.zone, ZoneCounters())
-        self.totals[key.zone] = ZoneCounters(z.bytes + nbytes - prev[0],
-                                             z.packets + packets - prev[1],
-                                             z.flows + new)
+    def destroyed(self) -> dict[int, list[int]]:
+        """Where DESTROY events add [bytes, packets, entries] per zone."""
+        return self._gone
 
-    def finish(self) -> None:
-        self._last, self._seen = self._seen, {}
-        self._first = False
+    def dump(self, sums: dict[int, list[int]]) -> None:
+        """A whole dump's [bytes, packets, entries] per zone."""
+        if self._last is not None:
+            for zone in sums.keys() | self._last.keys():
+                cur, prev = sums.get(zone, _NONE), self._last.get(zone, _NONE)
+                gone = self._gone.get(zone, _NONE)
+                b, p, n = (max(0, c - q + g) for c, q, g in zip(cur, prev, gone))
+                z = self.totals.get(zone, ZoneCounters())
+                self.totals[zone] = ZoneCounters(z.bytes + b, z.packets + p, z.flows + n)
+        self._last, self._gone = sums, {}
+
+
+_NONE = (0, 0, 0)
 
 
 @dataclass(slots=True)

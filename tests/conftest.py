@@ -93,18 +93,33 @@ class Node:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def iperf(self, client: str, server: str, seconds: float = 3, rate: str = "300M",
-              port: int = 5201, ipv6: bool = False) -> None:
-        """An iperf3 flow from `client` to `server` (blocks until it is done)."""
+              port: int = 5201, ipv6: bool = False, during=None):
+        """An iperf3 flow from `client` to `server` (blocks until it is done).
+
+        An elephant ends when its TCP connection closes: to look at one, pass
+        `during`, which is called while the flow runs (for at most `seconds`); the
+        flow is closed once it returns, and its value is returned."""
         dst = self.pods[server].ip6 if ipv6 else self.pods[server].ip
         require("iperf3", "ss")         # not a 30 s wait for a server that cannot start
         srv = self.popen(server, "iperf3", "-s", "-1", "-p", str(port))
+        cli = None
         try:
             wait_for(lambda: f":{port}" in self.ns_exec(server, "ss", "-ltn"), what="iperf3 -s")
-            self.ns_exec(client, "iperf3", "-c", dst, "-p", str(port),
-                         "-t", str(seconds), "-b", rate, timeout=seconds + 30)
+            cmd = ["iperf3", "-c", dst, "-p", str(port), "-t", str(seconds),
+                   "-b", rate]
+            if during is None:
+                self.ns_exec(client, *cmd, timeout=seconds + 30)
+                return None
+            cli = self.popen(client, *cmd)
+            value = during()
+            cli.terminate()             # iperf3 closes its connections and exits
+            cli.wait(30)
+            return value
         finally:
-            srv.kill()
-            srv.wait()
+            for p in (cli, srv):
+                if p is not None and p.poll() is None:
+                    p.kill()
+                    p.wait()
 
     def workload(self, client: str, server: str, port: int, *args: str):
         """integration/traffic.py's client `args` (shuffle ..., rpc ...) from `client`

@@ -6,10 +6,11 @@ datapath, which tests/test_lab.py covers in the VM.
 
 import json
 import subprocess
+import time
 
 
 from conftest import wait_elephants
-from integration.sandbox import wait_for
+from integration.sandbox import sh, wait_for
 
 SHOW_COMMANDS = ["footprint/show", "elephant/list", "zone/map", "workload/show",
                  "threshold/show", "stats"]
@@ -42,14 +43,23 @@ def test_elephant_attributed_published_and_withdrawn(node, agent):
         wait_for(lambda: "11111" in node.ns_exec("p4", "ss", "-lun"), what="sockperf server")
         mice.append(node.popen("p3", "sockperf", "ping-pong", "-i", node.pods["p4"].ip,
                                "-p", "11111", "-t", "6", "--mps", "1000"))
-        node.iperf("p1", "p2", seconds=4)
-        rows = agent.json("elephant/list")
+        p1, p2 = node.pods["p1"], node.pods["p2"]
+
+        def published():
+            rows = wait_elephants(agent, lambda rows: len(rows) == 2, what="two elephants")
+            ids = wait_for(lambda: (i := iface_ids(node, "p1")).get("ovsfoot-elephants") == "1"
+                           and i, what="p1's keys")
+            summary = wait_for(lambda: (s := node.ovs.external_ids("Bridge", node.ovs.bridge))
+                               .get("ovsfoot-elephants") == "2" and s, what="the node's summary")
+            return rows, ids, iface_ids(node, "p2"), summary, \
+                [iface_ids(node, mouse) for mouse in ("p3", "p4")]
+        rows, ids, ids2, summary, mice_ids = node.iperf("p1", "p2", seconds=20,
+                                                        during=published)
     finally:
         for p in mice:
             p.kill()
             p.wait()
     by_port = {r["port"]: r for r in rows}
-    p1, p2 = node.pods["p1"], node.pods["p2"]
     assert set(by_port) == {p1.lport, p2.lport}, rows      # the mice are not elephants
     assert by_port[p1.lport]["role"] == "source" and by_port[p1.lport]["zone"] == p1.zone
     assert by_port[p2.lport]["role"] == "sink" and by_port[p2.lport]["zone"] == p2.zone
@@ -57,20 +67,17 @@ def test_elephant_attributed_published_and_withdrawn(node, agent):
     assert by_port[p2.lport]["workload"] == "shop/db"
     assert all(r["src"] == p1.ip and r["dst"] == p2.ip for r in rows)
 
-    ids = wait_for(lambda: (i := iface_ids(node, "p1")).get("ovsfoot-elephants") == "1" and i,
-                   what="p1's keys")
     assert ids["ovsfoot-footprint"] == "heavy" and int(ids["ovsfoot-ts"]) > 0
     assert ids["owner"] == "cni" and ids["iface-id"] == p1.lport   # others' keys untouched
-    assert iface_ids(node, "p2")["ovsfoot-footprint"] == "heavy"
-    for mouse in ("p3", "p4"):
-        assert iface_ids(node, mouse)["ovsfoot-footprint"] == "light"
-        assert iface_ids(node, mouse)["ovsfoot-elephants"] == "0"
-    summary = node.ovs.external_ids("Bridge", node.ovs.bridge)     # the node's summary
+    assert ids2["ovsfoot-footprint"] == "heavy"
+    for mouse in mice_ids:
+        assert mouse["ovsfoot-footprint"] == "light"
+        assert mouse["ovsfoot-elephants"] == "0"
     assert summary["ovsfoot-elephants"] == "2" and summary["ovsfoot-footprint"] == "heavy"
     assert summary["ovsfoot-heavy-ports"] == "2"
     assert not any(k.startswith("ovsfoot-") for k in node.ovs.external_ids("Open_vSwitch", "."))
 
-    # The flow has stopped: it goes idle, ends, and its keys are withdrawn.
+    # The flow has closed: it ends, and its keys are withdrawn.
     wait_elephants(agent, lambda rows: not rows, what="the elephant to end")
     ids = wait_for(lambda: (i := iface_ids(node, "p1")).get("ovsfoot-elephants") == "0" and i,
                    what="p1's keys withdrawn")
@@ -141,5 +148,49 @@ def test_auto_source_falls_back_to_ctnetlink_with_a_reason(node):
         reason = [line for line in a.log_text().splitlines()
                   if "bpf source unavailable" in line]
         assert len(reason) == 1 and "falling back to ctnetlink" in reason[0]
+        assert "--source auto chose ctnetlink" in reason[0]
+    finally:
+        a.stop()
+
+
+def test_elephant_ends_when_its_tcp_connection_closes(node, tmp_path):
+    """With a 30 s idle timeout, only the close can turn the ports light within 2 s:
+    the entry sits in TIME_WAIT for 120 s, and the ctnetlink source ends an elephant
+    whose TCP state leaves ESTABLISHED."""
+    node.flush_conntrack()
+    a = node.agent("--idle-seconds=30", state=tmp_path / "state").start()
+    try:
+        node.iperf("p1", "p2", seconds=20, during=lambda: wait_for(
+            lambda: all(iface_ids(node, p).get("ovsfoot-footprint") == "heavy"
+                        for p in ("p1", "p2")), what="p1 and p2 heavy"))
+        closed = time.monotonic()
+        wait_for(lambda: all(iface_ids(node, p).get("ovsfoot-footprint") == "light"
+                             for p in ("p1", "p2")), timeout=35, interval=0.05,
+                 what="p1 and p2 light again")
+        took = time.monotonic() - closed
+        assert took <= 2, f"light {took:.2f} s after the TCP close"
+        assert a.json("stats")["source"]["ended"]["tcp_state"] >= 2    # both zones' entries
+        assert "TIME_WAIT" in sh("ip", "netns", "exec", node.kp.netns, "conntrack", "-L")
+    finally:
+        a.stop()
+
+
+def test_elephant_ends_when_its_entry_is_deleted(node, tmp_path):
+    """A DESTROY event (here from `conntrack -F`) ends a followed elephant with its
+    final counters, without waiting for the next dump."""
+    node.flush_conntrack()
+    a = node.agent("--idle-seconds=30", state=tmp_path / "state").start()
+    try:
+        def delete():
+            wait_elephants(a, lambda rows: len(rows) == 2, what="two elephants")
+            before = a.json("stats")["elephants_ended"]
+            node.flush_conntrack()
+            wait_for(lambda: a.json("stats")["source"]["ended"]["destroyed"] == 2, timeout=5,
+                     what="both entries' DESTROY events")
+            return before
+        before = node.iperf("p1", "p2", seconds=40, during=delete)
+        stats = a.json("stats")
+        assert stats["elephants_ended"] >= before + 2
+        assert stats["source"]["ended"]["gone"] == 0     # not a dump that missed them
     finally:
         a.stop()

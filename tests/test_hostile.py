@@ -14,7 +14,7 @@ import msgpack
 import pytest
 
 from conftest import wait_elephants
-from integration.sandbox import wait_for
+from integration.sandbox import sh, wait_for
 from ovsfoot.agent import Agent
 from ovsfoot.attribution import Attributor, Port, ZoneMap, parse_zone
 from ovsfoot.contract import OUTPUT_KEYS, ContractError, printable, validate_workload
@@ -75,7 +75,8 @@ def test_version_1_state_files_still_load(tmp_path):
 
 def test_restarts_and_time_wait_count_a_flow_once(node, tmp_path):
     """One long flow, three clean restarts, then a restart while its entry is in
-    TIME_WAIT: shop/web has produced one elephant, and is not learned heavy."""
+    TIME_WAIT (a closed flow: no elephant any more): shop/web has produced one
+    elephant, and is not learned heavy."""
     state = tmp_path / "state"
     p1, p2 = node.pods["p1"], node.pods["p2"]
     node.flush_conntrack()
@@ -97,8 +98,10 @@ def test_restarts_and_time_wait_count_a_flow_once(node, tmp_path):
         client.send_signal(signal.SIGINT)          # a clean end: FIN, then TIME_WAIT
         client.wait(30)
         a = node.agent(state=state).start()
-        wait_for(lambda: a.json("stats")["elephants_detected"] >= 1,
-                 what="the TIME_WAIT entry seen as an elephant")
+        wait_for(lambda: a.json("stats")["source"]["polls"] >= 3, what="three dumps")
+        assert "TIME_WAIT" in sh("ip", "netns", "exec", node.kp.netns, "conntrack", "-L",
+                                 "-p", "tcp", "--dport", "5311")
+        assert a.json("stats")["elephants_detected"] == 0     # closed: not an elephant
         web = a.json("workload/show")["shop/web"]
         assert web["elephants_seen"] == 1 and web["learned"] == "light", web
         assert "ovsfoot-workload-class" not in node.ovs.external_ids(
@@ -269,8 +272,8 @@ def test_loose_and_duplicate_zones(node, agent):
             assert "655" not in zmap and not any(e["owner"].startswith("zz-")
                                                  for e in zmap.values())
             node.flush_conntrack()
-            node.iperf("p1", "p2", seconds=2)
-            rows = wait_elephants(a, lambda r: any(e["zone"] == p1.zone for e in r))
+            rows = node.iperf("p1", "p2", seconds=20, during=lambda: wait_elephants(
+                a, lambda r: any(e["zone"] == p1.zone for e in r)))
             mine = [r for r in rows if r["zone"] == p1.zone]
             assert mine[0]["port"] == p1.lport and mine[0]["workload"] == "shop/web"
             log = a.log_text()[since:] if a is b else a.log_text()
@@ -309,8 +312,8 @@ def test_a_second_interface_with_a_ports_iface_id(node, agent):
             assert entry["interface"] == p1.interface and entry["workload"] == "shop/web"
             assert [c["ignored"] for c in entry["conflicts"]] == ["Interface a-rogue"]
             node.flush_conntrack()
-            node.iperf("p1", "p2", seconds=2)
-            rows = wait_elephants(a, lambda r: any(e["zone"] == p1.zone for e in r))
+            rows = node.iperf("p1", "p2", seconds=20, during=lambda: wait_elephants(
+                a, lambda r: any(e["zone"] == p1.zone for e in r)))
             assert [r["workload"] for r in rows if r["zone"] == p1.zone] == ["shop/web"]
             assert a.json("workload/show").get("evil/thief") is None
             assert not OUTPUT_KEYS & node.ovs.external_ids("Interface", "a-rogue").keys()

@@ -74,7 +74,7 @@ def test_agent_adds_no_recompute(node):
     publishing and withdrawing it: no more recomputes than without it."""
     def elephant():
         node.flush_conntrack()
-        node.iperf("p1", "p2", seconds=2)
+        node.iperf("p1", "p2", seconds=3)
         time.sleep(4)               # past the idle time: the agent withdraws it
 
     control = measure(node.ovs, node.central, elephant)
@@ -84,8 +84,8 @@ def test_agent_adds_no_recompute(node):
         agent = node.agent().start()
         try:
             node.flush_conntrack()
-            node.iperf("p1", "p2", seconds=2)
-            seen.append(wait_elephants(agent, lambda rows: rows, what="the elephant"))
+            seen.append(node.iperf("p1", "p2", seconds=3, during=lambda: wait_elephants(
+                agent, lambda rows: rows, what="the elephant")))
             wait_for(lambda: node.ovs.external_ids("Bridge", node.ovs.bridge)
                      .get("ovsfoot-elephants") == "0", what="the elephant withdrawn")
         finally:

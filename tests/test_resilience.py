@@ -13,9 +13,9 @@ def iface(node, pod):
 
 
 def elephant_published(node, agent):
-    node.iperf("p1", "p2", seconds=2)
-    wait_for(lambda: iface(node, "p1").get("ovsfoot-footprint") == "heavy",
-             what="p1 published heavy")
+    node.iperf("p1", "p2", seconds=20, during=lambda: wait_for(
+        lambda: iface(node, "p1").get("ovsfoot-footprint") == "heavy",
+        what="p1 published heavy"))
 
 
 def test_ovsdb_server_restart(node, agent):
@@ -89,8 +89,8 @@ def test_malformed_zones_and_zone_without_port(node, agent):
         assert "ignoring malformed zone ct-zone-bogus='abc'" in agent.log_text()
         # Traffic in the ghost's zone: an elephant, attributed to nobody.
         node.kp.set_zone(node.pods["p3"].ns, 4000)
-        node.iperf("p3", "p4", seconds=2)
-        rows = wait_elephants(agent, lambda r: any(e["zone"] == 4000 for e in r))
+        rows = node.iperf("p3", "p4", seconds=20, during=lambda: wait_elephants(
+            agent, lambda r: any(e["zone"] == 4000 for e in r)))
         ghost = [e for e in rows if e["zone"] == 4000]
         assert ghost[0]["port"] is None and "ghost" in ghost[0]["reason"]
         assert iface(node, "p3")["ovsfoot-footprint"] == "light"   # not blamed on p3

@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 SNAPSHOT_WAIT = 1.0     # s a scrape waits for the loop's snapshot before serving the last
 ROLES = ("source", "sink", "unknown", "unattributed")
 LATENCY_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
-POLL_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)
+POLL_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
 REQUEST_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)
 SOURCE_LOSSES = (("dropped", "events the kernel could not hand over (buffer full)"),
                  ("map_full", "flows the kernel's flow map had no room for"),
@@ -192,7 +192,7 @@ class _AgentCollector:
             c.add_metric([], _num(st.get("polls")) or 0)
             yield c
             g = GaugeMetricFamily("ovsfoot_ctnetlink_entries",
-                                  "Conntrack entries in the last dump over the byte threshold")
+                                  "Conntrack entries in the last dump")
             g.add_metric([], _num(st.get("entries_last_poll")) or 0)
             yield g
         tx = CounterMetricFamily("ovsfoot_publish_transactions", "OVSDB transactions sent",
@@ -249,16 +249,13 @@ class AgentMetrics:
         self._live = getattr(agent.source, "clock", None) is time.time_ns   # not a replay
         agent.publisher.on_commit = self.on_publisher_commit
         self.poll_seconds = None
-        if getattr(agent.source, "name", None) == "ctnetlink" and hasattr(agent.source, "poll"):
+        if getattr(agent.source, "name", None) == "ctnetlink" and hasattr(agent.source,
+                                                                            "on_poll"):
             self.poll_seconds = Histogram("ovsfoot_ctnetlink_poll_seconds", "One dump of the "
-                                          "conntrack table", buckets=POLL_BUCKETS,
-                                          registry=self.registry)
-            poll = agent.source.poll
-
-            def timed_poll():
-                with self.poll_seconds.time():
-                    return poll()
-            agent.source.poll = timed_poll
+                                          "conntrack table, from request to its end (the "
+                                          "agent's loop turns in between)",
+                                          buckets=POLL_BUCKETS, registry=self.registry)
+            agent.source.on_poll = lambda seconds, busy: self.poll_seconds.observe(seconds)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)

@@ -57,13 +57,22 @@ def open_source(name: str, thresholds: Thresholds, *, netns: str | None = None,
     if name in ("bpf", "auto"):
         try:
             from ovsfoot.sources.bpf import BpfSource
-            return BpfSource(thresholds, netns=netns, include_zone0=include_zone0)
+            src = BpfSource(thresholds, netns=netns, include_zone0=include_zone0)
         except SourceUnavailable as e:
             if name == "bpf":
                 raise
-            log.warning("bpf source unavailable (%s); falling back to ctnetlink", e)
+            reason = f"bpf source unavailable ({e})"
+        else:
+            if name == "auto":
+                log.info("--source auto chose bpf: its kernel program is loaded (%s)", src.probe)
+            return src
     if name in ("ctnetlink", "auto"):
         from ovsfoot.sources.ctnetlink import CtnetlinkSource
-        return CtnetlinkSource(netns=netns, include_zone0=include_zone0,
-                               interval=interval, thresholds=thresholds)
+        src = CtnetlinkSource(netns=netns, include_zone0=include_zone0,
+                              interval=interval, thresholds=thresholds)
+        if name == "auto":
+            log.warning("--source auto chose ctnetlink: %s; falling back to ctnetlink, which "
+                        "dumps conntrack every %g s (%d entries now)", reason, interval,
+                        src.entries_at_start)
+        return src
     raise SourceUnavailable(f"unknown source {name!r}: choose one of {', '.join(NAMES)}")

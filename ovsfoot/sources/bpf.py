@@ -2,13 +2,14 @@
 
 The program counts every packet of every committed flow in the kernel, per
 flow and per conntrack zone (per CPU: bytes, packets, new flows), and sends
-user space one ELEPHANT event when a flow passes the thresholds and one
-END event when that flow's conntrack entry is deleted; mice never leave the
-kernel. Each second the elephants' counters are read back from the map as
-UPDATE events, so that an elephant that has gone quiet ends on time; the zone
-counters are read when the agent asks (each second). It is
-compiled with bcc when the source opens. Everything that would keep it from
-running is checked first and reported as SourceUnavailable.
+user space one ELEPHANT event when a flow passes the thresholds and one END
+event when that flow's TCP connection closes (its entry leaves ESTABLISHED) or
+its conntrack entry is deleted; mice never leave the kernel. Each second the
+elephants' counters are read back from the map as UPDATE events, so that an
+elephant that has gone quiet ends on time; the zone counters are read when the
+agent asks (each second). It is compiled with bcc when the source opens.
+Everything that would keep it from running is checked first and reported as
+SourceUnavailable.
 """
 
 from __future__ import annotations
@@ -255,7 +256,7 @@ class BpfSource:
     def _refresh(self) -> list[FlowEvent]:
         """UPDATE events with the counters of the elephants still in the map, END for
         those gone from it, so that user space can tell when one has gone idle
-        (a closed TCP flow keeps its conntrack entry for minutes)."""
+        (a silent flow that never closes, UDP or TCP, keeps its entry for minutes)."""
         flows, now, out = self._bpf["flows"], time.time_ns(), []
         for addr, (_, ev) in list(self._reported.items()):
             try:

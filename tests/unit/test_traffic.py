@@ -7,7 +7,7 @@ from ovsfoot import contract as c
 from ovsfoot.events import FlowKey, Thresholds
 from ovsfoot.footprints import Footprints
 from ovsfoot.learning import Learner, StateFile
-from ovsfoot.rates import EntryCounter, Rate, ZoneCounters, ZoneRates
+from ovsfoot.rates import DumpCounter, Rate, ZoneCounters, ZoneRates
 from ovsfoot.scheduler.scoring import NodeFacts, score
 
 S = 10**9
@@ -18,19 +18,18 @@ def key(zone, sport):
     return FlowKey(1, zone, 6, "10.0.0.1", "10.0.0.2", sport, 80)
 
 
-def test_entry_counter_counts_what_each_entry_carried_since_the_last_dump():
-    z = EntryCounter()
-    z.add(key(3, 1), 1000, 10)          # there before: a baseline, not a new flow
-    z.finish()
+def test_dump_counter_counts_what_each_zone_carried_between_dumps():
+    z = DumpCounter()
+    z.dump({3: [1000, 10, 1]})          # there before: a baseline, not a new flow
     assert z.totals == {}
-    z.add(key(3, 1), 1500, 14)
-    z.add(key(3, 2), 200, 2)            # new
-    z.add(key(4, 1), 50, 1)             # new, another zone
-    z.finish()
-    assert z.totals == {3: ZoneCounters(700, 6, 1), 4: ZoneCounters(50, 1, 1)}
-    z.add(key(3, 1), 100, 1)            # fewer bytes: a later entry with the same tuple
-    z.finish()                          # (3, 2) and (4, 1) are gone: nothing more
-    assert z.totals[3] == ZoneCounters(800, 7, 2) and z.totals[4] == ZoneCounters(50, 1, 1)
+    z.destroyed()[3] = [300, 3, 1]      # a flow born and deleted between two dumps
+    z.dump({3: [1700, 16, 2], 4: [50, 1, 1]})   # 3: one more entry; 4: a new zone
+    assert z.totals == {3: ZoneCounters(1000, 9, 2), 4: ZoneCounters(50, 1, 1)}
+    z.destroyed()[4] = [80, 2, 1]       # 4's entry deleted after carrying 30 more bytes
+    z.dump({3: [1700, 16, 2]})
+    assert z.totals[3] == ZoneCounters(1000, 9, 2) and z.totals[4] == ZoneCounters(80, 2, 1)
+    z.dump({3: [100, 1, 1]})            # entries gone without their DESTROY (events lost):
+    assert z.totals[3] == ZoneCounters(1000, 9, 2)      # counted 0, never negative
 
 
 def test_zone_rates_average_over_the_window_and_survive_a_reset():
