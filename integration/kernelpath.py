@@ -17,6 +17,7 @@ IPv6 will not route via an address of its own.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from integration.programs import require
@@ -87,8 +88,7 @@ class KernelPath:
 
     def set_zone(self, pod_ns: str, zone: int) -> None:
         """Moves pod `pod_ns`'s traffic into conntrack zone `zone`."""
-        ip, _, dev = self.pods[pod_ns]
-        self.pods[pod_ns] = (ip, zone, dev)
+        self.pods[pod_ns] = dataclasses.replace(self.pods[pod_ns], zone=zone)
         self._rules()
 
     def _rules(self) -> None:

@@ -282,8 +282,8 @@ def test_threshold_set_takes_the_limits_themselves(agent):
     before = agent.json("threshold/show")
     try:
         agent.appctl("threshold/set", f"bytes={MAX_BYTES}", "seconds=1e10", "idle=1e10")
-        assert agent.json("threshold/show") == {"bytes": MAX_BYTES, "seconds": 1e10,
-                                                "idle_seconds": 1e10}
+        assert agent.json("threshold/show") == {**before, "bytes": MAX_BYTES,
+                                                "seconds": 1e10, "idle_seconds": 1e10}
     finally:
         agent.appctl("threshold/set", f"bytes={before['bytes']}",
                      f"seconds={before['seconds']}", f"idle={before['idle_seconds']}")
