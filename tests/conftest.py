@@ -147,25 +147,28 @@ def make_central(tmp: Path, sb_members: int = 1) -> OvnCentral:
 
 
 def make_node(tmp: Path, tag: str, central: OvnCentral | None = None, pods=PODS,
-              own_netns: bool = False, encap_ip: str = "127.0.0.1") -> Node:
+              encap_ip: str = "127.0.0.1") -> Node:
     """A chassis (own OVS, own bridge, own kernel path) with `pods` bound to OVN.
 
-    A second userspace datapath in one namespace clashes with the first on its
-    tap devices: chassis that share a central get `own_netns`, and their own
+    Its ovs-vswitchd runs in a network namespace of its own: a second userspace
+    datapath in one namespace (another chassis, another test run) clashes with
+    the first on its tap devices. Chassis that share a central get their own
     `encap_ip` (SB allows one chassis per tunnel address)."""
     prefix = f"of{os.getpid() % 10000}{tag}-"
     central = central or make_central(tmp)
-    netns = None
-    if own_netns:
-        netns = f"{prefix}ovs"
-        sh("ip", "netns", "add", netns)
-        sh("ip", "-n", netns, "link", "set", "lo", "up")
-    ovs = Ovs(tmp / f"hv-{tag}", bridge=f"br-{prefix[:-1]}"[:15], netns=netns).start_all()
-    ovs.join_ovn(central, f"hv-{prefix}", encap_ip=encap_ip)
-    kp = KernelPath(f"{prefix}dp").create()
-    node = Node(central, ovs, kp, prefix)
-    for i, (name, (lport, ids, workload)) in enumerate(pods.items(), start=1):
-        node.add_pod(name, lport, ids, workload, i)
+    netns = f"{prefix}ovs"
+    sh("ip", "netns", "add", netns)
+    sh("ip", "-n", netns, "link", "set", "lo", "up")
+    node = Node(central, Ovs(tmp / f"hv-{tag}", bridge=f"br-{prefix[:-1]}"[:15], netns=netns),
+                KernelPath(f"{prefix}dp"), prefix)
+    try:                    # a failed set-up leaves no daemon behind
+        node.ovs.start_all().join_ovn(central, f"hv-{prefix}", encap_ip=encap_ip)
+        node.kp.create()
+        for i, (name, (lport, ids, workload)) in enumerate(pods.items(), start=1):
+            node.add_pod(name, lport, ids, workload, i)
+    except BaseException:
+        destroy_node(node)
+        raise
     return node
 
 

@@ -39,7 +39,7 @@ def cluster(tmp_path_factory):
         db.start()
         a = make_node(tmp, "ca", central)
         nodes.append(a)
-        b = make_node(tmp, "cb", central, pods={}, own_netns=True, encap_ip="127.0.0.2")
+        b = make_node(tmp, "cb", central, pods={}, encap_ip="127.0.0.2")
         nodes.append(b)
         for n in (a, b):
             key, cert, ca = db.client_creds(chassis_name(n))

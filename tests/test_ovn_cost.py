@@ -41,7 +41,7 @@ def write_keys(db: LocalDb, table: str, name: str, n: int) -> None:
 def node(tmp_path_factory):
     """A chassis whose ovs-vswitchd has a network namespace of its own: links that
     come and go elsewhere on this machine do not make it reconfigure."""
-    n = make_node(tmp_path_factory.mktemp("cost"), "cst", own_netns=True)
+    n = make_node(tmp_path_factory.mktemp("cost"), "cst")
     yield n
     destroy_node(n)
     n.central.stop_all()
