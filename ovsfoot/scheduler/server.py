@@ -77,7 +77,8 @@ def _short(text, n: int = LOG_NAME) -> str:
     """`text` for a log line: at most `n` characters, nothing unprintable (no forged lines)."""
     text = str(text)
     cut = text[:n]
-    cut = "".join(c if c.isprintable() else "?" for c in cut)
+    if not cut.isprintable():
+        cut = "".join(c if c.isprintable() else "?" for c in cut)
     return cut + (f"...({len(text)} chars)" if len(text) > n else "")
 
 
@@ -128,10 +129,11 @@ class Extender:
         out = scoring.prioritize(pod, names, view, self.assumed, time.monotonic(),
                                  self.stale_seconds)
         klass, why = scoring.pod_class(pod, view)
-        top = max((p["Score"] for p in out), default=None)
+        scores = [p["Score"] for p in out]
+        top = max(scores, default=None)
         log.info("prioritize %s/%s (%s: %s): %d nodes, best score %s on %d, %.1f ms",
                  _short(pod.namespace), _short(pod.name), klass, _short(why), len(out), top,
-                 sum(p["Score"] == top for p in out), (time.monotonic() - t) * 1000)
+                 scores.count(top), (time.monotonic() - t) * 1000)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("prioritize %s/%s: %s%s", _short(pod.namespace), _short(pod.name),
                       " ".join(f"{_short(p['Host'], 64)}={p['Score']}"
