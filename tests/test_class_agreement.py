@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PODS, destroy_node, make_node
+from conftest import PODS, destroy_node, make_central, make_node
 from integration.agentproc import AgentProcess
 from integration.sandbox import wait_for
 from ovsfoot import api
@@ -62,12 +62,14 @@ class BypassedMergeAgent(AgentProcess):
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("agree")
     db = ClusterDb(tmp / "clusterdb")
-    node = ext = None
+    central = node = ext = None
     try:
         db.start_db()
         # chassis B's summary: a node where a heavy pod scores 5 and a light one 4
         db.set_chassis(OTHER, "node-b", footprint="heavy", elephants=2, heavy_ports=1)
-        node = make_node(tmp, "agr", pods={p: PODS[p] for p in ("p1", "p2")}, own_netns=True)
+        central = make_central(tmp)
+        node = make_node(tmp, "agr", central, pods={p: PODS[p] for p in ("p1", "p2")},
+                         own_netns=True)
         ext = Extender(db, "--assume-seconds=0")        # scores alone, no assumed load
         yield db, node, ext
     finally:
@@ -75,7 +77,8 @@ def setup(tmp_path_factory):
             ext.stop()
         if node is not None:
             destroy_node(node)
-            node.central.stop_all()
+        if central is not None:
+            central.stop_all()
         db.stop_all()
 
 
