@@ -296,6 +296,8 @@ class Connection(asyncio.Protocol):
         self.peer = "?"
         self.buf = bytearray()
         self.req: Request | None = None     # the request being read or answered
+        self.tls: ssl.SSLObject | None = None      # with HTTPS, over these buffers:
+        self.tls_in, self.tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.ready = False          # its TLS handshake (if any) is done
         self.waiting = False        # for admission or a worker thread: read nothing more
         self.writing_paused = False
@@ -323,31 +325,44 @@ class Connection(asyncio.Protocol):
         if server.tls is None:
             self.ready = True
             self._deadline(IDLE_TIMEOUT)
-        else:
-            transport.pause_reading()       # no plain byte before the handshake
-            server.loop.create_task(self._handshake(transport))
+        else:       # the handshake through memory buffers: no blocking, and its alerts sent
+            self.tls = server.tls.wrap_bio(self.tls_in, self.tls_out, server_side=True)
+            self._deadline(BODY_TIMEOUT)
 
-    async def _handshake(self, raw) -> None:
+    def _handshake(self) -> None:
         try:
-            tls = await self.server.loop.start_tls(raw, self, self.server.tls,
-                                                   server_side=True,
-                                                   ssl_handshake_timeout=BODY_TIMEOUT)
-            if tls is None:
-                raise ConnectionResetError("the client closed the connection")
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
         except (OSError, ValueError) as e:      # ssl.SSLError is an OSError
-            self.server.metrics.tls_failures.inc()
-            refused = "CERTIFICATE" in str(getattr(e, "reason", "") or "").upper()
-            log.log(logging.WARNING if refused else logging.INFO,
-                    "TLS handshake with %s failed%s: %s", self.peer,
-                    " (client certificate refused)" if refused else "", _short(e))
-            raw.close()
-            self.connection_lost(e)         # asyncio does not call it for a failed handshake
+            self._tls_failed(e)
             return
-        if self.closed:
-            return
-        self.transport, self.ready = tls, True
+        self._flush()
+        self.ready = True
         self._deadline(IDLE_TIMEOUT)
-        self._process()
+
+    def _tls_failed(self, e: Exception) -> None:
+        self.server.metrics.tls_failures.inc()
+        refused = "CERTIFICATE" in str(getattr(e, "reason", "") or "").upper()
+        log.log(logging.WARNING if refused else logging.INFO,
+                "TLS handshake with %s failed%s: %s", self.peer,
+                " (client certificate refused)" if refused else "", _short(e))
+        self._flush()               # the alert that tells the client why
+        self._close()
+
+    def _flush(self) -> None:
+        """Sends what TLS has to send."""
+        data = self.tls_out.read()
+        if data:
+            self.transport.write(data)
+
+    def _write(self, data: bytes) -> None:
+        if self.tls is None:
+            self.transport.write(data)
+        else:
+            self.tls.write(data)
+            self._flush()
 
     def connection_lost(self, exc) -> None:
         if self.closed and not self.counted:
@@ -368,7 +383,24 @@ class Connection(asyncio.Protocol):
             self._done(req, 0)
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
+        if self.tls is None:
+            self.buf += data
+        else:
+            self.tls_in.write(data)
+            if not self.ready:
+                self._handshake()
+            if not self.ready or self.closed:
+                return
+            try:
+                while chunk := self.tls.read(1 << 16):
+                    self.buf += chunk
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, OSError) as e:   # close_notify, or a bad record
+                log.debug("%s: TLS: %s: closing", self.peer, _short(e))
+                self.transport.abort()
+                return
+            self._flush()
         if self.ready:
             self._process()
 
@@ -388,6 +420,9 @@ class Connection(asyncio.Protocol):
         self.timer = self.server.loop.call_later(seconds, self._expired, seconds)
 
     def _expired(self, seconds: float) -> None:
+        if self.tls is not None and not self.ready:
+            self._tls_failed(TimeoutError(f"not done within {seconds:g} s"))
+            return
         log.debug("%s: nothing for %.0f s: closing", self.peer, seconds)
         self.transport.abort()
 
@@ -490,7 +525,7 @@ class Connection(asyncio.Protocol):
                 self._done(req, 0)
                 return
             if expect_continue:
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._deadline(BODY_TIMEOUT)
             if self.waiting:
                 self.waiting = False
@@ -543,7 +578,7 @@ class Connection(asyncio.Protocol):
                 f"Content-Length: {len(data)}", *(f"{k}: {v}" for k, v in headers)]
         if close:
             head.append("Connection: close")
-        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
+        self._write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
         self._done(req, code)
         if close:
             self._close()
