@@ -14,10 +14,11 @@ requests get HTTP 400 and the reason as text; other paths 404.
 
 One thread serves every connection: an asyncio event loop reads, parses and answers
 HTTP/1.1 requests (keep-alive, pipelined ones in order) as they arrive, with no
-thread hand-off per connection or request (thread-per-connection spent ~0.6 ms of
-CPU per request on hand-offs, locks and the GIL: bench/README.md). Scoring 100 nodes
-takes ~0.1 ms, so it runs on the loop; a body over `INLINE_BODY` is scored on a
-worker thread, so that a large request does not hold up the others.
+thread hand-off per connection or request (thread-per-connection cost ~0.2 ms more
+CPU and 20-30 context switches per request in hand-offs, locks and the GIL:
+bench/README.md). Scoring 100 nodes takes ~0.1 ms, so it runs on the loop; a body
+over `INLINE_BODY` is scored on a worker thread, so that a large request does not
+hold up the others.
 
 Limits (kube-scheduler asks filter and prioritize for every pod, one pod at a time):
 a listen backlog of `BACKLOG`, TCP_NODELAY and each answer in one write; a request
