@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -36,7 +37,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from bench.common import REPO, Result, percentile, ratio
+from bench.common import REPO, Result, percentile, proc_cpu_s, ratio
 
 NODES = [f"node-{i:03d}" for i in range(100)]
 POD = {"metadata": {"name": "frontend-6b8d9c7f5d-q2w4x", "namespace": "shop",
@@ -240,19 +241,24 @@ def big_body(mb: int = 16) -> bytes:
     return head + b",".join(b'"n-%07d"' % i for i in range(k)) + b"]}"
 
 
-def alternate(url: str, n: int, newconn: bool, log) -> tuple[dict, dict]:
-    """prioritize and /healthz, `n` each, in alternating halves."""
-    runs = {"/ovsfoot/prioritize": {"lat": [], "errors": []},
-            "/healthz": {"lat": [], "errors": []}}
+def alternate(s: Setup, n: int, newconn: bool) -> tuple[dict, dict]:
+    """prioritize and /healthz, `n` each, in alternating halves; with the extender's
+    CPU time per request (`cpu_ms`: user + system, all its threads)."""
+    runs = {"/ovsfoot/prioritize": {"lat": [], "errors": [], "cpu_s": 0.0},
+            "/healthz": {"lat": [], "errors": [], "cpu_s": 0.0}}
     for half in range(2):
         order = list(runs) if half == 0 else list(runs)[::-1]
         for path in order:
+            cpu = proc_cpu_s(s.ext.pid)
             if newconn:
-                d = load(url, path, n // 2, True)
+                d = load(s.url, path, n // 2, True)
             else:
-                d = client(url, path, n // 2, 1, False)
+                d = client(s.url, path, n // 2, 1, False)
+            runs[path]["cpu_s"] += proc_cpu_s(s.ext.pid) - cpu
             runs[path]["lat"] += d["lat"]
             runs[path]["errors"] += d["errors"]
+    for r in runs.values():
+        r["cpu_ms"] = round(r.pop("cpu_s") / max(1, len(r["lat"])) * 1000, 3)
     return runs["/ovsfoot/prioritize"], runs["/healthz"]
 
 
@@ -262,17 +268,19 @@ def run(quick: bool = False, log=print) -> list[Result]:
     try:
         ms = lambda xs, p: None if not xs else round(percentile(xs, p) * 1000, 2)  # noqa: E731
         # new connections, 20 concurrent clients
-        pri, hz = alternate(s.url, n_new, True, log)
+        pri, hz = alternate(s, n_new, True)
         p99, hz99 = ms(pri["lat"], 99), ms(hz["lat"], 99)
         errs = len(pri["errors"]) + len(hz["errors"])
         log(f"extender, new connections x20: prioritize p50 {ms(pri['lat'], 50)} ms, "
-            f"p99 {p99} ms, {len(pri['errors'])} errors; /healthz p99 {hz99} ms, "
-            f"{len(hz['errors'])} errors")
+            f"p99 {p99} ms, {len(pri['errors'])} errors, CPU {pri['cpu_ms']} ms/request; "
+            f"/healthz p99 {hz99} ms, {len(hz['errors'])} errors, CPU {hz['cpu_ms']} "
+            f"ms/request")
         # keep-alive, one connection, one request after another
-        kpri, khz = alternate(s.url, n_keep, False, log)
+        kpri, khz = alternate(s, n_keep, False)
         k50, khz50 = ms(kpri["lat"], 50), ms(khz["lat"], 50)
-        log(f"extender, keep-alive: prioritize p50 {k50} ms, p99 {ms(kpri['lat'], 99)} ms; "
-            f"/healthz p50 {khz50} ms")
+        log(f"extender, keep-alive: prioritize p50 {k50} ms, p99 {ms(kpri['lat'], 99)} ms, "
+            f"CPU {kpri['cpu_ms']} ms/request; /healthz p50 {khz50} ms, CPU {khz['cpu_ms']} "
+            f"ms/request")
         # the largest body: RSS and log bytes
         rss0 = s.rss_kib()
         log_before = s.log.stat().st_size
@@ -306,7 +314,10 @@ def run(quick: bool = False, log=print) -> list[Result]:
                p99 is not None and p99 <= 20 and errs == 0,
                detail={"requests": len(pri["lat"]), "p50_ms": ms(pri["lat"], 50),
                        "max_ms": ms(pri["lat"], 100), "errors": errors(pri),
-                       "healthz_errors": errors(hz), "clients": PROCS * THREADS}),
+                       "healthz_errors": errors(hz), "clients": PROCS * THREADS,
+                       "cpu_ms_per_request": pri["cpu_ms"],
+                       "healthz_cpu_ms_per_request": hz["cpu_ms"],
+                       "load_average": os.getloadavg()[0]}),
         Result("extender_newconn_errors", len(pri["errors"]), "requests", len(pri["lat"]),
                "prioritize requests sent (20 clients, new connections)",
                ratio(len(pri["errors"]), len(pri["lat"])), "0", not pri["errors"],
@@ -316,7 +327,9 @@ def run(quick: bool = False, log=print) -> list[Result]:
                ratio(k50, khz50), "<= 3 ms", k50 is not None and k50 <= 3 and
                not kpri["errors"],
                detail={"requests": len(kpri["lat"]), "p99_ms": ms(kpri["lat"], 99),
-                       "errors": errors(kpri), "healthz_p99_ms": ms(khz["lat"], 99)}),
+                       "errors": errors(kpri), "healthz_p99_ms": ms(khz["lat"], 99),
+                       "cpu_ms_per_request": kpri["cpu_ms"],
+                       "healthz_cpu_ms_per_request": khz["cpu_ms"]}),
         Result("extender_rss_16mb_body", round(rss1 / 1024, 1), "MiB", round(rss0 / 1024, 1),
                "peak RSS before the request (after the latency runs)", ratio(rss1, rss0),
                "informational", None,

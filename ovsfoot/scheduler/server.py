@@ -14,10 +14,11 @@ requests get HTTP 400 and the reason as text; other paths 404.
 
 One thread serves every connection: an asyncio event loop reads, parses and answers
 HTTP/1.1 requests (keep-alive, pipelined ones in order) as they arrive, with no
-thread hand-off per connection or request (thread-per-connection spent ~0.6 ms of
-CPU per request on hand-offs, locks and the GIL: bench/README.md). Scoring 100 nodes
-takes ~0.1 ms, so it runs on the loop; a body over `INLINE_BODY` is scored on a
-worker thread, so that a large request does not hold up the others.
+thread hand-off per connection or request (thread-per-connection cost ~0.2 ms more
+CPU and 20-30 context switches per request in hand-offs, locks and the GIL:
+bench/README.md). Scoring 100 nodes takes ~0.1 ms, so it runs on the loop; a body
+over `INLINE_BODY` is scored on a worker thread, so that a large request does not
+hold up the others.
 
 Limits (kube-scheduler asks filter and prioritize for every pod, one pod at a time):
 a listen backlog of `BACKLOG`, TCP_NODELAY and each answer in one write; a request
@@ -77,7 +78,8 @@ def _short(text, n: int = LOG_NAME) -> str:
     """`text` for a log line: at most `n` characters, nothing unprintable (no forged lines)."""
     text = str(text)
     cut = text[:n]
-    cut = "".join(c if c.isprintable() else "?" for c in cut)
+    if not cut.isprintable():
+        cut = "".join(c if c.isprintable() else "?" for c in cut)
     return cut + (f"...({len(text)} chars)" if len(text) > n else "")
 
 
@@ -128,10 +130,11 @@ class Extender:
         out = scoring.prioritize(pod, names, view, self.assumed, time.monotonic(),
                                  self.stale_seconds)
         klass, why = scoring.pod_class(pod, view)
-        top = max((p["Score"] for p in out), default=None)
+        scores = [p["Score"] for p in out]
+        top = max(scores, default=None)
         log.info("prioritize %s/%s (%s: %s): %d nodes, best score %s on %d, %.1f ms",
                  _short(pod.namespace), _short(pod.name), klass, _short(why), len(out), top,
-                 sum(p["Score"] == top for p in out), (time.monotonic() - t) * 1000)
+                 scores.count(top), (time.monotonic() - t) * 1000)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("prioritize %s/%s: %s%s", _short(pod.namespace), _short(pod.name),
                       " ".join(f"{_short(p['Host'], 64)}={p['Score']}"
@@ -294,6 +297,8 @@ class Connection(asyncio.Protocol):
         self.peer = "?"
         self.buf = bytearray()
         self.req: Request | None = None     # the request being read or answered
+        self.tls: ssl.SSLObject | None = None      # with HTTPS, over these buffers:
+        self.tls_in, self.tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.ready = False          # its TLS handshake (if any) is done
         self.waiting = False        # for admission or a worker thread: read nothing more
         self.writing_paused = False
@@ -321,31 +326,44 @@ class Connection(asyncio.Protocol):
         if server.tls is None:
             self.ready = True
             self._deadline(IDLE_TIMEOUT)
-        else:
-            transport.pause_reading()       # no plain byte before the handshake
-            server.loop.create_task(self._handshake(transport))
+        else:       # the handshake through memory buffers: no blocking, and its alerts sent
+            self.tls = server.tls.wrap_bio(self.tls_in, self.tls_out, server_side=True)
+            self._deadline(BODY_TIMEOUT)
 
-    async def _handshake(self, raw) -> None:
+    def _handshake(self) -> None:
         try:
-            tls = await self.server.loop.start_tls(raw, self, self.server.tls,
-                                                   server_side=True,
-                                                   ssl_handshake_timeout=BODY_TIMEOUT)
-            if tls is None:
-                raise ConnectionResetError("the client closed the connection")
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
         except (OSError, ValueError) as e:      # ssl.SSLError is an OSError
-            self.server.metrics.tls_failures.inc()
-            refused = "CERTIFICATE" in str(getattr(e, "reason", "") or "").upper()
-            log.log(logging.WARNING if refused else logging.INFO,
-                    "TLS handshake with %s failed%s: %s", self.peer,
-                    " (client certificate refused)" if refused else "", _short(e))
-            raw.close()
-            self.connection_lost(e)         # asyncio does not call it for a failed handshake
+            self._tls_failed(e)
             return
-        if self.closed:
-            return
-        self.transport, self.ready = tls, True
+        self._flush()
+        self.ready = True
         self._deadline(IDLE_TIMEOUT)
-        self._process()
+
+    def _tls_failed(self, e: Exception) -> None:
+        self.server.metrics.tls_failures.inc()
+        refused = "CERTIFICATE" in str(getattr(e, "reason", "") or "").upper()
+        log.log(logging.WARNING if refused else logging.INFO,
+                "TLS handshake with %s failed%s: %s", self.peer,
+                " (client certificate refused)" if refused else "", _short(e))
+        self._flush()               # the alert that tells the client why
+        self._close()
+
+    def _flush(self) -> None:
+        """Sends what TLS has to send."""
+        data = self.tls_out.read()
+        if data:
+            self.transport.write(data)
+
+    def _write(self, data: bytes) -> None:
+        if self.tls is None:
+            self.transport.write(data)
+        else:
+            self.tls.write(data)
+            self._flush()
 
     def connection_lost(self, exc) -> None:
         if self.closed and not self.counted:
@@ -366,7 +384,24 @@ class Connection(asyncio.Protocol):
             self._done(req, 0)
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
+        if self.tls is None:
+            self.buf += data
+        else:
+            self.tls_in.write(data)
+            if not self.ready:
+                self._handshake()
+            if not self.ready or self.closed:
+                return
+            try:
+                while chunk := self.tls.read(1 << 16):
+                    self.buf += chunk
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, OSError) as e:   # close_notify, or a bad record
+                log.debug("%s: TLS: %s: closing", self.peer, _short(e))
+                self.transport.abort()
+                return
+            self._flush()
         if self.ready:
             self._process()
 
@@ -386,6 +421,9 @@ class Connection(asyncio.Protocol):
         self.timer = self.server.loop.call_later(seconds, self._expired, seconds)
 
     def _expired(self, seconds: float) -> None:
+        if self.tls is not None and not self.ready:
+            self._tls_failed(TimeoutError(f"not done within {seconds:g} s"))
+            return
         log.debug("%s: nothing for %.0f s: closing", self.peer, seconds)
         self.transport.abort()
 
@@ -488,7 +526,7 @@ class Connection(asyncio.Protocol):
                 self._done(req, 0)
                 return
             if expect_continue:
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._deadline(BODY_TIMEOUT)
             if self.waiting:
                 self.waiting = False
@@ -541,7 +579,7 @@ class Connection(asyncio.Protocol):
                 f"Content-Length: {len(data)}", *(f"{k}: {v}" for k, v in headers)]
         if close:
             head.append("Connection: close")
-        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
+        self._write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
         self._done(req, code)
         if close:
             self._close()
