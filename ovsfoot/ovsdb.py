@@ -419,7 +419,7 @@ class _SchemaFetch:
 
 
 def open_idl(remote: str, db: str, tables: dict[str, list[str]],
-             retry: float = 1.0, timeout: float | None = None) -> ovs.db.idl.Idl:
+             retry: float = 1.0, timeout: float | None = None) -> Idl:
     """An IDL for `tables` of `db`, waiting for the server to come up.
 
     `timeout` (seconds) bounds all of it, at least one attempt (OSError when
@@ -452,8 +452,21 @@ def open_idl(remote: str, db: str, tables: dict[str, list[str]],
     return make_idl(remote, schema, tables)
 
 
+class Idl(ovs.db.idl.Idl):
+    """python-ovs's Idl, less a busy loop: its wait() wakes at once while a
+    condition change is pending, also when there is no connection to send it on,
+    so that a client with conditions spins a core until the server comes back
+    (python-ovs 3.1). Here it waits for the connection, as without conditions."""
+
+    def wait(self, poller) -> None:
+        if self.cond_changed and not self._session.is_connected():
+            self._session.wait(poller)
+        else:
+            super().wait(poller)
+
+
 def make_idl(remote: str, schema: dict | str, tables: dict[str, list[str]] | None,
-             cls: type[ovs.db.idl.Idl] = ovs.db.idl.Idl) -> ovs.db.idl.Idl:
+             cls: type[Idl] = Idl) -> Idl:
     """An IDL of `cls` for `tables` (table: columns; None: all) of `schema`, a
     schema's JSON or the path of an .ovsschema. Connects as it runs: never blocks."""
     helper = (ovs.db.idl.SchemaHelper(location=schema) if isinstance(schema, str)
@@ -465,7 +478,7 @@ def make_idl(remote: str, schema: dict | str, tables: dict[str, list[str]] | Non
     return cls(remote, helper, leader_only=False)
 
 
-class ClusterIdl(ovs.db.idl.Idl):
+class ClusterIdl(Idl):
     """An Idl for a raft database read by many clients (the cluster view).
 
     python-ovs monitors every column of `_Server.Database`, `index` included,
