@@ -233,18 +233,16 @@ def picture(report: dict, path: Path) -> Path | None:
                    linewidth=1, label="elephant Mbit/s (at pod3)")
         colors = {"detection": "tab:red", "publication": "tab:orange",
                   "isolation": "tab:green", "placement": "tab:blue"}
-        for mark in exp.get("marks", []):
+        for mark in exp.get("marks", []):      # close together: named in the legend
             kind = mark["kind"]
             right.axvline(mark["t"] - t0, color=colors.get(kind, "black"),
                           linestyle="-" if kind in ("detection", "publication") else "--",
-                          linewidth=1)
-            right.annotate(mark["label"], (mark["t"] - t0, 0.02), rotation=90, fontsize=7,
-                           xycoords=right.get_xaxis_transform(), xytext=(2, 0),
-                           textcoords="offset points", va="bottom")
+                          linewidth=1, label=f"{mark['label']} ({mark['t'] - t0:.3f} s)")
         for t_from, t_to, row in exp.get("windows", []):
             right.axvspan(t_from - t0, t_to - t0, alpha=0.08,
                           color="tab:green" if row == "d" else "tab:red")
-        right.set_ylim(bottom=0)
+        right.set_ylim(0, max(m for _, m in series) * 1.5 + 1)
+        right.legend(loc="upper right", fontsize=7)
         right.set_xlabel("seconds since the elephant started")
         right.set_ylabel("Mbit/s")
         right.set_title("the elephant's throughput (shaded: (b) red, (d) green)")

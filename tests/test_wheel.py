@@ -110,6 +110,8 @@ def test_wheel_carries_the_bpf_program_as_a_file_and_no_integration(wheel):
         info = z.getinfo(PROGRAM)
         assert (info.external_attr >> 16) & 0o170000 != 0o120000, "a link, not the file"
         assert z.read(PROGRAM) == (REPO / "bpf/ovsfoot_ct.c").read_bytes()
+        assert z.read("ovsfoot/bpf/ovsfoot_isolate.c") == \
+            (REPO / "bpf/ovsfoot_isolate.c").read_bytes()
         assert "ovsfoot/cluster.ovsschema" in names
         tops = {n.split("/")[0] for n in names}
     assert not any(n.startswith("integration") for n in tops), sorted(tops)
