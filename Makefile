@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: deps venv lab test unit lint bench clean
+.PHONY: deps venv lab test unit lint bench clean vagrant-box vagrant-lab
 
 deps:
 	sudo_() { if [ "$$(id -u)" = 0 ]; then "$$@"; else sudo "$$@"; fi; }; \
@@ -24,6 +24,14 @@ venv: $(STAMP)
 # the lab's own entry point, run from the source tree (integration/ is not installed)
 lab: $(STAMP)
 	$(PY) -m integration.lab
+
+# the Vagrant lab on libvirt, offline: a box built from Debian packages (cached in
+# vagrant/.box, rebuilt when its inputs change), then vagrant up, the experiment, destroy
+vagrant-box: deps
+	bash vagrant/box/build.sh
+
+vagrant-lab: vagrant-box
+	bash vagrant/lab.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
