@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: deps venv lab kernels test unit lint bench clean
+.PHONY: deps venv lab kernels test unit lint bench clean vagrant-box vagrant-lab
 
 deps:
 	sudo_() { if [ "$$(id -u)" = 0 ]; then "$$@"; else sudo "$$@"; fi; }; \
@@ -28,6 +28,14 @@ lab: $(STAMP)
 
 kernels: $(STAMP)
 	$(PY) -m integration.tracer_matrix
+
+# the Vagrant lab on libvirt, offline: a box built from Debian packages (cached in
+# vagrant/.box, rebuilt when its inputs change), then vagrant up, the experiment, destroy
+vagrant-box: deps
+	bash vagrant/box/build.sh
+
+vagrant-lab: vagrant-box
+	bash vagrant/lab.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

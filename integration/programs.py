@@ -53,6 +53,13 @@ PACKAGES = {
     "shellcheck": "shellcheck",
     "systemd-analyze": "systemd", "systemctl": "systemd",
     "vagrant": "vagrant",
+    "virsh": "libvirt-clients",
+    "libvirtd": "libvirt-daemon", "virtlogd": "libvirt-daemon",
+    "mmdebstrap": "mmdebstrap",
+    "mkfs.ext4": "e2fsprogs",
+    "qemu-img": "qemu-utils",
+    "sha256sum": "coreutils", "dd": "coreutils",
+    "flock": "util-linux",
 }
 
 

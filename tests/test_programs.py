@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 FRESH = next(p for p in (REPO.parent / "shared" / "tools" / "fresh-debian12-packages.txt",
                          REPO / "tests" / "data" / "fresh-debian12-packages.txt") if p.exists())
 SCRIPTS = [*sorted((REPO / "vagrant" / "provision").glob("*.sh")),
-           REPO / "vagrant" / "experiment.sh"]
+           *sorted((REPO / "vagrant" / "box").glob("*.sh")),
+           REPO / "vagrant" / "experiment.sh", REPO / "vagrant" / "lab.sh"]
 
 
 def install_step_packages() -> set[str]:

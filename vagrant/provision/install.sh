@@ -1,13 +1,15 @@
 #!/bin/bash
 # Machine mode: the Debian packages a node of ROLE needs and ovsfoot from the
-# source tree (the synced folder) in a virtualenv: on a chassis for the agent
+# source tree (the synced folder) in a virtualenv, its Python dependencies from
+# the wheelhouse WHEELS where there is one (the box of vagrant/box/ has it: then
+# nothing is downloaded), else from PyPI: on a chassis for the agent
 # (the virtualenv sees Debian's bcc, python3-bpfcc), on the central node for
 # `ovsfoot cluster-db`. Lab nodes use their host's installation.
-USAGE="install.sh [--src DIR] [--venv DIR] [--podman yes|no] central|chassis"
+USAGE="install.sh [--src DIR] [--venv DIR] [--wheels DIR] [--podman yes|no] central|chassis"
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
-SRC=$(cd "$PROVISION/../.." && pwd) VENV=/opt/ovsfoot PODMAN=no
-parse_args "src venv podman" "$@"
+SRC=$(cd "$PROVISION/../.." && pwd) VENV=/opt/ovsfoot PODMAN=no WHEELS=/var/cache/ovsfoot/wheels
+parse_args "src venv wheels podman" "$@"
 positional 1
 [ "$MODE" = machine ] || die "install.sh is for machines; lab nodes use the host's packages"
 need apt-get:apt apt-cache:apt dpkg-query:dpkg
@@ -60,7 +62,12 @@ fi
 if [ "$VENV/.installed" -nt "$SRC/setup.py" ]; then
   step "ovsfoot already installed from $SRC"
 else
-  step "installing ovsfoot from $SRC"
-  "$VENV/bin/pip" install --quiet --editable "$SRC"
+  if [ -d "$WHEELS" ]; then
+    step "installing ovsfoot from $SRC, its dependencies from $WHEELS"
+    "$VENV/bin/pip" install --quiet --no-index --find-links "$WHEELS" --editable "$SRC"
+  else
+    step "installing ovsfoot from $SRC, its dependencies from PyPI"
+    "$VENV/bin/pip" install --quiet --editable "$SRC"
+  fi
   touch "$VENV/.installed"
 fi

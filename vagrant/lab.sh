@@ -1,0 +1,115 @@
+#!/bin/bash
+# `make vagrant-lab`: the Vagrant lab on this machine's libvirt, from the box of
+# vagrant/box/build.sh (`make vagrant-box`), with nothing downloaded:
+#   libvirtd (started if it does not run), the box (added, or replaced when it was
+#   rebuilt), `vagrant up --provider=libvirt` (the VMs boot in parallel, then central,
+#   hv1, hv2 are provisioned in turn), experiment.sh, `vagrant destroy -f`, and a
+#   check that no domain, network or volume of the lab is left.
+# KVM where it works, else software emulation (domain type qemu): a short boot of
+# the box's kernel with KVM decides. Each step says how long it took.
+# With MACHINE arguments (e.g. `lab.sh central hv1`), only those come up, and the
+# experiment runs only if hv1 and hv2 are among them.
+# OVSFOOT_KEEP=yes keeps the VMs (no destroy); the Vagrantfile's OVSFOOT_* sizes
+# apply (here 1 CPU and 1280 MiB per VM unless set).
+set -euo pipefail
+cd "$(dirname "$0")"
+BOX=${BOX:-.box/ovsfoot-bookworm-libvirt.box}
+NAME=ovsfoot/bookworm
+export OVSFOOT_BOX=$NAME OVSFOOT_OFFLINE=${OVSFOOT_OFFLINE:-yes}
+export VAGRANT_DEFAULT_PROVIDER=libvirt VAGRANT_CHECKPOINT_DISABLE=1
+export OVSFOOT_CPUS=${OVSFOOT_CPUS:-1} OVSFOOT_MEMORY=${OVSFOOT_MEMORY:-1280}
+export LIBVIRT_DEFAULT_URI=qemu:///system
+started=$SECONDS
+step() { printf '[vagrant-lab %4d s] %s\n' "$((SECONDS - started))" "$*"; }
+die() { printf '[vagrant-lab] error: %s\n' "$*" >&2; exit 1; }
+need() {
+  local p
+  for p in "$@"; do
+    command -v "${p%%:*}" >/dev/null ||
+      die "program '${p%%:*}' not found: install the Debian package ${p#*:} (or run \`make deps\`)"
+  done
+}
+need vagrant:vagrant virsh:libvirt-clients libvirtd:libvirt-daemon \
+  virtlogd:libvirt-daemon qemu-system-x86_64:qemu-system-x86 tar:tar flock:util-linux
+[ "$(id -u)" = 0 ] || die "run as root: it starts libvirtd and its VMs"
+[ -e "$BOX" ] || die "$BOX not found: run \`make vagrant-box\` first"
+# One Vagrant lab at a time: its domains and networks have fixed names.
+exec 9>/tmp/ovsfoot-vagrant-lab.lock
+flock -n 9 || { step "waiting for another vagrant lab to finish"; flock 9; }
+
+if virsh version >/dev/null 2>&1; then
+  step "libvirtd runs"
+elif [ -d /run/systemd/system ]; then
+  step "starting libvirtd (systemd)"
+  systemctl start virtlogd libvirtd
+else
+  step "starting virtlogd and libvirtd (no systemd: as daemons)"
+  pgrep -x virtlogd >/dev/null || virtlogd -d
+  libvirtd -d
+  for _ in $(seq 100); do virsh version >/dev/null 2>&1 && break; sleep 0.2; done
+  virsh version >/dev/null 2>&1 || die "libvirtd did not answer (see /var/log/libvirt/libvirtd.log)"
+fi
+
+# The box, added again when it was rebuilt: with the base volume vagrant-libvirt
+# uploaded from the old one (it would boot that one otherwise).
+base_volumes() { virsh vol-list default 2>/dev/null | awk '/ovsfoot-VAGRANTSLASH-bookworm_vagrant_box_image/ {print $1}'; }
+inputs=$(cat "$BOX.inputs")
+if vagrant box list | grep -q "^$NAME " && [ "$(cat .box/added 2>/dev/null)" = "$inputs" ]; then
+  step "box $NAME already added (inputs $inputs)"
+else
+  step "adding box $NAME from $BOX"
+  vagrant box add --force --name "$NAME" "$BOX" >/dev/null
+  for v in $(base_volumes); do virsh vol-delete --pool default "$v" >/dev/null; done
+  echo "$inputs" >.box/added
+fi
+
+# KVM or software emulation: the box's disk, booted with KVM (on a throw-away
+# overlay), prints the kernel's first line on its serial console within seconds
+# where KVM works; nested KVM that hangs prints nothing.
+if [ -z "${OVSFOOT_LIBVIRT_DRIVER:-}" ]; then
+  OVSFOOT_LIBVIRT_DRIVER=qemu
+  disk=${VAGRANT_HOME:-$HOME/.vagrant.d}/boxes/${NAME//\//-VAGRANTSLASH-}/0/libvirt/box.img
+  if [ -w /dev/kvm ] && [ "$(timeout 20 qemu-system-x86_64 -accel kvm -m 512 -nographic \
+      -snapshot -drive "file=$disk,if=virtio" 2>&1 | grep -c -m1 "Linux version")" = 1 ]; then
+    OVSFOOT_LIBVIRT_DRIVER=kvm
+  fi
+fi
+export OVSFOOT_LIBVIRT_DRIVER
+step "domain type $OVSFOOT_LIBVIRT_DRIVER ($( [ "$OVSFOOT_LIBVIRT_DRIVER" = kvm ] &&
+  echo KVM works || echo 'software emulation: KVM does not work here'))"
+
+destroy() {
+  step "vagrant destroy -f"
+  vagrant destroy -f >/dev/null
+  local left
+  left=$( { virsh list --all --name | grep '^vagrant_' || true
+            virsh net-list --all --name | grep -v '^default$' | grep . || true
+            virsh vol-list default 2>/dev/null | awk 'NR > 2 && $1 ~ /^vagrant_/ {print $1}'; } )
+  [ -z "$left" ] || die "left behind after vagrant destroy: $left"
+  step "nothing left: no domain, network or volume of the lab"
+}
+if [ "${OVSFOOT_KEEP:-no}" != yes ]; then trap destroy EXIT; fi
+
+machines=("$@")
+[ $# -gt 0 ] || machines=(central hv1 hv2)
+step "vagrant up --no-provision: ${machines[*]} boot in parallel ($OVSFOOT_CPUS CPU, $OVSFOOT_MEMORY MiB each)"
+# (without its upload progress, a line per percent)
+vagrant up --provider=libvirt --no-provision "${machines[@]}" |
+  sed -u 's/\r/\n/g' | grep --line-buffered -v 'Progress: '
+for m in "${machines[@]}"; do
+  step "provisioning $m"
+  vagrant provision "$m"
+  case $m in
+    central) check="systemctl is-active ovn-northd ovsfoot-cluster-db | paste -sd ' '" ;;
+    *) # the agent answers once its source runs (bcc compiles for a minute under emulation)
+       check="systemctl is-active ovs-vswitchd ovn-controller ovsfoot-agent | paste -sd ' '
+         for _ in \$(seq 300); do sudo ovs-appctl -t ovsfoot stats >/tmp/stats 2>&1 && break
+           sleep 1; done; grep -m1 '^source source:' /tmp/stats || cat /tmp/stats" ;;
+  esac
+  step "$m: $(vagrant ssh "$m" -c "$check" 2>/dev/null | tr -s '\r\n' '  ')"
+done
+if [[ " ${machines[*]} " == *" hv1 "*" hv2 "* ]]; then
+  step "the experiment across the VMs"
+  ./experiment.sh
+fi
+step "done"
