@@ -70,7 +70,7 @@ def test_version_1_state_files_still_load(tmp_path):
     learner.load(f.load(), f.flows)
     assert learner.klass("shop/web") == "heavy" and not learner.counted
     f.save(learner.dump(), learner.dump_flows())
-    assert msgpack.unpackb(path.read_bytes())["version"] == 2
+    assert msgpack.unpackb(path.read_bytes())["version"] == 3
 
 
 def test_restarts_and_time_wait_count_a_flow_once(node, tmp_path):
