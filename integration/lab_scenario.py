@@ -369,8 +369,9 @@ class Lab:
         self.report.event(f"snapshot of the published keys ({label})",
                           seconds=round(took, 1))
         try:
-            cluster = {row["name"]: {k: row[k] for k in ("footprint", "elephants", "heavy_ports")}
-                       for row in self.cluster_rows("Chassis")}
+            cluster = {row["name"]: {k: row.get(k) for k in (
+                "footprint", "elephants", "heavy_ports", "sensitive_ports", "bps", "flows_per_s")}
+                for row in self.cluster_rows("Chassis")}
         except RuntimeError as e:
             cluster = {"error": str(e)}
         self.report.data.setdefault("published", {})[label] = snap
