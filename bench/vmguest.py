@@ -109,8 +109,9 @@ class Monitor:
         return False
 
 
-def setup(work: Path) -> tuple[Ovs, subprocess.Popen | None]:
-    # this and bench/vmdriver.py
+def setup(work: Path, monitor: bool = True) -> tuple[Ovs, subprocess.Popen | None]:
+    # this and bench/vmdriver.py; `monitor`: the OVSDB monitor client too (not needed by
+    # bench/zonecost.py)
     require("modprobe", "sysctl", "ip", "ping", "iperf3", "conntrack", "ovs-ofctl", "bpftool")
     for m in ("openvswitch", "nf_conntrack"):
         sh("modprobe", m)
@@ -149,10 +150,11 @@ table=2,priority=0,actions=NORMAL
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sh("ip", "netns", "exec", "pod2", "iperf3", "-s", "-D")
     sh("ip", "netns", "exec", "pod1", "sysctl", "-qw", "net.ipv4.ip_local_port_range=10000 65000")
-    subprocess.Popen([PY, "-m", "integration.monitor", ovs.remote, str(RUN / "monitor.jsonl")],
-                     cwd=str(BENCH.parent), stdout=subprocess.DEVNULL,
-                     stderr=open(work / "monitor.err", "w"))
-    wait_for(lambda: (RUN / "monitor.jsonl").exists(), timeout=60, what="monitor client")
+    if monitor:
+        subprocess.Popen([PY, "-m", "integration.monitor", ovs.remote,
+                          str(RUN / "monitor.jsonl")], cwd=str(BENCH.parent),
+                         stdout=subprocess.DEVNULL, stderr=open(work / "monitor.err", "w"))
+        wait_for(lambda: (RUN / "monitor.jsonl").exists(), timeout=60, what="monitor client")
     return ovs, driver
 
 

@@ -54,7 +54,7 @@ class Loaded:
 def guest(work: Path, pairs: int, seconds: float) -> int:
     from bench.vmdriver import bpftool_stats
     from bench.vmguest import setup
-    ovs, driver = setup(work)
+    ovs, driver = setup(work, monitor=False)
     driver.kill()                   # vmguest's datapath driver: not this benchmark
     try:
         t0 = time.monotonic()

@@ -4,7 +4,9 @@ they give: a shuffle of many medium flows is heavy without a single elephant, a
 loop of short RPC connections is sensitive, an idle pod stays light. Each is
 published (buckets, not raw numbers), shown by appctl and learned.
 
-The rate window is 4 s here (10 s by default) to keep the test short, and closed
+The rate window is 4 s here (10 s by default) to keep the test short, the heavy
+threshold 100 Mbit/s (200 by default: this shared machine does not always carry the
+shuffle's 320 Mbit/s through kernel conntrack in namespaces), and closed
 TCP entries stay 2 s in this conntrack (120 s by default): the RPC loop's entries
 would otherwise pile up to where each ctnetlink dump takes seconds."""
 
@@ -16,6 +18,7 @@ from integration.sandbox import sh, wait_for
 from ovsfoot import api
 
 WINDOW = 4
+HEAVY_BPS = 100_000_000
 
 
 def ids(node, pod):
@@ -30,7 +33,8 @@ def agent(node, tmp_path):
     before = sh("ip", "netns", "exec", node.kp.netns, "sysctl", "-n", TIME_WAIT).strip()
     sh("ip", "netns", "exec", node.kp.netns, "sysctl", "-qw", f"{TIME_WAIT}=2")
     node.flush_conntrack()
-    a = node.agent(f"--rate-window={WINDOW}", "--heavy-at=2", state=tmp_path / "state").start()
+    a = node.agent(f"--rate-window={WINDOW}", "--heavy-at=2", f"--heavy-bps={HEAVY_BPS}",
+                   state=tmp_path / "state").start()
     yield a
     a.stop()
     sh("ip", "netns", "exec", node.kp.netns, "sysctl", "-qw", f"{TIME_WAIT}={before}")
@@ -51,8 +55,8 @@ def stop(*procs):
 
 
 def test_heavy_without_an_elephant_sensitive_rpc_and_idle_light(node, agent):
-    # 20 flows of 2 MB each per second: 320 Mbit/s, and no flow is an elephant (5 MB)
-    shuffle = node.workload("p1", "p2", 7001, "shuffle", "20", "2000000", "60")
+    # 25 flows of 1.6 MB each per second: 320 Mbit/s, and no flow is an elephant (5 MB)
+    shuffle = node.workload("p1", "p2", 7001, "shuffle", "25", "1600000", "60")
     # 150 short connections per second of 64 bytes each
     rpc = node.workload("p3", "p4", 7002, "rpc", "150", "60")
     try:
@@ -61,19 +65,21 @@ def test_heavy_without_an_elephant_sensitive_rpc_and_idle_light(node, agent):
         sensitive = wait_for(lambda: (i := ids(node, "p3")).get("ovsfoot-footprint")
                              == "sensitive" and i, timeout=40, what="p3 published sensitive")
         assert agent.json("elephant/list") == []             # heavy by throughput alone
-        assert int(heavy["ovsfoot-bps"]) >= 200_000_000      # a bucket: 200M or 500M
+        # a bucket: 100M at least (a rate just past the threshold may still be in the
+        # bucket below it: buckets hold 10% past their bounds)
+        assert int(heavy["ovsfoot-bps"]) >= 50_000_000
         assert heavy["ovsfoot-elephants"] == "0"
         assert int(sensitive["ovsfoot-flows-per-s"]) >= 50    # a bucket: 50, 100 or 200
         assert int(sensitive["ovsfoot-bps"]) < 20_000_000
 
         show = agent.json("footprint/show")
         p1, p3 = (show["ports"][node.pods[p].lport] for p in ("p1", "p3"))
-        assert p1["traffic"] == "heavy" and p1["bps"] > 200e6 and p1["elephants"] == 0
+        assert p1["traffic"] == "heavy" and p1["bps"] > 0.9 * HEAVY_BPS and p1["elephants"] == 0
         assert p3["traffic"] == "sensitive" and p3["flows_per_s"] >= 50
         assert show["node"]["sensitive_ports"] >= 1 and show["node"]["heavy_ports"] >= 1
         summary = node.ovs.external_ids("Bridge", node.ovs.bridge)
         assert int(summary["ovsfoot-sensitive-ports"]) >= 1
-        assert int(summary["ovsfoot-bps"]) >= 200_000_000
+        assert int(summary["ovsfoot-bps"]) >= 100_000_000
         with api.Node(node.ovs.remote) as n:               # the library reads them too
             port = n.port_footprint(node.pods["p3"].interface)
             assert port.sensitive and port.flows_per_s >= 50
@@ -116,7 +122,7 @@ def test_an_idle_pod_stays_light_and_the_threshold_moves_live(node, agent):
     try:
         wait_for(lambda: int(ids(node, "p1").get("ovsfoot-bps", "0")) >= 50_000_000,
                  timeout=30, what="p1's throughput published")
-        assert ids(node, "p1")["ovsfoot-footprint"] == "light"     # 80 Mbit/s < 200
+        assert ids(node, "p1")["ovsfoot-footprint"] == "light"     # 80 Mbit/s < 100
         agent.appctl("threshold/set", "heavy-bps=20000000")
         assert agent.json("threshold/show")["heavy_bps"] == 20e6
         wait_for(lambda: ids(node, "p1").get("ovsfoot-footprint") == "heavy", timeout=15,

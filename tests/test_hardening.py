@@ -281,19 +281,27 @@ def test_threshold_set_refuses_non_finite_and_out_of_range(agent, args):
 def test_threshold_set_takes_the_limits_themselves(agent):
     before = agent.json("threshold/show")
     try:
-        agent.appctl("threshold/set", f"bytes={MAX_BYTES}", "seconds=1e10", "idle=1e10")
-        assert agent.json("threshold/show") == {**before, "bytes": MAX_BYTES,
-                                                "seconds": 1e10, "idle_seconds": 1e10}
+        agent.appctl("threshold/set", f"bytes={MAX_BYTES}", "seconds=1e10", "idle=1e10",
+                     "heavy-bps=1e15", "sensitive-flows=1e9",
+                     f"sensitive-flow-bytes={MAX_BYTES}", "window=3600")
+        assert agent.json("threshold/show") == {
+            "bytes": MAX_BYTES, "seconds": 1e10, "idle_seconds": 1e10, "heavy_bps": 1e15,
+            "sensitive_flows": 1e9, "sensitive_flow_bytes": MAX_BYTES, "window": 3600}
     finally:
         agent.appctl("threshold/set", f"bytes={before['bytes']}",
-                     f"seconds={before['seconds']}", f"idle={before['idle_seconds']}")
+                     f"seconds={before['seconds']}", f"idle={before['idle_seconds']}",
+                     f"heavy-bps={before['heavy_bps']}", f"window={before['window']}",
+                     f"sensitive-flows={before['sensitive_flows']}",
+                     f"sensitive-flow-bytes={before['sensitive_flow_bytes']}")
 
 
 BAD_OPTIONS = [("agent", "--elephant-seconds=nan"), ("agent", "--idle-seconds=inf"),
                ("agent", f"--elephant-bytes={10**26}"), ("agent", "--elephant-seconds=1e11"),
                ("agent", "--idle-seconds=0"), ("agent", "--heavy-at=inf"),
                ("agent", "--half-life=nan"), ("agent", "--interval=nan"),
-               ("record", "--duration=nan"), ("record", "--idle-seconds=nan")]
+               ("record", "--duration=nan"), ("record", "--idle-seconds=nan"),
+               ("agent", "--heavy-bps=nan"), ("agent", "--rate-window=1e5"),
+               ("agent", "--sensitive-flows=inf"), ("agent", "--sensitive-flow-bytes=0")]
 
 
 @pytest.mark.parametrize("command,option", BAD_OPTIONS, ids=[o for _, o in BAD_OPTIONS])

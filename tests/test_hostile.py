@@ -19,8 +19,7 @@ from ovsfoot.agent import Agent
 from ovsfoot.attribution import Attributor, Port, ZoneMap, parse_zone
 from ovsfoot.contract import OUTPUT_KEYS, ContractError, printable, validate_workload
 from ovsfoot.events import FlowKey
-from ovsfoot.learning import (KEEP_ENDED_NS, KEEP_OPEN_NS, MAX_FLOWS, STATE_VERSION, Learner,
-                              StateFile)
+from ovsfoot.learning import KEEP_ENDED_NS, KEEP_OPEN_NS, MAX_FLOWS, Learner, StateFile
 
 S = 10**9
 KEY = FlowKey(1, 5, 6, "10.0.0.1", "10.0.0.2", 40000, 5201)
@@ -71,7 +70,7 @@ def test_version_1_state_files_still_load(tmp_path):
     learner.load(f.load(), f.flows)
     assert learner.klass("shop/web") == "heavy" and not learner.counted
     f.save(learner.dump(), learner.dump_flows())
-    assert msgpack.unpackb(path.read_bytes())["version"] == STATE_VERSION
+    assert msgpack.unpackb(path.read_bytes())["version"] == 3
 
 
 def test_restarts_and_time_wait_count_a_flow_once(node, tmp_path):
