@@ -112,7 +112,7 @@ class Monitor:
 def setup(work: Path, monitor: bool = True) -> tuple[Ovs, subprocess.Popen | None]:
     # this and bench/vmdriver.py; `monitor`: the OVSDB monitor client too (not needed by
     # bench/zonecost.py)
-    require("modprobe", "sysctl", "ip", "ping", "iperf3", "conntrack", "ovs-ofctl", "bpftool")
+    require("modprobe", "sysctl", "ip", "ping", "iperf3", "conntrack", "ovs-ofctl")
     for m in ("openvswitch", "nf_conntrack"):
         sh("modprobe", m)
     for k in ("net.netfilter.nf_conntrack_acct=1", "net.netfilter.nf_conntrack_timestamp=1"):
