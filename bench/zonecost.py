@@ -33,26 +33,16 @@ class Loaded:
     """One loaded BpfSource whose kprobes can be detached and attached again."""
 
     def __init__(self, extra_cflags: tuple[str, ...] = ()):
-        from bench.vmdriver import prog_ids
+        from bench import bpfstats
         from ovsfoot.events import Thresholds
         from ovsfoot.sources.bpf import BpfSource
         self.src = BpfSource(Thresholds(), extra_cflags=extra_cflags)
-        self.probes = {ev: list(fns) for ev, fns in self.src._bpf.kprobe_fds.items()}
-        self.ids = prog_ids(self.src._bpf)
-
-    def detach(self) -> None:
-        for ev, fns in self.probes.items():
-            for fn in fns:
-                self.src._bpf.detach_kprobe_event_by_fn(ev, fn)
-
-    def attach(self) -> None:
-        for ev, fns in self.probes.items():
-            for fn in fns:
-                self.src._bpf.attach_kprobe(event=ev[2:], fn_name=fn)
+        self.probes = bpfstats.Probes(self.src._bpf)
+        self.progs = bpfstats.programs(self.src._bpf)
 
 
 def guest(work: Path, pairs: int, seconds: float) -> int:
-    from bench.vmdriver import bpftool_stats
+    from bench import bpfstats
     from bench.vmguest import setup
     ovs, driver = setup(work, monitor=False)
     driver.kill()                   # vmguest's datapath driver: not this benchmark
@@ -61,27 +51,26 @@ def guest(work: Path, pairs: int, seconds: float) -> int:
         variants = {"before": Loaded(("-DNO_ZONE_COUNTERS",)), "after": Loaded()}
         load_s = time.monotonic() - t0
         for v in variants.values():
-            v.detach()
-        subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"], check=True)
+            v.probes.detach()
         runs = []
-        for i in range(pairs):
-            for name in (("before", "after") if i % 2 == 0 else ("after", "before")):
-                v = variants[name]
-                v.attach()
-                t0_stats = bpftool_stats(v.ids)
-                p = subprocess.run(["ip", "netns", "exec", "pod1", "iperf3", "-c", "10.0.0.2",
-                                    "-t", str(seconds), "-J"], capture_output=True, text=True,
-                                   timeout=seconds + 60)
-                t1_stats = bpftool_stats(v.ids)
-                v.detach()
-                v.src.run()
-                try:
-                    bps = json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"]
-                except (ValueError, KeyError):
-                    bps = None
-                runs.append({"pair": i, "variant": name, "bits_per_second": bps,
-                             "progs": {n: [t1_stats[n][0] - t0_stats[n][0],
-                                           t1_stats[n][1] - t0_stats[n][1]] for n in v.ids}})
+        with bpfstats.stats_enabled():
+            for i in range(pairs):
+                for name in (("before", "after") if i % 2 == 0 else ("after", "before")):
+                    v = variants[name]
+                    v.probes.attach()
+                    t0_stats = bpfstats.read(v.progs)
+                    p = subprocess.run(["ip", "netns", "exec", "pod1", "iperf3", "-c", "10.0.0.2",
+                                        "-t", str(seconds), "-J"], capture_output=True, text=True,
+                                       timeout=seconds + 60)
+                    used = bpfstats.delta(bpfstats.read(v.progs), t0_stats)
+                    v.probes.detach()
+                    v.src.run()
+                    try:
+                        bps = json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"]
+                    except (ValueError, KeyError):
+                        bps = None
+                    runs.append({"pair": i, "variant": name, "bits_per_second": bps,
+                                 "progs": {n: [u.run_time_ns, u.run_cnt] for n, u in used.items()}})
         zones = variants["after"].src.zone_counters()
         (work / "zonecost.json").write_text(json.dumps(
             {"runs": runs, "load_s": load_s,
@@ -89,7 +78,6 @@ def guest(work: Path, pairs: int, seconds: float) -> int:
             indent=1))
         return 0
     finally:
-        subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=0"], check=False)
         ovs.stop_all()
 
 
