@@ -90,18 +90,20 @@ def test_elephant_attributed_published_and_withdrawn(node, agent):
 def test_ipv6_elephant_attributed_published_and_withdrawn(node, agent):
     """The same over IPv6: the v6 tuple, both ends attributed by their ip_addresses' v6
     address and zone, published and withdrawn."""
-    node.iperf("p1", "p2", seconds=4, ipv6=True)
-    rows = agent.json("elephant/list")
     p1, p2 = node.pods["p1"], node.pods["p2"]
+
+    def published():        # while the flow runs: it ends when its connection closes
+        rows = wait_elephants(agent, lambda rows: len(rows) == 2, what="two IPv6 elephants")
+        keys = [wait_for(lambda: (i := iface_ids(node, pod)).get("ovsfoot-elephants") == "1"
+                         and i, what=f"{pod}'s keys") for pod in ("p1", "p2")]
+        return rows, keys
+    rows, keys = node.iperf("p1", "p2", seconds=20, ipv6=True, during=published)
     by_port = {r["port"]: r for r in rows}
     assert set(by_port) == {p1.lport, p2.lport}, rows
     assert by_port[p1.lport]["role"] == "source" and by_port[p1.lport]["zone"] == p1.zone
     assert by_port[p2.lport]["role"] == "sink" and by_port[p2.lport]["zone"] == p2.zone
     assert all(r["src"] == p1.ip6 and r["dst"] == p2.ip6 and r["dport"] == 5201 for r in rows)
-    for pod in ("p1", "p2"):
-        ids = wait_for(lambda: (i := iface_ids(node, pod)).get("ovsfoot-elephants") == "1" and i,
-                       what=f"{pod}'s keys")
-        assert ids["ovsfoot-footprint"] == "heavy"
+    assert all(ids["ovsfoot-footprint"] == "heavy" for ids in keys)
     wait_elephants(agent, lambda rows: not rows, what="the IPv6 elephant to end")
     wait_for(lambda: iface_ids(node, "p1").get("ovsfoot-elephants") == "0",
              what="p1's keys withdrawn")
