@@ -9,6 +9,7 @@ VM lab (tests/test_lab.py) covers for real.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -129,6 +130,19 @@ class Node:
         wait_for(lambda: f":{port}" in self.ns_exec(server, "ss", "-ltn"), what="the sink")
         return sink, self.popen(client, sys.executable, TRAFFIC, args[0],
                                 self.pods[server].ip, str(port), *args[1:])
+
+    @contextlib.contextmanager
+    def short_time_wait(self, seconds: int = 2):
+        """Closed TCP entries stay `seconds` in the kernel path's conntrack (120 s by
+        default), so that loops of short connections do not pile up entries until each
+        ctnetlink dump takes seconds."""
+        key = "net.netfilter.nf_conntrack_tcp_timeout_time_wait"
+        before = sh("ip", "netns", "exec", self.kp.netns, "sysctl", "-n", key)
+        sh("ip", "netns", "exec", self.kp.netns, "sysctl", "-qw", f"{key}={seconds}")
+        try:
+            yield
+        finally:
+            sh("ip", "netns", "exec", self.kp.netns, "sysctl", "-qw", f"{key}={before}")
 
     def flush_conntrack(self) -> None:
         sh("ip", "netns", "exec", self.kp.netns, "conntrack", "-F", check=False)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from integration.sandbox import sh, wait_for
+from integration.sandbox import wait_for
 from ovsfoot import api
 
 WINDOW = 4
@@ -25,20 +25,15 @@ def ids(node, pod):
     return node.ovs.external_ids("Interface", node.pods[pod].interface)
 
 
-TIME_WAIT = "net.netfilter.nf_conntrack_tcp_timeout_time_wait"
-
-
 @pytest.fixture
 def agent(node, tmp_path):
-    before = sh("ip", "netns", "exec", node.kp.netns, "sysctl", "-n", TIME_WAIT).strip()
-    sh("ip", "netns", "exec", node.kp.netns, "sysctl", "-qw", f"{TIME_WAIT}=2")
-    node.flush_conntrack()
-    a = node.agent(f"--rate-window={WINDOW}", "--heavy-at=2", f"--heavy-bps={HEAVY_BPS}",
-                   state=tmp_path / "state").start()
-    yield a
-    a.stop()
-    sh("ip", "netns", "exec", node.kp.netns, "sysctl", "-qw", f"{TIME_WAIT}={before}")
-    node.flush_conntrack()
+    with node.short_time_wait():
+        node.flush_conntrack()
+        a = node.agent(f"--rate-window={WINDOW}", "--heavy-at=2", f"--heavy-bps={HEAVY_BPS}",
+                       state=tmp_path / "state").start()
+        yield a
+        a.stop()
+        node.flush_conntrack()
 
 
 def published(node) -> dict[str, str]:
