@@ -100,9 +100,9 @@ for m in "${machines[@]}"; do
   step "provisioning $m"
   vagrant provision "$m"
   case $m in
-    central) check="systemctl is-active ovn-northd ovsfoot-cluster-db | paste -sd ' '" ;;
+    central) check="sudo systemctl is-active ovn-northd ovsfoot-cluster-db | paste -sd ' '" ;;
     *) # the agent answers once its source runs (bcc compiles for a minute under emulation)
-       check="systemctl is-active ovs-vswitchd ovn-controller ovsfoot-agent | paste -sd ' '
+       check="sudo systemctl is-active ovs-vswitchd ovn-controller ovsfoot-agent | paste -sd ' '
          for _ in \$(seq 300); do sudo ovs-appctl -t ovsfoot stats >/tmp/stats 2>&1 && break
            sleep 1; done; grep -m1 '^source source:' /tmp/stats || cat /tmp/stats" ;;
   esac
