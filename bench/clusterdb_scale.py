@@ -147,7 +147,7 @@ def timed_publisher_class():
             self.inflight: list[tuple[int, float]] = []
             self.carried = -1
             self.starts: list[float] = []
-            self.committed: list[tuple[int, float]] = []   # (state carried, t SUCCESS)
+            self.successes: list[tuple[int, float]] = []   # (state carried, t SUCCESS)
             self.latency: list[tuple[float, float]] = []   # (t publish, s to SUCCESS)
             self.refused = self.reverted = self.repeats = 0
             self._inside = False
@@ -171,7 +171,7 @@ def timed_publisher_class():
             if before is not None and self.txn is not before:
                 status = before.commit()        # a finished transaction keeps its status
                 if status in (Txn.SUCCESS, Txn.UNCHANGED):
-                    self.committed.append((self.carried, now))
+                    self.successes.append((self.carried, now))
                     self._ok_state = self.carried
                     self.latency += [(t, now - t) for _, t in self.inflight]
                 else:
@@ -348,7 +348,7 @@ def worker(conn, spec: dict) -> None:
         "cpu_s": (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime),
         "wakeups": loop.wakeups - wake0,
         "chassis": {p.chassis: {"i": spec["chassis"][k], "changes": changes[k],
-                                "starts": p.starts, "committed": p.committed,
+                                "starts": p.starts, "committed": p.successes,
                                 "latency": p.latency, "refused": p.refused,
                                 "reverted": p.reverted, "failures": p.failures,
                                 "repeats": p.repeats,

@@ -139,11 +139,15 @@ def run(quick: bool = False, log=print) -> list[Result]:
         t_start = time.time()
         t0 = time.monotonic()
         src.armed = True
-        tx1 = None                  # transactions when the first second is over
+        # the sustained window: from the first transaction started after the first
+        # second (the burst is spent, the bucket empty) to the end of the feed
+        tx1 = t1 = None
         while not src.done:
-            if tx1 is None and time.monotonic() - t0 >= 1.0:
-                tx1 = agent.publisher.transactions
+            before = agent.publisher.transactions
             agent.run_once()
+            if t1 is None and time.monotonic() - t0 >= 1.0 \
+                    and agent.publisher.transactions > before:
+                tx1, t1 = agent.publisher.transactions, time.monotonic() - t0
             p = ovs.poller.Poller()
             agent.wait(p)
             p.block()
@@ -184,16 +188,17 @@ def run(quick: bool = False, log=print) -> list[Result]:
     # one transaction arrives as one update: rows changed together share its arrival time
     seen = len({x["t"] for x in lines if t_start <= x["t"] <= t_end + 0.2})
     # the budget is a token bucket: a burst at first, then its rate, sustained
-    tx_s, chg_s = (tx_feed - (tx1 - tx0)) / (t_feed - 1.0), gen / t_feed
+    tx_s, chg_s = (tx_feed - (tx1 - tx0)) / (t_feed - t1), gen / t_feed
     burst, rate = agent.publisher.budget.burst, agent.publisher.budget.rate
     log(f"publishing: {src.starts:,} starts, {src.ends:,} ends in {t_feed:.1f} s: "
         f"{tx_s:.1f} tx/s sustained ({tx_feed} in all) for {chg_s:,.0f} footprint changes/s; "
         f"stale keys: {len(stale)}")
     return [Result("publish_tx_per_s", tx_s, "tx/s", chg_s,
                    "footprint changes/s (1 tx each without coalescing)", ratio(tx_s, chg_s),
-                   "<= 10 tx/s sustained (after the first second)", tx_s <= 10,
+                   "<= 10 tx/s sustained (after the burst)", tx_s <= 10,
                    detail={"seconds": round(t_feed, 2), "starts": src.starts, "ends": src.ends,
-                           "transactions": tx_feed, "in_first_second": tx1 - tx0,
+                           "transactions": tx_feed, "window_s": round(t_feed - t1, 3),
+                           "before_window": tx1 - tx0,
                            "tx_per_s_whole_feed": round(tx_feed / t_feed, 2),
                            "budget": f"burst {burst}, then {rate:g}/s: at most "
                                      f"{burst + rate * t_feed:.0f} in {t_feed:.1f} s",

@@ -151,7 +151,7 @@ def results(data: dict, only=NAMES) -> list[Result]:
     out = []
     vm = data.get("_vm", {})
     where = f"VM {vm.get('kernel')} (TCG), one boot of {vm.get('seconds')} s"
-    if "latency" in only:
+    if "latency" in only and data.get("latency_bpf"):
         age = 1.0
         bpf, dbpf = _latencies(data.get("latency_bpf", []), "bpf", age)
         ct, dct = _latencies(data.get("latency_ctnetlink", []), "ctnetlink", age)
