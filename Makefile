@@ -30,7 +30,7 @@ kernels: $(STAMP)
 	$(PY) -m integration.tracer_matrix
 
 # the Vagrant lab on libvirt, offline: a box built from Debian packages (cached in
-# vagrant/.box, rebuilt when its inputs change), then vagrant up, the experiment, destroy
+# /var/cache/ovsfoot/box, rebuilt when its inputs change), then vagrant up, the experiment, destroy
 vagrant-box: deps
 	bash vagrant/box/build.sh
 

@@ -376,7 +376,8 @@ def test_lab_teardown_leaves_nothing(lab):
 
 # -- machine mode: the box, and VMs booted from it on libvirt ---------------------
 
-BOX = VAGRANT / ".box" / "ovsfoot-bookworm-libvirt.box"
+BOX = Path(os.environ.get("OVSFOOT_CACHE", "/var/cache/ovsfoot")) / "box" / \
+    "ovsfoot-bookworm-libvirt.box"
 
 
 @pytest.fixture(scope="module")

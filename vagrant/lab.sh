@@ -13,7 +13,7 @@
 # apply (here 1 CPU and 1280 MiB per VM unless set).
 set -euo pipefail
 cd "$(dirname "$0")"
-BOX=${BOX:-.box/ovsfoot-bookworm-libvirt.box}
+BOX=${BOX:-${OVSFOOT_CACHE:-/var/cache/ovsfoot}/box/ovsfoot-bookworm-libvirt.box}
 NAME=ovsfoot/bookworm
 export OVSFOOT_BOX=$NAME OVSFOOT_OFFLINE=${OVSFOOT_OFFLINE:-yes}
 export VAGRANT_DEFAULT_PROVIDER=libvirt VAGRANT_CHECKPOINT_DISABLE=1
@@ -54,13 +54,13 @@ fi
 # uploaded from the old one (it would boot that one otherwise).
 base_volumes() { virsh vol-list default 2>/dev/null | awk '/ovsfoot-VAGRANTSLASH-bookworm_vagrant_box_image/ {print $1}'; }
 inputs=$(cat "$BOX.inputs")
-if vagrant box list | grep -q "^$NAME " && [ "$(cat .box/added 2>/dev/null)" = "$inputs" ]; then
+if vagrant box list | grep -q "^$NAME " && [ "$(cat "$BOX.added" 2>/dev/null)" = "$inputs" ]; then
   step "box $NAME already added (inputs $inputs)"
 else
   step "adding box $NAME from $BOX"
   vagrant box add --force --name "$NAME" "$BOX" >/dev/null
   for v in $(base_volumes); do virsh vol-delete --pool default "$v" >/dev/null; done
-  echo "$inputs" >.box/added
+  echo "$inputs" >"$BOX.added"
 fi
 
 # KVM or software emulation: the box's disk, booted with KVM (on a throw-away

@@ -8,7 +8,8 @@
 # device, no mount). The vagrant user has Vagrant's insecure key,
 # which Vagrant replaces at the first `vagrant up`, and password-less sudo.
 #
-# The box is cached in OUT: it is rebuilt only when its inputs change (this
+# The box is cached in OUT (/var/cache/ovsfoot/box, beside the lab's kernels, so a
+# new clone finds it): it is rebuilt only when its inputs change (this
 # script, the Vagrant key, setup.py; not the archive's newer package versions:
 # `--force` rebuilds).
 USAGE="build.sh [--out DIR] [--src DIR] [--force yes] [--size GIB]"
@@ -16,7 +17,7 @@ USAGE="build.sh [--out DIR] [--src DIR] [--force yes] [--size GIB]"
 . "$(dirname "$0")/../provision/common.sh"
 SCRIPT=box
 SRC=$(cd "$PROVISION/../.." && pwd)
-OUT=$SRC/vagrant/.box FORCE=no SIZE=10
+OUT=${OVSFOOT_CACHE:-/var/cache/ovsfoot}/box FORCE=no SIZE=10
 parse_args "out src force size" "$@"
 positional 0
 [ "$(id -u)" = 0 ] || die "build.sh makes a root file system: run it as root"
