@@ -68,8 +68,7 @@ def setup(tmp_path_factory):
         # chassis B's summary: a node where a heavy pod scores 5 and a light one 4
         db.set_chassis(OTHER, "node-b", footprint="heavy", elephants=2, heavy_ports=1)
         central = make_central(tmp)
-        node = make_node(tmp, "agr", central, pods={p: PODS[p] for p in ("p1", "p2")},
-                         own_netns=True)
+        node = make_node(tmp, "agr", central, pods={p: PODS[p] for p in ("p1", "p2")})
         ext = Extender(db, "--assume-seconds=0")        # scores alone, no assumed load
         yield db, node, ext
     finally:
