@@ -93,6 +93,8 @@ def test_at_most_one_transaction_a_second_and_only_on_change(cluster):
     def txns():
         return agent_a.json("stats")["cluster_transactions"]
     wait_elephants(agent_a, lambda rows: not rows, what="the earlier elephants to end")
+    wait_for(lambda: (r := chassis_row(db, a))["bps"] == 0 and r["flows_per_s"] == 0,
+             timeout=60, what="A's throughput and flow rate back to 0 (the rate window)")
     # right after a transaction (a heartbeat at the latest, every 10 s), for 4.5 s
     last = txns()
     wait_for(lambda: txns() > last, timeout=15, what="A's next cluster transaction")
