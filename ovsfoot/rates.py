@@ -53,7 +53,8 @@ class DumpCounter:
     its new flows, the change of its entry count plus its deletions. So flows
     that begin and end between two dumps count too. The first dump is the
     baseline. A DESTROY event lost (nf_conntrack_events off, or the socket
-    overflowed) makes a change negative: that step then counts 0."""
+    overflowed) makes a change negative: that step then counts 0; an entry deleted
+    while a long dump runs, after the dump passed it, counts twice in that step."""
 
     def __init__(self):
         self.totals: dict[int, ZoneCounters] = {}
