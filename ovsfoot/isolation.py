@@ -254,9 +254,9 @@ class Uplink:
     def install(self, fd: int) -> Placement:
         from pyroute2 import NetlinkError
         where = self.plan()
-        try:
-            self.ipr.tc("add", "prio", self.index, HANDLE << 16, parent=where.parent,
-                        bands=2, priomap=[0] * 16)
+        try:    # under a tbf: in place of its bfifo (its own, or the one ovsfoot put back)
+            self.ipr.tc("add" if where.parent == TC_H_ROOT else "replace", "prio", self.index,
+                        HANDLE << 16, parent=where.parent, bands=2, priomap=[0] * 16)
         except NetlinkError as e:
             if e.code == errno.ENOENT:
                 raise IsolationUnavailable("this kernel has no prio qdisc (load sch_prio: "
