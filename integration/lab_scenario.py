@@ -67,7 +67,7 @@ PROGRAMS = ("bash", "ip", "ss", "tc", "ping", "iperf3", "sockperf", "conntrack",
             "ovn-northd", "ovn-controller", "ovn-nbctl", "ovn-sbctl")
 # The seed's measurement (LPC 2019): sockperf p99 of mice, in ms.
 SEED_P99_MS = {"alone": 0.28, "beside the elephant": 14.04}
-BOTTLENECK = ["tbf", "rate", "40mbit", "burst", "16kb", "latency", "100ms"]   # a FIFO
+BOTTLENECK = ["tbf", "rate", "20mbit", "burst", "16kb", "latency", "100ms"]   # a FIFO
 THRESHOLDS = ["--elephant-bytes=10000000", "--elephant-seconds=1", "--idle-seconds=2",
               "--interval=1"]
 # The elephant phase's elephant: long enough to be seen published while it runs
