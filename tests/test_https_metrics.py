@@ -356,12 +356,18 @@ def test_prometheus_scrapes_the_agent_and_the_extender(node, db, pki, tmp_path):
 
         # the agent: an elephant p1 -> p2 counts in p1's zone (source) and p2's (sink)
         p1, p2 = node.pods["p1"], node.pods["p2"]
-        node.iperf("p1", "p2", seconds=4)
         a = '{job="agent"}'
+
+        def scraped():      # while the flow runs: an elephant ends when its connection closes
+            for role in ("source", "sink"):
+                prom.wait(f'max_over_time(ovsfoot_elephants_active{{job="agent",role="{role}"}}'
+                          f'[5m])', lambda v: v and v >= 1)
+            for p in (p1, p2):
+                prom.wait(f'max_over_time(ovsfoot_port_heavy{{job="agent",port="{p.lport}"}}'
+                          f'[5m])', lambda v: v == 1)
+            prom.wait(f"max_over_time(ovsfoot_node_elephants{a}[5m])", lambda v: v and v >= 2)
+        node.iperf("p1", "p2", seconds=30, during=scraped)
         assert prom.wait(f"ovsfoot_elephants_detected_total{a}", lambda v: v and v >= 2) >= 2
-        for role in ("source", "sink"):
-            prom.wait(f'max_over_time(ovsfoot_elephants_active{{job="agent",role="{role}"}}'
-                      f'[5m])', lambda v: v and v >= 1)
         assert prom.value('ovsfoot_elephants_active{job="agent",role="unattributed"}') \
             is not None
         count = prom.wait(f"ovsfoot_detection_latency_seconds_count{a}", lambda v: v and v >= 2)
