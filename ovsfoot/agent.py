@@ -20,11 +20,11 @@ from ovsfoot.events import FlowEvent, Kind, Thresholds
 from ovsfoot.footprints import Footprints
 from ovsfoot.isolation import Isolator
 from ovsfoot.learning import Learner, StateFile
-from ovsfoot.rates import ZoneRates
 from ovsfoot.ovsdb import LocalDb, ssl_ready
 from ovsfoot.publishers.cluster import ClusterPublisher, Lesson
 from ovsfoot.publishers.legacy import SouthboundCleanup
 from ovsfoot.publishers.vswitch import BURST, RATE, VswitchPublisher
+from ovsfoot.rates import ZoneRates
 from ovsfoot.sources import Source
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Agent:
         self.footprints = Footprints(self.learner)
         self.rates = ZoneRates(self.thresholds.window)
         self.publisher = VswitchPublisher(self.db, cfg.bridge, cfg.publish_rate,
-                                        cfg.publish_burst)
+                                          cfg.publish_burst)
         self.cluster: ClusterPublisher | None = None
         self.cleanup: SouthboundCleanup | None = None
         self._legacy_checked = False
