@@ -88,6 +88,10 @@ def render(report: dict) -> str:
             where = f"   on {exp['placed_on']}" if case == "placed by ovsfoot" else ""
             lines.append(f"  ({'abc'[i]}) {case:24} {_ms(ms):>10}   {_ms(seed):>15}{where}")
     lines += render_cost(report.get("ovn_cost"))
+    for phase, why in (report.get("northd_recompute_reasons") or {}).items():
+        if why:
+            lines.append(f"  ovn-northd recomputed in the {phase} phase: "
+                         + ", ".join(f"{n}x {reason}" for reason, n in why.items()))
     lines.append("")
     lines.append("== the tracer on Debian's kernels (the last `make kernels`) ==")
     lines += tracer_matrix.render(report.get("kernel_matrix") or {}) or [

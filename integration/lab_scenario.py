@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from integration.agentproc import AgentProcess
-from integration.ovncost import northd_recomputes, snapshot as ovn_snapshot
+from integration.ovncost import (northd_explain, northd_recomputes, recompute_reasons,
+                                 snapshot as ovn_snapshot)
 from integration.programs import require
 from integration.sandbox import Ovs, sh, wait_for
 
@@ -150,6 +151,7 @@ class Lab:
                        ("pki.sh", "--dir", str(self.pki), *PKI_NAMES))
         self.provision(("central.sh", "--rundir", str(central), "--netns", "central",
                         CENTRAL_IP))
+        northd_explain(central)     # each phase's cost says why ovn-northd recomputed
         # The VM itself is the management host on the underlay (the agents and the
         # scheduler extender reach the cluster database from here).
         sh("ip", "addr", "replace", f"{UNDERLAY}.254/24", "dev", UNDERLAY_LINK)
@@ -629,6 +631,8 @@ class Lab:
     def costed(self, label: str, fn, seconds: float | None = None) -> float:
         """Runs fn(), then idles until `seconds` have passed (if given), and records
         what OVN and OVS spent meanwhile as ovn_cost[label]; returns the seconds taken."""
+        northd_log = self.central / "ovn-northd.log"
+        offset = northd_log.stat().st_size
         before, t0 = self.counters(), time.monotonic()
         fn()
         if seconds is not None:
@@ -639,9 +643,12 @@ class Lab:
                  for node, daemons in before.items()}
         cost = self.report.data.setdefault("ovn_cost", {"counters": COST_COUNTERS})
         cost[label] = {"seconds": round(took, 1), **spent}
+        why = recompute_reasons(northd_log, offset)
+        self.report.data.setdefault("northd_recompute_reasons", {})[label] = why
         self.report.event(f"OVN/OVS cost of the {label} phase", seconds=round(took, 1),
                           **{n: ",".join(f"{d}={v}" for d, v in x.items())
-                             for n, x in spent.items()})
+                             for n, x in spent.items()},
+                          **({"northd_why": json.dumps(why)} if why else {}))
         return took
 
     def control_phase(self) -> None:

@@ -70,6 +70,27 @@ def measure(ovs: Ovs, central, fn) -> Cost:
     return snapshot(ovs, rundir) - before
 
 
+def northd_explain(rundir: Path) -> None:
+    """Makes ovn-northd log why each engine node recomputes (inc_proc_eng at debug
+    level, in its log file only): `recompute_reasons` reads it."""
+    sh("ovs-appctl", "-t", str(northd_ctl(rundir)), "vlog/set", "inc_proc_eng:file:dbg")
+
+
+_REASON = re.compile(r"\|inc_proc_eng\|DBG\|node: northd, recompute \(([^)]*)\)")
+
+
+def recompute_reasons(log: Path, offset: int) -> dict[str, int]:
+    """Why ovn-northd's northd node recomputed since byte `offset` of its log, with
+    how often: {"missing handler for input SB_port_binding": 1, ...}."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    out: dict[str, int] = {}
+    for m in _REASON.finditer(text):
+        out[m.group(1)] = out.get(m.group(1), 0) + 1
+    return out
+
+
 def northd_recomputes(rundir: Path) -> int:
     """ovn-northd's flow-node recomputes now (its control socket in `rundir`), for
     a central node whose counters are read apart from any chassis' (the VM lab)."""
