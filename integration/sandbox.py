@@ -95,12 +95,12 @@ class Daemons:
             kill_pidfile(pidfile)
 
 
-def _ovsdb(d: Daemons, name: str, schema: str, sock: str) -> None:
+def _ovsdb(d: Daemons, name: str, schema: str, sock: str, *remotes: str) -> None:
     db = d.dir / f"{name}.db"
     if not db.exists():
         sh("ovsdb-tool", "create", str(db), schema)
     d.start(name, "ovsdb-server", str(db), f"--remote=punix:{d.dir / sock}",
-            f"--unixctl={d.dir / name}.ctl")
+            *(f"--remote={r}" for r in remotes), f"--unixctl={d.dir / name}.ctl")
     wait_for(lambda: (d.dir / sock).exists(), what=f"{name} socket")
 
 
@@ -128,7 +128,9 @@ class OvnCentral(Daemons):
     def start_all(self) -> "OvnCentral":
         require("ovsdb-tool", "ovsdb-server", "ovn-northd", "ovn-nbctl", "ovn-sbctl",
                 "ovs-appctl")
-        _ovsdb(self, "nb", NB_SCHEMA, "nb.sock")
+        # As ovn-ctl starts them: each also serves the remotes of its Connection rows
+        # (`set-connection`), whose status column ovsdb-server keeps up to date.
+        _ovsdb(self, "nb", NB_SCHEMA, "nb.sock", "db:OVN_Northbound,NB_Global,connections")
         if self.sb_members:
             first = f"tcp:127.0.0.1:{self.sb_members[0][2]}"
             for i, (name, _, raft) in enumerate(self.sb_members):
@@ -141,7 +143,7 @@ class OvnCentral(Daemons):
                 self.start_sb_member(name)
             wait_for(lambda: self.sb_leader(), timeout=60, what="an SB cluster leader")
         else:
-            _ovsdb(self, "sb", SB_SCHEMA, "sb.sock")
+            _ovsdb(self, "sb", SB_SCHEMA, "sb.sock", "db:OVN_Southbound,SB_Global,connections")
         self.start("ovn-northd", "ovn-northd", f"--ovnnb-db={self.nb}", f"--ovnsb-db={self.sb}")
         return self
 

@@ -72,6 +72,7 @@ class Agent:
         self.cluster: ClusterPublisher | None = None
         self.cleanup: SouthboundCleanup | None = None
         self._legacy_checked = False
+        self._earlier_version: bool | None = None   # ran here? (seen at the first sync)
         self.state = StateFile(cfg.state) if cfg.state else None
         if self.state:
             self.learner.load(self.state.load(), self.state.flows)
@@ -157,16 +158,27 @@ class Agent:
 
     def _follow_cluster(self) -> None:
         """Connects the cluster view as this chassis (system-id); once, deletes what
-        earlier versions wrote into OVN Southbound."""
+        earlier versions wrote into OVN Southbound, where one of them ran."""
         root = self.db.root()
         ids = dict(root.external_ids) if root is not None else {}
+        if root is not None and self._earlier_version is None:
+            # before anything is published: the node summary of earlier versions is on
+            # this row until the publisher deletes it
+            self._earlier_version = (any(k.startswith(contract.PREFIX) for k in ids)
+                                     or (self.state is not None and self.state.version == 1))
         chassis = ids.get("system-id")
         if not chassis:
             return
         if not self._legacy_checked and ids.get("ovn-remote"):
             self._legacy_checked = True         # once per agent run
             remote = ids["ovn-remote"]
-            if ssl_ready(remote):
+            if not self._earlier_version:
+                # OVN 23.03's ovn-northd recomputes everything when a client comes or goes
+                # (ovsdb-server writes the Connection row's n_connections): never for nothing
+                log.info("not connecting to OVN Southbound: no earlier version of ovsfoot "
+                         "ran here (no ovsfoot key on the Open_vSwitch row, no state file "
+                         "of version 1), so it holds no key of ours")
+            elif ssl_ready(remote):
                 self.cleanup = SouthboundCleanup(remote, chassis)
             else:
                 log.info("not checking OVN Southbound %s for keys of earlier versions: "

@@ -244,6 +244,7 @@ class StateFile:
     def __init__(self, path: str):
         self.path = self.check(path)
         self.flows: list = []       # counted conntrack entries, as the last load() read them
+        self.version: int | None = None     # of the file the last load() read
 
     @staticmethod
     def check(path: str) -> str:
@@ -273,7 +274,7 @@ class StateFile:
         return path
 
     def load(self) -> dict:
-        self.flows = []
+        self.flows, self.version = [], None
         try:
             with open(self.path, "rb") as f:
                 data = msgpack.unpackb(f.read(), raw=False, strict_map_key=False)
@@ -282,6 +283,7 @@ class StateFile:
                 raise ValueError("not an ovsfoot state file of version %s"
                                  % " or ".join(map(str, READABLE_VERSIONS)))
             self.flows = data.get("flows", [])     # version 1 had none
+            self.version = data["version"]
             return data["workloads"]
         except FileNotFoundError:
             return {}

@@ -10,7 +10,11 @@ everything; one of the integration bridge's or an Interface's does not. That is
 why the node summary lives on the integration bridge.
 """
 
+import contextlib
+import socket
+import threading
 import time
+from pathlib import Path
 
 import ovs.db.idl
 import pytest
@@ -166,3 +170,75 @@ def test_upgrade_deletes_legacy_keys_once(node):
         assert agent.stop() == 0
         node.central.sbctl("remove", "Chassis_Private", chassis, "external_ids", "ovsfoot-x",
                            "keep-me")
+
+
+class CountingProxy:
+    """A unix socket in front of another that counts the connections it accepts: an
+    `ovn-remote` through which every client of OVN Southbound on this chassis is seen."""
+
+    def __init__(self, path: Path, target: str):
+        self.path, self.target, self.accepted = path, target, 0
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
+        self.sock.listen(16)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return              # closed
+            self.accepted += 1
+            server = socket.socket(socket.AF_UNIX)
+            server.connect(self.target)
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_new_agent_never_connects_to_southbound(node, tmp_path):
+    """Where no earlier version ran, the agent does not even connect to OVN
+    Southbound: in OVN 23.03 a client that comes or goes makes ovsdb-server update its
+    Connection row's status, and ovn-northd recompute everything. Where one ran (its
+    keys on the Open_vSwitch row), it connects once, to delete what that left there."""
+    ids = node.ovs.external_ids("Open_vSwitch", ".")
+    proxy = CountingProxy(tmp_path / "sb-proxy.sock", node.central.sb.removeprefix("unix:"))
+    node.ovs.vsctl("set", "Open_vSwitch", ".", f"external_ids:ovn-remote=unix:{proxy.path}")
+    try:
+        # ovn-controller reconnects through the proxy
+        wait_for(lambda: proxy.accepted and "connected" == node.ovs.appctl(
+            "ovn-controller", "connection-status").strip(), what="ovn-controller via the proxy")
+        before = proxy.accepted
+        agent = node.agent().start()
+        try:
+            wait_for(lambda: "not connecting to OVN Southbound" in agent.log_text(),
+                     what="the agent's first sync")
+            time.sleep(1)
+            assert proxy.accepted == before, "a new agent connected to OVN Southbound"
+        finally:
+            assert agent.stop() == 0
+        # the proxy sees the connection of an agent that has something to delete
+        node.ovs.vsctl("set", "Open_vSwitch", ".", "external_ids:ovsfoot-footprint=heavy")
+        agent = node.agent().start()
+        try:
+            wait_for(lambda: proxy.accepted > before,
+                     what="the upgraded agent's connection to OVN Southbound")
+        finally:
+            assert agent.stop() == 0
+    finally:
+        node.ovs.vsctl("set", "Open_vSwitch", ".", f"external_ids:ovn-remote={ids['ovn-remote']}")
+        proxy.close()

@@ -4,7 +4,9 @@ Versions before the cluster database kept the cluster view in this chassis'
 `Chassis_Private` external_ids, where every write made ovn-northd recompute.
 This removes those `ovsfoot-*` keys in one transaction (one last recompute)
 and closes the connection. It monitors only this chassis' row, with a schema
-of just that table and those columns, so it never waits for the server.
+of just that table and those columns, so it never waits for the server. The
+agent starts it only where an earlier version left traces: even a client that
+only reads makes ovn-northd recompute as it comes and goes (see the README).
 """
 
 from __future__ import annotations

@@ -132,9 +132,9 @@ def test_state_file_round_trip_and_corruption(tmp_path):
     f.save(learner.dump())
     again = Learner()
     again.load(f.load())
-    assert again.records == learner.records
+    assert again.records == learner.records and f.version == 3
     (tmp_path / "s").write_bytes(msgpack.packb({"version": 99}))
-    assert f.load() == {} and list(tmp_path.glob("s.corrupt-*"))
+    assert f.load() == {} and list(tmp_path.glob("s.corrupt-*")) and f.version is None
     assert not (tmp_path / "s").exists()
     (tmp_path / "s").write_bytes(msgpack.packb({"version": 1, "workloads": {
         "ok": {"score": 1.0, "updated": 1, "heavy": True, "elephants": 3},
@@ -142,6 +142,7 @@ def test_state_file_round_trip_and_corruption(tmp_path):
     learner = Learner()
     learner.load(f.load())
     assert list(learner.records) == ["ok"]
+    assert f.version == 1           # written by a version that published into Southbound
 
 
 def test_record_and_replay(tmp_path):
