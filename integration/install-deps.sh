@@ -8,7 +8,7 @@ python3-pip python3-bpfcc bpfcc-tools bpftool iperf3 sockperf iputils-ping connt
 nftables iproute2 ethtool tcpdump procps psmisc kmod qemu-system-x86
 containernetworking-plugins busybox-static vagrant vagrant-libvirt shellcheck systemd
 prometheus logrotate libvirt-daemon libvirt-daemon-system libvirt-clients dnsmasq-base
-mmdebstrap qemu-utils"
+mmdebstrap qemu-utils python3-matplotlib"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from integration import tracer_matrix
+from integration.lab_isolation import picture
 from integration.lab_scenario import PKI_NAMES, PROVISION
 from integration.vm import ensure_kernel, progress, run_in_vm
 
@@ -86,7 +87,8 @@ def render(report: dict) -> str:
         for i, (case, ms) in enumerate(exp["p99_ms"].items()):
             seed = exp["seed_p99_ms"].get(case)
             where = f"   on {exp['placed_on']}" if case == "placed by ovsfoot" else ""
-            lines.append(f"  ({'abc'[i]}) {case:24} {_ms(ms):>10}   {_ms(seed):>15}{where}")
+            lines.append(f"  ({'abcd'[i]}) {case:24} {_ms(ms):>10}   {_ms(seed):>15}{where}")
+        lines += render_isolation(exp)
     lines += render_cost(report.get("ovn_cost"))
     for phase, why in (report.get("northd_recompute_reasons") or {}).items():
         if why:
@@ -102,6 +104,20 @@ def render(report: dict) -> str:
         lines.append(f"  {'PASS' if c['ok'] else 'FAIL'}  {c['name']}"
                      + ("" if c["ok"] else f"  {c['detail']}"))
     return "\n".join(lines)
+
+
+def render_isolation(exp: dict) -> list[str]:
+    """Row (d)'s details: the rounds alternated with (b), the elephant's throughput."""
+    if "rounds" not in exp:
+        return []
+    lines = ["  rounds, in order: " + ", ".join(
+        f"({r['row']}) {_ms(r['p99_ms'])} / elephant {r['elephant_mbits']} Mbit/s"
+        for r in exp["rounds"])]
+    by_row = exp.get("elephant_mbits_by_row", {})
+    lines.append(f"  elephant throughput: {by_row.get('d')} Mbit/s isolated (d), "
+                 f"{by_row.get('b')} Mbit/s not (b); first isolated packet "
+                 f"{exp.get('detection_to_isolation_ms')} ms after detection")
+    return lines
 
 
 def render_cost(cost: dict | None) -> list[str]:
@@ -144,6 +160,9 @@ def main(args) -> int:
         return 1
     print(render(report))
     Path(args.report).write_text(json.dumps(report, indent=1))
+    png = picture(report, Path(args.report).with_suffix(".png"))
+    if png:
+        print(f"\npicture: {png} (mice latency CDFs (a)-(d), the elephant's throughput)")
     failed = [c for c in report["checks"] if not c["ok"]]
     if failed:
         print(f"\nreport: {args.report}; logs: {workdir}")

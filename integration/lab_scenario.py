@@ -28,6 +28,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from integration import lab_isolation
 from integration.agentproc import AgentProcess
 from integration.ovncost import (northd_explain, northd_recomputes, recompute_reasons,
                                  snapshot as ovn_snapshot)
@@ -74,6 +75,9 @@ THRESHOLDS = ["--elephant-bytes=10000000", "--elephant-seconds=1", "--idle-secon
 # The elephant phase's elephant: long enough to be seen published while it runs
 # when the host is busy and everything in the VM is emulated.
 ELEPHANT_S = 20
+# Chassis whose agent isolates elephants on its underlay (row (d) of the experiment);
+# started with --isolate so that the classifier is compiled at start, then off.
+ISOLATING = ("hv1",)
 # What the OVN cost counters count (integration/ovncost.py), per daemon.
 COST_COUNTERS = {
     "ovn-controller": "recomputes of its flow engine nodes (runtime_data, logical_flow_output, "
@@ -259,9 +263,10 @@ class Lab:
 
     def spawn_agents(self, source: str, hvs) -> None:
         for hv in hvs:
+            isolate = ["--isolate"] if hv in ISOLATING and source == "bpf" else []
             a = AgentProcess(self.chassis[hv], f"--source={source}", f"--netns={hv}",
                              f"--cluster-db={self.cluster_db}", *self.creds(hv), *THRESHOLDS,
-                             name=f"ovsfoot-{source}")
+                             *isolate, name=f"ovsfoot-{source}")
             a.spawn()
             self.agents[hv] = a
 
@@ -291,18 +296,21 @@ class Lab:
         return self.bg("pod1", "iperf3", "-c", self.pods["pod3"]["ip"], "-p", str(port),
                        "-t", str(seconds), "-b", rate, "-J")
 
-    def mice(self, seconds: int, client: str = "pod2") -> tuple[subprocess.Popen, subprocess.Popen]:
-        """A sockperf server on pod4 and a ping-pong client on `client`."""
+    def mice(self, seconds: int, client: str = "pod2",
+             log: Path | None = None) -> tuple[subprocess.Popen, subprocess.Popen]:
+        """A sockperf server on pod4 and a ping-pong client on `client` (every round
+        trip into `log` if given)."""
         server = self.bg("pod4", "sockperf", "server", "-i", self.pods["pod4"]["ip"],
                          "-p", "11111")
         wait_for(lambda: "11111" in sh("ip", "netns", "exec", "pod4", "ss", "-lun"),
                  what="sockperf server")
         return server, self.bg(client, "sockperf", "ping-pong", "-i", self.pods["pod4"]["ip"],
-                               "-p", "11111", "-t", str(seconds), "--mps", "200")
+                               "-p", "11111", "-t", str(seconds), "--mps", "200",
+                               *(["--full-log", str(log)] if log else []))
 
-    def mice_p99(self, client: str, seconds: int = 6) -> float | None:
+    def mice_p99(self, client: str, seconds: int = 6, log: Path | None = None) -> float | None:
         """sockperf ping-pong p99 (ms) from `client` to pod4."""
-        server, p = self.mice(seconds, client)
+        server, p = self.mice(seconds, client, log)
         out = p.communicate(timeout=seconds + 60)[0]
         server.kill()       # only the mice: an elephant may be running
         server.wait()
@@ -501,30 +509,51 @@ class Lab:
     def experiment_phase(self) -> None:
         """The seed's experiment: mice p99 (a) alone, (b) beside an elephant on the
         same chassis and tunnel, (c) on the node the scheduler extender ranks best
-        given the footprints ovsfoot published. A rate limit with a FIFO queue on
-        hv1's underlay makes queueing, not emulation, dominate."""
+        given the footprints ovsfoot published, and (d) beside the elephant with
+        isolation on hv1 (integration/lab_isolation.py), alternated with (b). A rate
+        limit with a FIFO queue on hv1's underlay makes queueing, not emulation,
+        dominate."""
         r = self.report
         sh("ip", "netns", "exec", "hv1", "tc", "qdisc", "replace", "dev", "ul", "root",
            *BOTTLENECK)     # ul: the chassis' end of the underlay (provision/underlay.sh)
         r.event("bottleneck on hv1's underlay", qdisc=" ".join(BOTTLENECK))
-        p99 = {"alone": self.mice_p99("pod2")}
+        cdf: dict[str, list[float]] = {}
+
+        def measure(label: str, client: str = "pod2") -> float | None:
+            log = self.work / f"mice-{len(cdf)}.csv"
+            ms = self.mice_p99(client, log=log)
+            cdf.setdefault(label, []).extend(lab_isolation.round_trips(log))
+            return ms
+        p99 = {"alone": measure("(a) alone")}
         r.event("mice alone", p99_ms=p99["alone"], path="pod2@hv1 -> pod4@hv2")
-        elephant = self.iperf(300, 5205, rate="100M")     # killed when the phase ends
-        _try_wait(lambda: self.elephants("hv1"), 30)
-        p99["beside the elephant"] = self.mice_p99("pod2")
-        r.event("mice beside the elephant", p99_ms=p99["beside the elephant"])
+        iso = lab_isolation.Rows(self)
+        elephant = self.iperf(600, 5205, rate="100M")     # killed when the phase ends
+        iso.started(5205)
+        for row in lab_isolation.ROUNDS:
+            label = {"b": "(b) beside the elephant", "d": "(d) isolated on hv1"}[row]
+            iso.measure(row, lambda: measure(label))
+        p99["beside the elephant"] = lab_isolation.median(iso.p99["b"])
+        r.event("mice beside the elephant", p99_ms=p99["beside the elephant"],
+                rounds=iso.p99["b"])
         best, scores = self.extender_pick(["hv1", "hv3"])
         r.event("scheduler extender ranks nodes for a light mice pod", scores=json.dumps(scores),
                 best=best)
         client = next(p for p, v in self.pods.items() if v["chassis"] == best
                       and v["workload"] == "lab/mice-client")
-        p99["placed by ovsfoot"] = self.mice_p99(client)
+        iso.mark("placement", f"mice placed on {best}")
+        p99["placed by ovsfoot"] = measure("(c) placed by ovsfoot", client)
         r.event("mice placed by ovsfoot", p99_ms=p99["placed by ovsfoot"], node=best)
+        p99["isolated on hv1"] = lab_isolation.median(iso.p99["d"])
+        r.event("mice beside the elephant, isolated on hv1", p99_ms=p99["isolated on hv1"],
+                rounds=iso.p99["d"])
         elephant.kill()
         self.kill_traffic()
+        iso.stop()
         sh("ip", "netns", "exec", "hv1", "tc", "qdisc", "del", "dev", "ul", "root", check=False)
         r.data["experiment"] = {"p99_ms": p99, "seed_p99_ms": SEED_P99_MS, "placed_on": best,
-                                "scores": scores, "bottleneck": " ".join(BOTTLENECK)}
+                                "scores": scores, "bottleneck": " ".join(BOTTLENECK),
+                                "latency_cdf_ms": {k: sorted(v) for k, v in cdf.items()},
+                                **iso.report()}
         a, b, c = (p99[k] for k in ("alone", "beside the elephant", "placed by ovsfoot"))
         r.check("experiment: mice p99 measured three times", None not in (a, b, c), json.dumps(p99))
         if None in (a, b, c):
@@ -537,6 +566,7 @@ class Lab:
         # (Under emulation the elephant also takes CPU from every pod in the VM.)
         r.check("experiment: (c) placed by ovsfoot is back near (a)", c - a < (b - a) / 3,
                 f"{c} ms vs {a} ms alone, {b} ms beside the elephant")
+        iso.judge(a)
 
     def extender_pick(self, nodes: list[str]) -> tuple[str, dict]:
         """Asks a real `ovsfoot scheduler-extender` on the cluster database to rank `nodes`."""
@@ -695,6 +725,7 @@ class Lab:
         try:
             self.build()
             self.agents_ready()
+            lab_isolation.isolate(self, False)      # compiled at start; on only in row (d)
             took = self.costed("agents", self.elephant_phase)
             self.threshold_phase()
             self.experiment_phase()

@@ -130,3 +130,21 @@ def test_experiment_mice_latency_alone_beside_and_placed(report):
     assert exp["placed_on"] == "hv3", exp["scores"]
     assert b > 3 * a, exp                     # (b) clearly above (a)
     assert c - a < (b - a) / 3, exp           # (c) back near (a): 2/3 of the cost recovered
+
+
+def test_experiment_row_d_isolation_alternated_with_b(report, tmp_path):
+    """Row (d): isolation on hv1, measured twice, alternated with (b), in the same boot;
+    the elephant's packets isolated after its detection; the picture drawn from it."""
+    exp = report["experiment"]
+    assert [r["row"] for r in exp["rounds"]] == ["d", "b", "d", "b"], exp["rounds"]
+    assert all(r["p99_ms"] is not None and r["elephant_mbits"] for r in exp["rounds"])
+    assert exp["p99_ms"]["isolated on hv1"] is not None
+    assert 0 <= exp["detection_to_isolation_ms"] < 1000, exp["detection_to_isolation_ms"]
+    kinds = {m["kind"] for m in exp["marks"]}
+    assert {"detection", "isolation", "publication", "placement"} <= kinds, exp["marks"]
+    assert set(exp["latency_cdf_ms"]) == {"(a) alone", "(b) beside the elephant",
+                                          "(c) placed by ovsfoot", "(d) isolated on hv1"}
+    png = lab.picture(report, tmp_path / "lab-report.png")
+    assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
+    on = [row for row in report["timeline"] if row["what"] == "isolation on hv1"]
+    assert on and all(row["qdisc"] and row["qdisc"]["handle"] == "f5a0:" for row in on), on

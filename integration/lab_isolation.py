@@ -1,0 +1,254 @@
+"""Row (d) of the lab's experiment: mice beside the elephant with isolation on hv1.
+
+The elephant runs through rows (b), (d) and (c); (d) and (b) are measured twice,
+alternated, so that drift (the emulated VM slows down as it warms) does not
+favour either. hv1's agent runs with `--isolate` (its classifier is compiled
+at start) and is switched off right away; `isolate/set on|off` then switches it
+around each (d). The elephant's throughput is sampled at its sink (pod3's
+received bytes, every half second) for the whole experiment, and each row's
+mean is reported next to its mice p99.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+
+SAMPLE_S = 0.5
+ROUNDS = ("d", "b", "d", "b")          # the first (d) right after the detection
+
+
+class Throughput:
+    """Mbit/s received on `ifname` in network namespace `netns`, sampled in a thread."""
+
+    def __init__(self, netns: str, ifname: str = "eth0"):
+        from pyroute2 import IPRoute
+
+        from ovsfoot import netns as ns
+        with ns.entered(netns):
+            self.ipr = IPRoute()
+        self.ifname = ifname
+        self.samples: list[tuple[float, float]] = []      # (epoch s, Mbit/s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="throughput", daemon=True)
+
+    def _read(self) -> int:
+        return self.ipr.get_links(ifname=self.ifname)[0].get_attr("IFLA_STATS64")["rx_bytes"]
+
+    def _run(self) -> None:
+        last_t, last = time.time(), self._read()
+        while not self._stop.wait(SAMPLE_S):
+            t, n = time.time(), self._read()
+            self.samples.append((t, (n - last) * 8 / (t - last_t) / 1e6))
+            last_t, last = t, n
+
+    def start(self) -> "Throughput":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.ipr.close()
+
+    def mean(self, t0: float, t1: float) -> float | None:
+        inside = [m for t, m in self.samples if t0 < t <= t1]
+        return round(sum(inside) / len(inside), 1) if inside else None
+
+
+def isolate(lab, on: bool) -> dict:
+    """Switches hv1's isolation; returns its `isolate/show json`."""
+    lab.agents["hv1"].appctl("isolate/set", "on" if on else "off")
+    state = lab.agents["hv1"].json("isolate/show")
+    lab.report.event(f"isolation {'on' if on else 'off'} on hv1", qdisc=state.get("qdisc"),
+                     reason=state.get("reason") or None)
+    return state
+
+
+def round_trips(log: Path) -> list[float]:
+    """The latencies (ms, sockperf's: half the round trip) of a sockperf --full-log."""
+    out = []
+    try:
+        lines = log.read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split(",")
+        if len(parts) == 4 and parts[0].strip().isdigit():
+            try:
+                out.append(round(float(parts[3]) / 1000, 4))
+            except ValueError:
+                pass
+    return out
+
+
+def median(values: list) -> float | None:
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return None
+    return v[len(v) // 2] if len(v) % 2 else round((v[len(v) // 2 - 1] + v[len(v) // 2]) / 2, 3)
+
+
+class Rows:
+    """Rows (b) and (d), alternated, with the elephant's throughput and the marks."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.tput = Throughput("pod3").start()
+        self.p99: dict[str, list] = {"b": [], "d": []}
+        self.mbits: dict[str, list] = {"b": [], "d": []}
+        self.marks: list[dict] = []
+        self.windows: list[tuple[float, float, str]] = []
+        self.first: dict | None = None
+        self.elephant_started = 0.0
+        self.on = bool(isolate(lab, True).get("qdisc"))   # on before the elephant is detected
+
+    def mark(self, kind: str, label: str, at: float | None = None) -> None:
+        self.marks.append({"kind": kind, "label": label, "t": at or time.time()})
+
+    def started(self, port: int) -> None:
+        """The elephant to `port` has started: waits for its first isolated packet and
+        marks its detection, publication and isolation."""
+        lab, r = self.lab, self.lab.report
+        self.elephant_started = time.time()
+        self.first = _first_isolation(lab, port)
+        if self.first is None:
+            r.check("experiment: (d) the elephant's packets isolated on hv1", False,
+                    json.dumps(lab.agents["hv1"].json("isolate/show"))[:2000])
+            return
+        detected, isolated = self.first["detected_ns"] / 1e9, self.first["first_isolated_ns"] / 1e9
+        self.mark("detection", "detected (hv1)", detected)
+        self.mark("isolation", "first isolated packet", isolated)
+        published = _published_at(lab)
+        if published:
+            self.mark("publication", "published (hv1 Interface)", published)
+        r.event("elephant isolated on hv1", at=isolated,
+                detection_to_isolation_ms=self.first["detection_to_isolation_ms"])
+        r.check("experiment: (d) the elephant's packets isolated on hv1 after its detection",
+                self.first["detection_to_isolation_ms"] >= 0, json.dumps(self.first))
+
+    def measure(self, row: str, fn) -> None:
+        if (row == "d") != self.on:
+            self.on = bool(isolate(self.lab, row == "d").get("qdisc"))
+        t0 = time.time()
+        ms = fn()
+        t1 = time.time()
+        self.windows.append((t0, t1, row))
+        self.p99[row].append(ms)
+        self.mbits[row].append(self.tput.mean(t0, t1))
+        self.lab.report.event(f"row ({row})", p99_ms=ms, elephant_mbits=self.mbits[row][-1],
+                              isolation="on" if self.on else "off")
+
+    def stop(self) -> None:
+        if self.on:
+            isolate(self.lab, False)
+            self.on = False
+        self.tput.stop()
+
+    def report(self) -> dict:
+        return {"rounds": [{"row": row, "p99_ms": p, "elephant_mbits": m}
+                           for (_, _, row), p, m in zip(self.windows, self._in_order("p99"),
+                                                        self._in_order("mbits"))],
+                "elephant_mbits_by_row": {k: median(v) for k, v in self.mbits.items()},
+                "detection_to_isolation_ms": (self.first or {}).get("detection_to_isolation_ms"),
+                "elephant_started": self.elephant_started,
+                "elephant_mbits": [(round(t, 3), round(m, 2)) for t, m in self.tput.samples],
+                "marks": self.marks, "windows": self.windows}
+
+    def _in_order(self, what: str) -> list:
+        values = {k: list(v) for k, v in getattr(self, what).items()}
+        return [values[row].pop(0) for _, _, row in self.windows]
+
+    def judge(self, alone: float | None) -> None:
+        """The issue's goals for row (d), as checks."""
+        r = self.lab.report
+        d, b = median(self.p99["d"]), median(self.p99["b"])
+        md, mb = median(self.mbits["d"]), median(self.mbits["b"])
+        r.check("experiment: (d) measured, alternated with (b)",
+                None not in (d, b, alone, md, mb), json.dumps(self.report()["rounds"]))
+        if None in (d, b, alone, md, mb):
+            return
+        r.check("experiment: (d) isolation brings mice p99 within 1.5x of (a) alone",
+                d <= 1.5 * alone, f"{d} ms vs {alone} ms alone, {b} ms beside the elephant")
+        r.check("experiment: (d) the elephant keeps >= 90% of its throughput without "
+                "isolation", md >= 0.9 * mb, f"{md} Mbit/s isolated vs {mb} Mbit/s in (b)")
+
+
+def _first_isolation(lab, port: int, timeout: float = 60) -> dict | None:
+    """hv1's isolated row for the elephant to `port`, once a packet of it was isolated."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for f in lab.agents["hv1"].json("isolate/show").get("flows", []):
+            if port in (f["dport"], f["sport"]) and f["first_isolated_ns"]:
+                return f
+        time.sleep(0.2)
+    return None
+
+
+def _published_at(lab, timeout: float = 30) -> float | None:
+    """When hv1 published pod1's elephant (its Interface's ovsfoot-ts, epoch s)."""
+    lport = lab.pods["pod1"]["lport"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ids = lab.published("hv1")["interfaces"].get(lport, {})
+        if ids.get("ovsfoot-elephants", "0") != "0" and ids.get("ovsfoot-ts"):
+            return int(ids["ovsfoot-ts"]) / 1000
+        time.sleep(0.2)
+    return None
+
+
+def picture(report: dict, path: Path) -> Path | None:
+    """The experiment as a PNG: the mice latency CDFs of (a)-(d) and the elephant's
+    throughput over time with marks. None (and a line saying why) without matplotlib."""
+    exp = report.get("experiment") or {}
+    cdfs, series = exp.get("latency_cdf_ms") or {}, exp.get("elephant_mbits") or []
+    if not cdfs and not series:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("ovsfoot lab: no picture: matplotlib is not installed (Debian: "
+              "python3-matplotlib, `make deps`)")
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for label, values in cdfs.items():
+        if values:
+            xs = sorted(values)
+            left.step(xs, [(i + 1) / len(xs) for i in range(len(xs))], where="post",
+                      label=f"{label} (p99 {xs[min(len(xs) - 1, int(len(xs) * 0.99))]:.2f} ms)")
+    left.set_xscale("log")
+    left.set_xlabel("mice latency (ms; sockperf ping-pong, half the round trip)")
+    left.set_ylabel("fraction of messages")
+    left.set_title("mice latency CDF")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(loc="lower right", fontsize=8)
+    if series:
+        t0 = exp.get("elephant_started") or series[0][0]
+        right.plot([t - t0 for t, _ in series], [m for _, m in series], color="tab:gray",
+                   linewidth=1, label="elephant Mbit/s (at pod3)")
+        colors = {"detection": "tab:red", "publication": "tab:orange",
+                  "isolation": "tab:green", "placement": "tab:blue"}
+        for mark in exp.get("marks", []):      # close together: named in the legend
+            kind = mark["kind"]
+            right.axvline(mark["t"] - t0, color=colors.get(kind, "black"),
+                          linestyle="-" if kind in ("detection", "publication") else "--",
+                          linewidth=1, label=f"{mark['label']} ({mark['t'] - t0:.3f} s)")
+        for t_from, t_to, row in exp.get("windows", []):
+            right.axvspan(t_from - t0, t_to - t0, alpha=0.08,
+                          color="tab:green" if row == "d" else "tab:red")
+        right.set_ylim(0, max(m for _, m in series) * 1.5 + 1)
+        right.legend(loc="upper right", fontsize=7)
+        right.set_xlabel("seconds since the elephant started")
+        right.set_ylabel("Mbit/s")
+        right.set_title("the elephant's throughput (shaded: (b) red, (d) green)")
+        right.grid(True, alpha=0.3)
+    fig.suptitle(f"ovsfoot lab: mice beside an elephant, bottleneck {exp.get('bottleneck', '')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
