@@ -40,6 +40,7 @@ UNDERLAY = "10.99.0"
 UNDERLAY_LINK = "ovsfoot-ul"
 CENTRAL_IP = f"{UNDERLAY}.10"
 SUBNET = "10.0.0"
+SUBNET6 = "fd00:10::"           # the logical switch is dual-stack
 CHASSIS = ("hv1", "hv2", "hv3")
 # ovsfoot's cluster database: three raft members on the central node, each in a
 # network namespace of its own on the underlay (they all listen on the same
@@ -78,6 +79,7 @@ ELEPHANT_S = 20
 # Chassis whose agent isolates elephants on its underlay (row (d) of the experiment);
 # started with --isolate so that the classifier is compiled at start, then off.
 ISOLATING = ("hv1",)
+IPV6_ELEPHANT_S = 10
 # What the OVN cost counters count (integration/ovncost.py), per daemon.
 COST_COUNTERS = {
     "ovn-controller": "recomputes of its flow engine nodes (runtime_data, logical_flow_output, "
@@ -189,11 +191,11 @@ class Lab:
         self.spawn_agents("ctnetlink", ("hv3",))          # hv3 only hosts placed mice
         calls = []
         for n, (pod, (hv, lport, role)) in enumerate(PODS.items(), start=1):
-            ip, mac = f"{SUBNET}.{n + 10}", f"0a:00:00:00:00:{n:02x}"
+            ip, ip6, mac = f"{SUBNET}.{n + 10}", f"{SUBNET6}{n + 10}", f"0a:00:00:00:00:{n:02x}"
             calls.append(("workloads.sh", "--rundir", str(self.rundir / hv), "--netns", hv,
                           "--switch", "ls1", "--lport", lport, "--mac", mac,
-                          CENTRAL_IP, pod, f"{ip}/24"))
-            self.pods[pod] = {"chassis": hv, "lport": lport, "ip": ip, "role": role,
+                          "--ip6", f"{ip6}/64", CENTRAL_IP, pod, f"{ip}/24"))
+            self.pods[pod] = {"chassis": hv, "lport": lport, "ip": ip, "ip6": ip6, "role": role,
                               "ns": pod, "workload": WORKLOADS[pod], "interface": pod[:15]}
         self.provision(calls[0])    # makes the logical switch: --may-exist does not lock
         self.provision(*calls[1:])
@@ -289,11 +291,13 @@ class Lab:
         self.procs.append(p)
         return p
 
-    def iperf(self, seconds: int, port: int, rate: str = "200M") -> subprocess.Popen:
+    def iperf(self, seconds: int, port: int, rate: str = "200M",
+              ipv6: bool = False) -> subprocess.Popen:
         self.bg("pod3", "iperf3", "-s", "-1", "-p", str(port))
         wait_for(lambda: f":{port}" in sh("ip", "netns", "exec", "pod3", "ss", "-ltn"),
                  what="iperf3 server")
-        return self.bg("pod1", "iperf3", "-c", self.pods["pod3"]["ip"], "-p", str(port),
+        dst = self.pods["pod3"]["ip6" if ipv6 else "ip"]
+        return self.bg("pod1", "iperf3", "-c", dst, "-p", str(port),
                        "-t", str(seconds), "-b", rate, "-J")
 
     def mice(self, seconds: int, client: str = "pod2",
@@ -505,6 +509,43 @@ class Lab:
         ok = _try_wait(lambda: hv1.json("stats")["elephants_detected"] > before, 20)
         r.check("lowered threshold honoured in the kernel: elephant", ok)
         hv1.appctl("threshold/set", "bytes=10000000")
+
+    def ipv6_phase(self) -> None:
+        """An IPv6 elephant, pod1 -> pod3 on the dual-stack switch: detected on both
+        chassis with its v6 tuple, attributed as source and sink, published, withdrawn."""
+        r = self.report
+        ends = (("hv1", self.pods["pod1"], "source"), ("hv2", self.pods["pod3"], "sink"))
+        src, dst = self.pods["pod1"]["ip6"], self.pods["pod3"]["ip6"]
+        client = self.iperf(IPV6_ELEPHANT_S, 5204, ipv6=True)
+        r.event("IPv6 elephant started", src=f"pod1@hv1 {src}", dst=f"pod3@hv2 {dst}")
+        found: dict[str, dict] = {}
+
+        def detected():
+            for hv, _, _ in ends:
+                found.update({hv: e for e in self.elephants(hv)
+                              if hv not in found and (e["src"], e["dst"]) == (src, dst)})
+            return len(found) == 2
+
+        def keys(value: str):
+            return lambda: all(self.published(hv)["interfaces"][pod["lport"]]
+                               .get("ovsfoot-elephants") == value for hv, pod, _ in ends)
+        _try_wait(detected, 60)
+        published = _try_wait(keys("1"), 60)
+        for hv, pod, role in ends:
+            e = found.get(hv, {})
+            if e:
+                r.event(f"IPv6 elephant detected on {hv}", at=e["detected_ns"] / 1e9,
+                        tuple=f"[{e['src']}]:{e['sport']} -> [{e['dst']}]:{e['dport']}",
+                        role=e["role"], zone=e["zone"])
+            r.check(f"{hv}: IPv6 elephant attributed to {pod['lport']} as {role}",
+                    e.get("port") == pod["lport"] and e.get("role") == role
+                    and e.get("dport") == 5204 and e.get("workload") == pod["workload"],
+                    json.dumps(e))
+        r.check("IPv6 elephant published on both chassis", published)
+        client.wait(60)
+        self.kill_traffic()
+        r.check("IPv6 elephant withdrawn on both chassis", _try_wait(keys("0"), 60))
+        r.data["ipv6_elephant"] = found
 
     def experiment_phase(self) -> None:
         """The seed's experiment: mice p99 (a) alone, (b) beside an elephant on the
@@ -728,6 +769,7 @@ class Lab:
             lab_isolation.isolate(self, False)      # compiled at start; on only in row (d)
             took = self.costed("agents", self.elephant_phase)
             self.threshold_phase()
+            self.ipv6_phase()
             self.experiment_phase()
             self.learned_class_phase()
             self.ctnetlink_phase()              # stops the agents

@@ -3,12 +3,13 @@
 # podman container in it) whose eth0 is a veth to the integration bridge, the
 # Interface bound with iface-id to a logical port with the pod's MAC and IP,
 # on a logical switch whose allow-related ACLs send traffic through conntrack.
+# --ip6 makes the pod dual-stack (its IPv6 address/length too).
 USAGE="workloads.sh [--rundir DIR] [--netns NS] [--bridge NAME] [--switch LS] \
-[--lport LPORT] [--mac MAC] [--mtu N] CENTRAL_IP POD IP/LEN"
+[--lport LPORT] [--mac MAC] [--mtu N] [--ip6 IP6/LEN] CENTRAL_IP POD IP/LEN"
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
-SWITCH=demo LPORT="" MAC="" MTU=1400    # 1400: room for Geneve on a 1500 underlay
-parse_args "switch lport mac mtu" "$@"
+SWITCH=demo LPORT="" MAC="" MTU=1400 IP6=""   # 1400: room for Geneve on a 1500 underlay
+parse_args "switch lport mac mtu ip6" "$@"
 positional 3
 CENTRAL_IP=${POS[0]} POD=${POS[1]} CIDR=${POS[2]}
 need ip:iproute2 ovn-nbctl:ovn-common ovs-vsctl:openvswitch-switch ethtool:ethtool
@@ -29,8 +30,9 @@ nbctl --may-exist ls-add "$SWITCH"
 for dir in from-lport to-lport; do
   nbctl --may-exist acl-add "$SWITCH" "$dir" 1000 ip allow-related
 done
-step "logical port $LPORT: $MAC $IP"
-nbctl --may-exist lsp-add "$SWITCH" "$LPORT" -- lsp-set-addresses "$LPORT" "$MAC $IP"
+step "logical port $LPORT: $MAC $IP ${IP6%/*}"
+nbctl --may-exist lsp-add "$SWITCH" "$LPORT" -- lsp-set-addresses "$LPORT" \
+  "$MAC $IP${IP6:+ ${IP6%/*}}"
 
 if [ -e "/run/netns/$POD" ]; then
   step "pod $POD already there"
@@ -61,6 +63,9 @@ fi
 in_ns ip link set "$IFACE" up
 ip -n "$POD" link set eth0 address "$MAC" mtu "$MTU" up
 ip -n "$POD" addr replace "$CIDR" dev eth0
+if [ -n "$IP6" ]; then
+  ip -n "$POD" addr replace "$IP6" dev eth0 nodad
+fi
 if [ "$(vsctl get Bridge "$BRIDGE" datapath_type)" = netdev ]; then
   # The userspace datapath does not fill in checksums that veths offload.
   in_ns ethtool -K "$IFACE" tx off >/dev/null
@@ -69,7 +74,7 @@ fi
 
 step "port $IFACE on $BRIDGE, iface-id=$LPORT"
 vsctl --may-exist add-port "$BRIDGE" "$IFACE" -- set Interface "$IFACE" \
-  external_ids:iface-id="$LPORT" external_ids:ip_addresses="$CIDR" \
+  external_ids:iface-id="$LPORT" external_ids:ip_addresses="$CIDR${IP6:+,$IP6}" \
   external_ids:attached_mac="$MAC"
 
 for _ in $(seq 600); do
