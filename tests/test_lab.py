@@ -132,6 +132,20 @@ def test_experiment_mice_latency_alone_beside_and_placed(report):
     assert c - a < (b - a) / 3, exp           # (c) back near (a): 2/3 of the cost recovered
 
 
+def test_traffic_classes_measured_published_learned_and_ranked(report):
+    """Many medium flows are heavy without an elephant, an RPC loop is sensitive, an idle
+    pod stays light, and the extender ranks a sensitive, a light and a heavy pod by them."""
+    for name in ("many medium flows: pod1 heavy by throughput, without an elephant",
+                 "RPC loop: pod2 sensitive, published",
+                 "idle pod5: its traffic stays light",
+                 "hv1 learned lab/mice-client sensitive",
+                 "extender: the sensitive pod ranks the quiet hv3 first, and minds the busy "
+                 "chassis more than a light pod",
+                 "extender: the heavy pod ranks hv3, without sensitive pods, first"):
+        c = check(report, name)
+        assert c["ok"], c
+
+
 def test_experiment_row_d_isolation_alternated_with_b(report, tmp_path):
     """Row (d): isolation on hv1, measured twice, alternated with (b), in the same boot;
     the elephant's packets isolated after its detection; the picture drawn from it."""
