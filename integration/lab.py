@@ -117,6 +117,8 @@ def render_isolation(exp: dict) -> list[str]:
     lines.append(f"  elephant throughput: {by_row.get('d')} Mbit/s isolated (d), "
                  f"{by_row.get('b')} Mbit/s not (b); first isolated packet "
                  f"{exp.get('detection_to_isolation_ms')} ms after detection")
+    for goal, v in (exp.get("goals") or {}).items():
+        lines.append(f"  goal {goal}: {v['ratio']}, {'met' if v['met'] else 'MISSED'}")
     return lines
 
 

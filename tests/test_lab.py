@@ -153,6 +153,8 @@ def test_experiment_row_d_isolation_alternated_with_b(report, tmp_path):
     assert [r["row"] for r in exp["rounds"]] == ["d", "b", "d", "b"], exp["rounds"]
     assert all(r["p99_ms"] is not None and r["elephant_mbits"] for r in exp["rounds"])
     assert exp["p99_ms"]["isolated on hv1"] is not None
+    goal = exp["goals"]["(d) mice p99 <= 1.5x (a)"]
+    assert goal["ratio"] == round(exp["p99_ms"]["isolated on hv1"] / exp["p99_ms"]["alone"], 2)
     assert 0 <= exp["detection_to_isolation_ms"] < 1000, exp["detection_to_isolation_ms"]
     kinds = {m["kind"] for m in exp["marks"]}
     assert {"detection", "isolation", "publication", "placement"} <= kinds, exp["marks"]
