@@ -26,6 +26,7 @@ import dataclasses
 import json
 import threading
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from ovsfoot.contract import CLASSES, HEAVY, RS_HASH, SENSITIVE, LIGHT, pod_workload
 
@@ -189,7 +190,8 @@ def candidate_names(args: dict) -> tuple[list[str], bool]:
     if names is None:
         raise BadRequest("ExtenderArgs needs Nodes (a NodeList) or NodeNames "
                          "(nodeCacheCapable)")
-    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+    if not isinstance(names, list) or not (all(map(isinstance, names, repeat(str)))
+                                           and all(names)):     # strings, none empty
         raise BadRequest("NodeNames must be a list of node names")
     return list(names), False
 
