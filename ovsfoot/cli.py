@@ -334,6 +334,11 @@ def _logging(args) -> None:
             if not logger.handlers:
                 logger.addHandler(logging.NullHandler())
         logging.getLogger().addHandler(_vlog)
+        # what no vlog pattern shows is not gathered for each record (the logging
+        # HOWTO's "Optimization"): the caller's file and line, the thread (vlog's %t
+        # and %T ask threading themselves)
+        logging._srcfile = None
+        logging.logThreads = False
         _vlog.sync_levels()
         if problem:
             log.warning("%s: logging to the console only", problem)
