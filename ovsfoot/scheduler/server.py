@@ -16,9 +16,10 @@ One thread serves every connection: an asyncio event loop reads, parses and answ
 HTTP/1.1 requests (keep-alive, pipelined ones in order) as they arrive, with no
 thread hand-off per connection or request (thread-per-connection cost ~0.2 ms more
 CPU and 20-30 context switches per request in hand-offs, locks and the GIL:
-bench/README.md). Scoring 100 nodes takes ~0.1 ms, so it runs on the loop; a body
-over `INLINE_BODY` is scored on a worker thread, so that a large request does not
-hold up the others.
+bench/README.md). Scoring 100 nodes takes ~0.1 ms, and an answer is kept per view,
+pod class and node list (`scoring.Ranker`: the next pod with the same inputs costs a
+lookup), so it runs on the loop; a body over `INLINE_BODY` is scored on a worker
+thread, so that a large request does not hold up the others.
 
 Limits (kube-scheduler asks filter and prioritize for every pod, one pod at a time):
 a listen backlog of `BACKLOG`, TCP_NODELAY and each answer in one write; a request
