@@ -326,17 +326,24 @@ class Ranked:
     the `seen` bounds (of the nodes counted fresh and of those counted stale) within
     which the same node list in the same view scores the same."""
 
-    __slots__ = ("out", "answer", "top", "at_top", "best", "chassis", "oldest_fresh",
+    __slots__ = ("out", "_answer", "top", "at_top", "best", "chassis", "oldest_fresh",
                  "newest_stale")
 
     def __init__(self, out: list[dict], best: str | None, chassis: frozenset = frozenset(),
                  oldest_fresh: float | None = None, newest_stale: float | None = None):
         self.out, self.best, self.chassis = out, best, chassis
-        self.answer = json.dumps(out).encode()
-        scores = [p["Score"] for p in out]
-        self.top = max(scores, default=None)
-        self.at_top = scores.count(self.top)
+        self._answer: str | None = None
+        top = self.top = max((p["Score"] for p in out), default=None)
+        self.at_top = sum(p["Score"] == top for p in out)
         self.oldest_fresh, self.newest_stale = oldest_fresh, newest_stale
+
+    def answer(self) -> str:
+        """The scores as JSON text, made once; encoded as it is sent. Made when asked
+        for, so that a large request's own node lists are gone by then: its peak
+        memory is the scores and this text, as before answers were kept."""
+        if self._answer is None:
+            self._answer = json.dumps(self.out)
+        return self._answer
 
     def valid(self, now: float, max_age: float) -> bool:
         """No node's freshness differs at `now` from when these scores were made:
@@ -400,17 +407,19 @@ class Ranker:
                key: tuple | None) -> Ranked:
         max_age = self.max_age
         facts = {n: view.current(n, now, max_age) for n in names}
-        fresh = [f.seen for f in facts.values() if f is not None and f.known
-                 and f.seen is not None and max_age > 0]
-        stale = [view.node(n).seen for n, f in facts.items() if f is not None and not f.known
-                 and view.node(n).known]   # known in the view, unknown here: stale by time
         adjusted = self.assumed.adjust(facts, now) if self.assumed is not None else facts
         out, best = _rank(names, adjusted, klass)
-        r = Ranked(out, best, frozenset(f.chassis for f in facts.values()
-                                        if f is not None and f.known),
+        if key is None:             # not kept (a large list): nothing more to hold at once
+            del facts, adjusted
+            return Ranked(out, best)
+        keep = adjusted is facts or all(adjusted[n] is f for n, f in facts.items())
+        known = [f for f in facts.values() if f is not None and f.known]
+        fresh = [f.seen for f in known if f.seen is not None and max_age > 0]
+        stale = [view.node(n).seen for n, f in facts.items() if f is not None and not f.known
+                 and view.node(n).known]   # known in the view, unknown here: stale by time
+        r = Ranked(out, best, frozenset(f.chassis for f in known),
                    min(fresh, default=None), max(stale, default=None))
-        if key is not None and (adjusted is facts or all(
-                adjusted[n] is f for n, f in facts.items())):      # no assumed load in it
+        if keep:                    # no assumed load in it
             with self._lock:
                 if self._view is view:
                     self._kept[key] = r

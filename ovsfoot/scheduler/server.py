@@ -125,26 +125,27 @@ class Extender:
             result["NodeNames"] = kept
         return result
 
-    def prioritize(self, body: bytes) -> bytes:
+    def prioritize(self, body: bytes) -> str:
         """The HostPriorityList as JSON; the same node list in the same view is scored
         once (`scoring.Ranker`)."""
         t = time.monotonic()
-        pod, names, _, _ = _parse(body)
+        pod, names = _parse(body)[:2]
         view = self.cluster.view
         klass, why = scoring.pod_class(pod, view)
         r = self.ranker.rank(pod, klass, names, view, time.monotonic())
+        del names                   # before the answer's text is made (a large one's)
+        out = r.out
         if log.isEnabledFor(logging.INFO):
             log.info("prioritize %s/%s (%s: %s): %d nodes, best score %s on %d, %.1f ms",
                      _short(pod.namespace), _short(pod.name), klass, _short(why),
-                     len(r.out), r.top, r.at_top, (time.monotonic() - t) * 1000)
+                     len(out), r.top, r.at_top, (time.monotonic() - t) * 1000)
         if log.isEnabledFor(logging.DEBUG):
-            out = r.out
             log.debug("prioritize %s/%s: %s%s", _short(pod.namespace), _short(pod.name),
                       " ".join(f"{_short(p['Host'], 64)}={p['Score']}"
                                for p in out[:DEBUG_SCORES]),
                       f" ... ({len(out) - DEBUG_SCORES} more)" if len(out) > DEBUG_SCORES
                       else "")
-        return r.answer
+        return r.answer()
 
 
 @dataclass(eq=False)
@@ -635,7 +636,7 @@ class Server:
         loop or on a worker thread."""
         try:
             answer = getattr(self.extender, verb)(body)
-            return 200, answer if isinstance(answer, bytes) else json.dumps(answer)
+            return 200, answer if isinstance(answer, str) else json.dumps(answer)
         except scoring.BadRequest as e:
             log.warning("%s: bad request from %s: %s", verb, peer, _short(e))
             return 400, f"bad ExtenderArgs: {e}\n", "text/plain"

@@ -128,7 +128,7 @@ def test_ranker_keeps_an_answer_per_class_and_node_list():
     ranker = Ranker(Assumptions(60), max_age=30)
     first = rank(ranker, pod("web-0"), ["node-a", "node-b"], v, 1.0)
     assert scores(first.out) == [5, 10] and (ranker.hits, ranker.misses) == (0, 1)
-    assert first.answer == json.dumps(first.out).encode()
+    assert first.answer() == json.dumps(first.out) and first.answer() is first.answer()
     assert (first.top, first.at_top) == (10, 1)
     assert rank(ranker, pod("api-0"), ["node-a", "node-b"], v, 2.0) is first
     assert rank(ranker, pod("api-0"), ["node-b", "node-a"], v, 2.0) is not first
@@ -228,6 +228,6 @@ def test_ranker_answers_what_prioritize_answers(seed):
         p, names = rnd.choice(pods), rnd.choice(lists)
         got = rank(ranker, p, names, v, now)
         assert got.out == prioritize(p, names, v, theirs, now, max_age)
-        assert got.answer == json.dumps(got.out).encode()
+        assert got.answer() == json.dumps(got.out)
         assert (ours._pods, ours._baseline) == (theirs._pods, theirs._baseline)
     assert ranker.hits > 10, ranker.hits           # the kept answers were used
