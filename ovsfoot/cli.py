@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import math
 import os
 import sys
+import threading
 import time
 
 import ovs.daemon
@@ -133,6 +135,30 @@ _OVS_LEVELS = ((logging.CRITICAL, "emer"), (logging.ERROR, "err"),
                (logging.WARNING, "warn"), (logging.INFO, "info"), (0, "dbg"))
 
 
+_VLOG_PATTERNS = dict(ovs.vlog.PATTERNS)       # python-ovs's defaults, before any set_pattern
+_VLOG_TIMES = {"console": "%Y-%m-%dT%H:%M:%SZ", "file": "%Y-%m-%dT%H:%M:%S.###Z"}
+
+
+def vlog_line(dest: str, module: str, level: str, num: int, message: str,
+              now: datetime.datetime, thread: str) -> str:
+    """The line ovs.vlog's `_build_message` makes with its default pattern for `dest`
+    (`level`: INFO, WARN...; `now`: UTC; `thread`: the thread's name), without its
+    regular expressions: a dozen of them per line cost ~80 us."""
+    if dest == "syslog":
+        head = "ovs"
+    else:
+        stamp = now.strftime(_VLOG_TIMES[dest])
+        if "#" in stamp:            # vlog's milliseconds: str(ms) cut to 3 characters
+            stamp = stamp.replace("###", f"{str(now.microsecond / 1000):0>3.3}")
+        head = f" {stamp} "
+    n = str(num)
+    if len(n) < 5:
+        n = n.center(5)
+    sub = "" if thread == "MainThread" else f" ({thread}) "
+    return (f"{head}|{n}| {module} {sub}|{f' {level} ' if level else ''}|"
+            f"{f' {message} ' if message else ''}").strip()
+
+
 def vlog_modules() -> list[str]:
     """ovs.vlog module names of ovsfoot's modules (from the package's files)."""
     top = os.path.dirname(ovsfoot.__file__)
@@ -157,6 +183,7 @@ class VlogHandler(logging.Handler):
         super().__init__(logging.DEBUG)
         self.vlogs = {m: ovs.vlog.Vlog(m) for m in modules}
         self._module: dict[str, str] = {}
+        self._loggers: dict[str, logging.Logger] = {}
         self.log_file: str | None = None
 
     def module(self, logger: str) -> str:
@@ -181,9 +208,36 @@ class VlogHandler(logging.Handler):
             if record.exc_info:
                 msg += "\n" + logging.Formatter().formatException(record.exc_info)
             level = next(name for at, name in _OVS_LEVELS if record.levelno >= at)
-            getattr(self.vlogs[self.module(record.name)], level)(msg)
+            self._log(self.module(record.name), level, msg)
         except Exception:
             self.handleError(record)
+
+    def _log(self, module: str, level: str, msg: str) -> None:
+        """What `Vlog(module).<level>(msg)` does (the same lines, numbered in the same
+        sequence), with default patterns formatted by `vlog_line`."""
+        vlog = ovs.vlog.Vlog
+        if not vlog._Vlog__inited:
+            return
+        level_num = ovs.vlog.LEVELS.get(level, logging.DEBUG)
+        num = vlog._Vlog__msg_num
+        vlog._Vlog__msg_num = num + 1
+        now = thread = None
+        for dest, dest_level in vlog._Vlog__mfl[module].items():
+            if level_num < ovs.vlog.LEVELS.get(dest_level, logging.CRITICAL):
+                continue
+            if vlog._Vlog__log_patterns.get(dest) != _VLOG_PATTERNS.get(dest):
+                line = self.vlogs[module]._build_message(msg, dest, level.upper(), num)
+            else:
+                if now is None:
+                    now = datetime.datetime.now(datetime.timezone.utc)
+                    thread = threading.current_thread().name
+                line = vlog_line(dest, module, level.upper(), num, msg, now, thread)
+            logger = self._loggers.get(dest)
+            if logger is None:
+                logger = self._loggers[dest] = logging.getLogger(dest)
+            if logger.isEnabledFor(level_num):     # Logger.log without findCaller: the
+                logger.handle(logger.makeRecord(    # destinations' format is the line alone
+                    dest, level_num, "(unknown file)", 0, line, None, None))
 
     def sync_levels(self) -> None:
         """Sets each ovsfoot logger's level to the lowest its Vlog module logs at in a
@@ -280,6 +334,11 @@ def _logging(args) -> None:
             if not logger.handlers:
                 logger.addHandler(logging.NullHandler())
         logging.getLogger().addHandler(_vlog)
+        # what no vlog pattern shows is not gathered for each record (the logging
+        # HOWTO's "Optimization"): the caller's file and line, the thread (vlog's %t
+        # and %T ask threading themselves)
+        logging._srcfile = None
+        logging.logThreads = False
         _vlog.sync_levels()
         if problem:
             log.warning("%s: logging to the console only", problem)

@@ -407,15 +407,20 @@ class ExtenderMetrics:
         for verb in VERBS:          # the series exist from the start
             self.seconds.labels(verb)
         self.registry.register(_ExtenderCollector(extender))
+        self._series: dict[tuple, tuple] = {}      # (verb, code): their two series
 
     @staticmethod
     def verb(name: str) -> str:
         return name if name in VERBS else "other"
 
     def request(self, verb: str, code: int | None, seconds: float) -> None:
-        verb = self.verb(verb)
-        self.requests.labels(verb, str(code or 0)).inc()
-        self.seconds.labels(verb).observe(seconds)
+        series = self._series.get((verb, code))
+        if series is None:          # labels() takes a lock and builds a key each time
+            v = self.verb(verb)
+            series = self._series[verb, code] = (self.requests.labels(v, str(code or 0)),
+                                                 self.seconds.labels(v))
+        series[0].inc()
+        series[1].observe(seconds)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept or "")

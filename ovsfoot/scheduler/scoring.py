@@ -23,8 +23,10 @@ report, spreads instead of piling onto the node that was quiet a moment ago.
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from ovsfoot.contract import CLASSES, HEAVY, RS_HASH, SENSITIVE, LIGHT, pod_workload
 
@@ -188,7 +190,8 @@ def candidate_names(args: dict) -> tuple[list[str], bool]:
     if names is None:
         raise BadRequest("ExtenderArgs needs Nodes (a NodeList) or NodeNames "
                          "(nodeCacheCapable)")
-    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+    if not isinstance(names, list) or not (all(map(isinstance, names, repeat(str)))
+                                           and all(names)):     # strings, none empty
         raise BadRequest("NodeNames must be a list of node names")
     return list(names), False
 
@@ -269,6 +272,14 @@ class Assumptions:
                     out[name] = dataclasses.replace(f, heavy_ports=f.heavy_ports + len(mine))
             return out
 
+    def pending_chassis(self, now: float) -> set[str]:
+        """The chassis with heavy pods assumed onto them (`adjust` changes only those)."""
+        if self.ttl <= 0:
+            return set()
+        with self._lock:
+            self._prune(now)
+            return {c for c, _ in self._pods.values()}
+
     def forget(self, pod: str) -> None:
         with self._lock:
             self._pods.pop(pod, None)
@@ -286,6 +297,14 @@ class Assumptions:
             return len(self._pods)
 
 
+def _rank(names: list[str], facts: dict, klass: str) -> tuple[list[dict], str | None]:
+    """(scores per node, the best-ranked known node: the first of equals, or None)."""
+    out = [{"Host": n, "Score": score(facts[n], klass)} for n in names]
+    known = [p for p in out if facts[p["Host"]] is not None and facts[p["Host"]].known]
+    best = max(known, key=lambda p: p["Score"])["Host"] if known else None
+    return out, best
+
+
 def prioritize(pod: PodInfo, names: list[str], view: ClusterView,
                assumed: Assumptions | None = None, now: float = 0.0,
                max_age: float = 0.0) -> list[dict]:
@@ -296,12 +315,120 @@ def prioritize(pod: PodInfo, names: list[str], view: ClusterView,
     if assumed is not None:
         assumed.forget(key)
         facts = assumed.adjust(facts, now)
-    out = [{"Host": n, "Score": score(facts[n], klass)} for n in names]
-    known = [p for p in out if facts[p["Host"]] is not None and facts[p["Host"]].known]
-    if assumed is not None and klass == HEAVY and known:
-        best = max(known, key=lambda p: p["Score"])       # the first of equals
-        assumed.assume(key, view.current(best["Host"], now, max_age), now)
+    out, best = _rank(names, facts, klass)
+    if assumed is not None and klass == HEAVY and best is not None:
+        assumed.assume(key, view.current(best, now, max_age), now)
     return out
+
+
+class Ranked:
+    """A prioritize answer: the scores, their JSON, what the log line says of them, and
+    the `seen` bounds (of the nodes counted fresh and of those counted stale) within
+    which the same node list in the same view scores the same."""
+
+    __slots__ = ("out", "_answer", "top", "at_top", "best", "chassis", "oldest_fresh",
+                 "newest_stale")
+
+    def __init__(self, out: list[dict], best: str | None, chassis: frozenset = frozenset(),
+                 oldest_fresh: float | None = None, newest_stale: float | None = None):
+        self.out, self.best, self.chassis = out, best, chassis
+        self._answer: str | None = None
+        top = self.top = max((p["Score"] for p in out), default=None)
+        self.at_top = sum(p["Score"] == top for p in out)
+        self.oldest_fresh, self.newest_stale = oldest_fresh, newest_stale
+
+    def answer(self) -> str:
+        """The scores as JSON text, made once; encoded as it is sent. Made when asked
+        for, so that a large request's own node lists are gone by then: its peak
+        memory is the scores and this text, as before answers were kept."""
+        if self._answer is None:
+            self._answer = json.dumps(self.out)
+        return self._answer
+
+    def valid(self, now: float, max_age: float) -> bool:
+        """No node's freshness differs at `now` from when these scores were made:
+        every node counted fresh still is (the oldest heartbeat decides), and every
+        node counted stale still is (the newest decides)."""
+        return (self.oldest_fresh is None or now - self.oldest_fresh <= max_age) and \
+            (self.newest_stale is None or now - self.newest_stale > max_age)
+
+
+class Ranker:
+    """`prioritize` with its answers kept per (view, class, node list): a request whose
+    answer is kept costs a dict lookup instead of scoring every node.
+
+    A kept answer is dropped when the view changes (the next view is another object),
+    is not used once a node it counted fresh has gone stale by time or the other way
+    round (`Ranked.valid`), and is bypassed while a heavy pod is assumed onto a chassis
+    among its known nodes (that assumed load changes the scores until it settles).
+    Thread-safe: the loop and the large-body workers share it."""
+
+    def __init__(self, assumed: Assumptions | None = None, max_age: float = 0.0,
+                 entries: int = 256, names: int = 100_000, per_entry: int = 10_000):
+        self.assumed, self.max_age = assumed, max_age
+        self.entries, self.names, self.per_entry = entries, names, per_entry
+        self._lock = threading.Lock()
+        self._view: ClusterView | None = None
+        self._kept: dict[tuple, Ranked] = {}
+        self._held = 0                      # node names in the kept keys
+        self.hits = self.misses = 0
+
+    def rank(self, pod: PodInfo, klass: str, names: list[str], view: ClusterView,
+             now: float) -> Ranked:
+        """What `prioritize(pod, names, view, assumed, now, max_age)` answers (`klass`:
+        the pod's class in `view`), with the same effect on the assumptions."""
+        assumed, max_age = self.assumed, self.max_age
+        pod_key = f"{pod.namespace}/{pod.name}"
+        if assumed is not None:
+            assumed.forget(pod_key)
+        key = (klass, tuple(names)) if len(names) <= self.per_entry else None
+        r = None
+        if key is not None:
+            with self._lock:
+                if self._view is not view:
+                    self._view, self._kept, self._held = view, {}, 0
+                r = self._kept.get(key)
+            if r is not None and not r.valid(now, max_age):
+                r = None
+            if r is not None and assumed is not None:
+                pending = assumed.pending_chassis(now)      # pruned, as `adjust` does
+                if pending and not pending.isdisjoint(r.chassis):
+                    r = None        # assumed load on one of its nodes: scored below
+        if r is not None:
+            self.hits += 1
+        else:
+            self.misses += 1
+            r = self._score(names, view, klass, now, key)
+        if assumed is not None and klass == HEAVY and r.best is not None:
+            assumed.assume(pod_key, view.current(r.best, now, max_age), now)
+        return r
+
+    def _score(self, names: list[str], view: ClusterView, klass: str, now: float,
+               key: tuple | None) -> Ranked:
+        max_age = self.max_age
+        facts = {n: view.current(n, now, max_age) for n in names}
+        adjusted = self.assumed.adjust(facts, now) if self.assumed is not None else facts
+        out, best = _rank(names, adjusted, klass)
+        if key is None:             # not kept (a large list): nothing more to hold at once
+            del facts, adjusted
+            return Ranked(out, best)
+        keep = adjusted is facts or all(adjusted[n] is f for n, f in facts.items())
+        known = [f for f in facts.values() if f is not None and f.known]
+        fresh = [f.seen for f in known if f.seen is not None and max_age > 0]
+        stale = [view.node(n).seen for n, f in facts.items() if f is not None and not f.known
+                 and view.node(n).known]   # known in the view, unknown here: stale by time
+        r = Ranked(out, best, frozenset(f.chassis for f in known),
+                   min(fresh, default=None), max(stale, default=None))
+        if keep:                    # no assumed load in it
+            with self._lock:
+                if self._view is view:
+                    self._kept[key] = r
+                    self._held += len(key[1])
+                    while len(self._kept) > self.entries or self._held > self.names:
+                        old = next(iter(self._kept))
+                        self._held -= len(old[1])
+                        del self._kept[old]
+        return r
 
 
 def filter_nodes(pod: PodInfo, names: list[str], view: ClusterView, filter_heavy: bool,

@@ -16,9 +16,10 @@ One thread serves every connection: an asyncio event loop reads, parses and answ
 HTTP/1.1 requests (keep-alive, pipelined ones in order) as they arrive, with no
 thread hand-off per connection or request (thread-per-connection cost ~0.2 ms more
 CPU and 20-30 context switches per request in hand-offs, locks and the GIL:
-bench/README.md). Scoring 100 nodes takes ~0.1 ms, so it runs on the loop; a body
-over `INLINE_BODY` is scored on a worker thread, so that a large request does not
-hold up the others.
+bench/README.md). Scoring 100 nodes takes ~0.1 ms, and an answer is kept per view,
+pod class and node list (`scoring.Ranker`: the next pod with the same inputs costs a
+lookup), so it runs on the loop; a body over `INLINE_BODY` is scored on a worker
+thread, so that a large request does not hold up the others.
 
 Limits (kube-scheduler asks filter and prioritize for every pod, one pod at a time):
 a listen backlog of `BACKLOG`, TCP_NODELAY and each answer in one write; a request
@@ -100,6 +101,7 @@ class Extender:
         self.filter_heavy = filter_heavy
         self.stale_seconds = stale_seconds
         self.assumed = scoring.Assumptions(assume_seconds)
+        self.ranker = scoring.Ranker(self.assumed, stale_seconds)
 
     def filter(self, body: bytes) -> dict:
         t = time.monotonic()
@@ -123,25 +125,27 @@ class Extender:
             result["NodeNames"] = kept
         return result
 
-    def prioritize(self, body: bytes) -> list[dict]:
+    def prioritize(self, body: bytes) -> str:
+        """The HostPriorityList as JSON; the same node list in the same view is scored
+        once (`scoring.Ranker`)."""
         t = time.monotonic()
-        pod, names, _, _ = _parse(body)
+        pod, names = _parse(body)[:2]
         view = self.cluster.view
-        out = scoring.prioritize(pod, names, view, self.assumed, time.monotonic(),
-                                 self.stale_seconds)
         klass, why = scoring.pod_class(pod, view)
-        scores = [p["Score"] for p in out]
-        top = max(scores, default=None)
-        log.info("prioritize %s/%s (%s: %s): %d nodes, best score %s on %d, %.1f ms",
-                 _short(pod.namespace), _short(pod.name), klass, _short(why), len(out), top,
-                 scores.count(top), (time.monotonic() - t) * 1000)
+        r = self.ranker.rank(pod, klass, names, view, time.monotonic())
+        del names                   # before the answer's text is made (a large one's)
+        out = r.out
+        if log.isEnabledFor(logging.INFO):
+            log.info("prioritize %s/%s (%s: %s): %d nodes, best score %s on %d, %.1f ms",
+                     _short(pod.namespace), _short(pod.name), klass, _short(why),
+                     len(out), r.top, r.at_top, (time.monotonic() - t) * 1000)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("prioritize %s/%s: %s%s", _short(pod.namespace), _short(pod.name),
                       " ".join(f"{_short(p['Host'], 64)}={p['Score']}"
                                for p in out[:DEBUG_SCORES]),
                       f" ... ({len(out) - DEBUG_SCORES} more)" if len(out) > DEBUG_SCORES
                       else "")
-        return out
+        return r.answer()
 
 
 @dataclass(eq=False)
@@ -631,7 +635,8 @@ class Server:
         """(status, body[, content type]) of a filter or prioritize request; runs on the
         loop or on a worker thread."""
         try:
-            return 200, json.dumps(getattr(self.extender, verb)(body))
+            answer = getattr(self.extender, verb)(body)
+            return 200, answer if isinstance(answer, str) else json.dumps(answer)
         except scoring.BadRequest as e:
             log.warning("%s: bad request from %s: %s", verb, peer, _short(e))
             return 400, f"bad ExtenderArgs: {e}\n", "text/plain"
