@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from integration.agentproc import AgentProcess
@@ -162,7 +163,9 @@ def test_bad_credentials_are_a_log_line_and_retries_never_a_crash(pki, other_pki
 def test_ssl_ovn_remote_without_or_with_wrong_credentials(pki, other_pki, tmp_path):
     """An ssl: ovn-remote used to crash the agent (python-ovs's TypeError: cafile,
     capath and cadata cannot be all omitted). Without SSL options it is skipped with
-    a reason; with a CA that does not trust the server, a log line and retries."""
+    a reason; with a CA that does not trust the server, a log line and retries. (Each
+    agent starts from a state file of version 1, as an upgraded agent does: only
+    those connect to OVN Southbound.)"""
     ovs = SslOvs(tmp_path / "ovs", pki)
     sb = Daemons(tmp_path / "sb", {})
     remote = ssl_server(sb, "sb", "/usr/share/ovn/ovn-sb.ovsschema", pki)
@@ -173,6 +176,8 @@ def test_ssl_ovn_remote_without_or_with_wrong_credentials(pki, other_pki, tmp_pa
     wrong = AgentProcess(ovs, *agent_args(tmp_path, f"-p{key}", f"-c{cert}",
                                           f"-C{other_pki.ca}"), name="wrong",
                          state=tmp_path / "wrong.state")
+    for agent in (plain, wrong):
+        agent.state.write_bytes(msgpack.packb({"version": 1, "workloads": {}}))
     try:
         plain.start()
         wait_for(lambda: "not checking OVN Southbound" in plain.log_text(), timeout=20,
