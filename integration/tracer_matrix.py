@@ -417,6 +417,8 @@ def matrix_row(suite: str, work: Path) -> dict:
         return row
     per_packet = ns_per_packet(run)
     row.update(kernel=run.kernel.version, probe=ready(run)["stats"]["probe"],
+               when=time.strftime("%Y-%m-%d %H:%M UTC",    # its boot, not the wait for the VM
+                                  time.gmtime(run.window[1] / 1e9 - run.seconds)),
                load_s=round(ready(run)["load_s"], 1), seconds=round(run.seconds),
                ns_per_packet=per_packet and round(per_packet))
     for name, check in CHECKS.items():
