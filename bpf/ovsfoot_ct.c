@@ -21,8 +21,8 @@
  *   USE_FENTRY         fentry programs instead of kprobes
  *   USE_RINGBUF        ring buffer (kernel >= 5.8) instead of perf buffer
  *   REFRESH_HAS_SKB    __nf_ct_refresh_acct(ct, ctinfo, skb, extra_jiffies,
- *                      do_acct) as before 6.13; else (ct, ctinfo,
- *                      extra_jiffies, bytes)
+ *                      do_acct) as before 6.13 (and 6.12.113); else (ct,
+ *                      ctinfo, extra_jiffies, bytes)
  *   DESTROY_FN         nf_ct_destroy, or destroy_conntrack before 5.19
  *   MAX_FLOWS          size of the per-flow LRU map
  *   MAX_ZONES          size of the per-zone counters map (default 4096)
@@ -364,8 +364,8 @@ ON(__nf_conntrack_confirm)  /* (struct sk_buff *skb) */
 	return 0;
 }
 
-/* Before 6.13: (ct, ctinfo, skb, extra_jiffies, bool do_acct); since: (ct, ctinfo,
- * extra_jiffies, unsigned int bytes). */
+/* Before 6.13 and 6.12.113: (ct, ctinfo, skb, extra_jiffies, bool do_acct); since:
+ * (ct, ctinfo, extra_jiffies, unsigned int bytes). */
 ON(__nf_ct_refresh_acct)
 {
 	struct nf_conn *ct = (struct nf_conn *)ARG(1);

@@ -417,6 +417,8 @@ def matrix_row(suite: str, work: Path) -> dict:
         return row
     per_packet = ns_per_packet(run)
     row.update(kernel=run.kernel.version, probe=ready(run)["stats"]["probe"],
+               when=time.strftime("%Y-%m-%d %H:%M UTC",    # its boot, not the wait for the VM
+                                  time.gmtime(run.window[1] / 1e9 - run.seconds)),
                load_s=round(ready(run)["load_s"], 1), seconds=round(run.seconds),
                ns_per_packet=per_packet and round(per_packet))
     for name, check in CHECKS.items():
@@ -446,15 +448,16 @@ def render(rows: dict) -> list[str]:
     if not rows:
         return []
     names = list(CHECKS)
-    lines = [f"  {'suite':9} {'kernel':22} {'probe':6} {'load':>5} {'ns/pkt':>6} "
+    lines = [f"  {'suite':9} {'kernel':22} {'probe':6} {'load':>5} {'ns/pkt':>6} {'VM':>5} "
              + " ".join(f"{n:>{len(n)}}" for n in names) + "  when"]
     for suite in SUITES:
         if not (r := rows.get(suite)):
             continue
         cells = [r["checks"].get(n, "-") for n in names]
         load_s = f"{r['load_s']:.0f} s" if r.get("load_s") is not None else "-"
+        vm_s = f"{r['seconds']} s" if r.get("seconds") is not None else "-"   # the whole boot
         lines.append(f"  {suite:9} {r['kernel'] or '?':22} {r['probe'] or '-':6} {load_s:>5} "
-                     f"{r.get('ns_per_packet') or '-':>6} "
+                     f"{r.get('ns_per_packet') or '-':>6} {vm_s:>5} "
                      + " ".join(f"{c:>{len(n)}}" for n, c in zip(names, cells))
                      + f"  {r['when']}")
         if r.get("error"):

@@ -28,9 +28,10 @@ PYTHON_OVS = (3, 1), {(3, 1)}
 OVS = (3, 1), {(3, 1)}
 OVN = (23, 3), {(23, 3)}
 # The bpf source: bpf_probe_read_kernel needs 5.5; the lab's and tests' VM runs
-# Debian 12's 6.1. The program also has paths for < 5.8 (perf buffer), < 5.19
-# (destroy_conntrack) and >= 6.13 (__nf_ct_refresh_acct without the skb): untested.
-KERNEL_BPF = (5, 5), {(6, 1)}
+# Debian 12's 6.1, the kernels matrix (integration/tracer_matrix.py) Debian's 5.10
+# (destroy_conntrack), 6.12 and 7.2 (__nf_ct_refresh_acct without the skb) too. The
+# program's path for < 5.8 (perf buffer) is untested.
+KERNEL_BPF = (5, 5), {(5, 10), (6, 1), (6, 12), (7, 2)}
 
 README = "README: Supported versions"
 

@@ -79,7 +79,10 @@ def _kallsyms(names: set[str]) -> dict[str, str]:
 
 
 def _refresh_has_skb(release: str) -> bool:
-    """Does __nf_ct_refresh_acct take the skb (before 6.13) or the byte count?"""
+    """Does __nf_ct_refresh_acct take the skb (before 6.13) or the byte count?
+
+    Read from the headers: the change came to 6.12 stable too (6.12.113, Debian
+    trixie's kernel), so the version alone is only the fallback."""
     for d in ("build", "source"):
         h = Path(f"/lib/modules/{release}/{d}/include/net/netfilter/nf_conntrack.h")
         if h.exists():
