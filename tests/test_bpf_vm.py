@@ -1,10 +1,11 @@
 """The eBPF tracer for real, in a VM on Debian kernels (integration/tracer_matrix.py).
 
 One VM boot per kernel (module-scoped) runs the scenario; each check of the
-matrix is a test. By default on the kernel the lab uses (bookworm's 6.1);
-OVSFOOT_KERNELS chooses: "rotate" adds one of the other three, by day (every
-kernel within three days, for one boot more), "all" runs the four, or a list
-of suites (e.g. "bullseye sid"). `make kernels` runs all four and prints the matrix.
+matrix is a test. By default ("rotate") on the kernel the lab uses (bookworm's
+6.1) and one of the other three, by day (every kernel within three days, for one
+boot more); OVSFOOT_KERNELS chooses otherwise: "all" runs the four, or a list of
+suites (e.g. "bookworm" alone, "bullseye sid"). `make kernels` runs all four and
+prints the matrix.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ovsfoot.sources import SourceUnavailable  # noqa: E402
 
 
 def kernels() -> list[str]:
-    chosen = (os.environ.get("OVSFOOT_KERNELS") or DEFAULT_SUITE).split()
+    chosen = (os.environ.get("OVSFOOT_KERNELS") or "rotate").split()
     if chosen == ["all"]:
         return list(SUITES)
     if chosen == ["rotate"]:
