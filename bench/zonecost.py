@@ -5,17 +5,9 @@
 The guest half (`--guest WORKDIR`) sets up bench/vmguest.py's OVS kernel-datapath
 bridge (two pods, ct zones 1 and 2), loads the program twice, without the zone
 counters (-DNO_ZONE_COUNTERS: "before") and with them ("after", what the agent
-runs), detaches both, then runs iperf3 pod1 -> pod2 with kernel.bpf_stats_enabled=1:
-first one long iperf3 run during which one or the other is attached in turn for
-SLICE_S each (ABBA order), so that the host's load, which moves a TCG guest's speed
-by tens of % from one 3 s run to the next, weighs on both alike; then 3 s runs with
-one or the other attached, alternating in pairs. The result is the per-packet
-program's (__nf_ct_refresh_acct) run time per run, after / before, from the slices
-(the median of each variant's slices); goal <= 1.10. The alternating pairs' figures
-are in `detail` and give the confirm program's (one run per new flow).
-
-(Both attached at once, each packet running both, was tried: the program that runs
-second on the kprobe measured 30-50 % slower than the first, whichever it was.)
+runs), detaches both, then runs iperf3 pod1 -> pod2 with one or the other attached,
+alternating in pairs, with kernel.bpf_stats_enabled=1. The result is the per-packet
+program's (__nf_ct_refresh_acct) run time per run, after / before; goal <= 1.10.
 """
 
 from __future__ import annotations
@@ -35,7 +27,6 @@ from bench.common import Result, median, ratio, save, table  # noqa: E402
 HOT = "kprobe____nf_ct_refresh_acct"
 CONFIRM = "kprobe____nf_conntrack_confirm"
 VM_TIMEOUT = 1500
-SLICE_S = 0.5          # how long one variant stays attached in the interleaved run
 
 
 class Loaded:
@@ -48,44 +39,6 @@ class Loaded:
         self.src = BpfSource(Thresholds(), extra_cflags=extra_cflags)
         self.probes = bpfstats.Probes(self.src._bpf)
         self.progs = bpfstats.programs(self.src._bpf)
-
-
-def iperf(seconds: float) -> float | None:
-    """iperf3 pod1 -> pod2 for `seconds`: bits/s received, None if it failed."""
-    p = subprocess.run(["ip", "netns", "exec", "pod1", "iperf3", "-c", "10.0.0.2",
-                        "-t", str(seconds), "-J"], capture_output=True, text=True,
-                       timeout=seconds + 60)
-    try:
-        return json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"]
-    except (ValueError, KeyError):
-        return None
-
-
-def interleaved(variants: dict[str, Loaded], seconds: float) -> list[dict]:
-    """One iperf3 run of `seconds`, the variants attached in turn for SLICE_S each
-    (before, after, after, before, ...): one record per slice."""
-    from bench import bpfstats
-    p = subprocess.Popen(["ip", "netns", "exec", "pod1", "iperf3", "-c", "10.0.0.2",
-                          "-t", str(seconds), "-J"], stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True)
-    time.sleep(1)                   # connected and sending
-    out, i, end = [], 0, time.monotonic() + seconds - 1 - SLICE_S
-    while time.monotonic() < end and p.poll() is None:
-        name = ("before", "after")[(i + i // 2) % 2]    # ABBA
-        v = variants[name]
-        t0 = time.monotonic()
-        v.probes.attach()
-        s0 = bpfstats.read(v.progs)
-        time.sleep(SLICE_S)
-        used = bpfstats.delta(bpfstats.read(v.progs), s0)
-        v.probes.detach()
-        v.src.run()
-        out.append({"pair": i // 2, "variant": name, "mode": "interleaved",
-                    "wall_s": round(time.monotonic() - t0, 3),
-                    "progs": {n: [u.run_time_ns, u.run_cnt] for n, u in used.items()}})
-        i += 1
-    p.communicate(timeout=seconds + 60)
-    return out
 
 
 def guest(work: Path, pairs: int, seconds: float) -> int:
@@ -101,18 +54,22 @@ def guest(work: Path, pairs: int, seconds: float) -> int:
             v.probes.detach()
         runs = []
         with bpfstats.stats_enabled():
-            runs += interleaved(variants, pairs * 2 * seconds * 2)
             for i in range(pairs):
                 for name in (("before", "after") if i % 2 == 0 else ("after", "before")):
                     v = variants[name]
                     v.probes.attach()
                     t0_stats = bpfstats.read(v.progs)
-                    bps = iperf(seconds)
+                    p = subprocess.run(["ip", "netns", "exec", "pod1", "iperf3", "-c", "10.0.0.2",
+                                        "-t", str(seconds), "-J"], capture_output=True, text=True,
+                                       timeout=seconds + 60)
                     used = bpfstats.delta(bpfstats.read(v.progs), t0_stats)
                     v.probes.detach()
                     v.src.run()
-                    runs.append({"pair": i, "variant": name, "mode": "alternating",
-                                 "bits_per_second": bps,
+                    try:
+                        bps = json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"]
+                    except (ValueError, KeyError):
+                        bps = None
+                    runs.append({"pair": i, "variant": name, "bits_per_second": bps,
                                  "progs": {n: [u.run_time_ns, u.run_cnt] for n, u in used.items()}})
         zones = variants["after"].src.zone_counters()
         (work / "zonecost.json").write_text(json.dumps(
@@ -124,46 +81,25 @@ def guest(work: Path, pairs: int, seconds: float) -> int:
         ovs.stop_all()
 
 
-def per_run(data: dict, prog: str, mode: str) -> dict[str, list[float]]:
-    """{variant: [ns per run of `prog`, one per iperf3 run of `mode`]}."""
-    per = {"before": [], "after": []}
-    for r in data.get("runs", []):
-        ns, cnt = r["progs"].get(prog, [0, 0])
-        if cnt and r.get("mode", "alternating") == mode:
-            per[r["variant"]].append(ns / cnt)
-    return per
-
-
 def results(data: dict) -> list[Result]:
-    """ns per run of the per-packet program, after / before, from the interleaved
-    slices if there are any (else the alternating pairs); the confirm program's from
-    the alternating pairs (the interleaved run starts no new flow)."""
+    """ns per run of the per-packet and the confirm programs, after / before."""
     out = []
     vm = data.get("_vm", {})
-    sliced = any(r.get("mode") == "interleaved" for r in data.get("runs", []))
     for prog, name, goal in ((HOT, "zone_counters_ns_per_packet", 1.10),
                              (CONFIRM, "zone_counters_ns_per_new_flow", None)):
-        mode = "interleaved" if sliced and prog == HOT else "alternating"
-        per = per_run(data, prog, mode)
+        per = {"before": [], "after": []}
+        for r in data.get("runs", []):
+            ns, cnt = r["progs"].get(prog, [0, 0])
+            if cnt:
+                per[r["variant"]].append(ns / cnt)
         v, b = median(per["after"]), median(per["before"])
         rt = ratio(v, b)
-        alt = per_run(data, prog, "alternating")
-        pairs = [round(a / x, 3) for a, x in zip(per["after"], per["before"]) if x]
         out.append(Result(name, v, "ns/run", b, "the same program without the zone "
-                          "counters, same boot, " + (f"attached in turn for {SLICE_S} s "
-                                                     "each during one iperf3 run"
-                                                     if mode == "interleaved" else
-                                                     "alternated in pairs"), rt,
+                          "counters, same boot, alternated in pairs", rt,
                           f"ratio <= {goal:.2f}" if goal else "(informational)",
                           (rt is not None and rt <= goal) if goal else None,
                           detail={"after": [round(x, 1) for x in per["after"]],
                                   "before": [round(x, 1) for x in per["before"]],
-                                  "mode": mode, "per_pair_ratios": pairs,
-                                  "alternating": {
-                                      "after": [round(x, 1) for x in alt["after"]],
-                                      "before": [round(x, 1) for x in alt["before"]],
-                                      "ratio": ratio(median(alt["after"]),
-                                                     median(alt["before"]))},
                                   "where": f"VM {vm.get('kernel')} (TCG), one boot of "
                                            f"{vm.get('seconds')} s",
                                   "zones_after": data.get("zones_after")}))
