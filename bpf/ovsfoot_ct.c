@@ -25,7 +25,7 @@
  *                      ctinfo, extra_jiffies, bytes)
  *   DESTROY_FN         nf_ct_destroy, or destroy_conntrack before 5.19
  *   MAX_FLOWS          size of the per-flow LRU map
- *   MAX_ZONES          size of the per-zone counters map (default 4096)
+ *   MAX_ZONES          zones counted: 0 to MAX_ZONES - 1 (default 4096)
  *   NO_ZONE_COUNTERS   count no zone (bench/zonecost.py: the counters' cost)
  *   RINGBUF_PAGES      size of the ring or perf buffer, in pages
  */
@@ -66,6 +66,7 @@ enum counter {
 	C_ELEPHANTS,
 	C_DROPPED,      /* events lost: ring or perf buffer full */
 	C_MAP_FULL,     /* flows not tracked: the map had no room */
+	C_ZONE_OVER,    /* flows tracked in a zone >= MAX_ZONES: not counted per zone */
 	NR_COUNTERS,
 };
 
@@ -124,7 +125,14 @@ BPF_PERCPU_ARRAY(counters, u64, NR_COUNTERS);
 #ifndef MAX_ZONES
 #define MAX_ZONES 4096
 #endif
-BPF_PERCPU_HASH(zones, u32, struct zone_counters, MAX_ZONES);
+/*
+ * Indexed by the zone: an array lookup per packet, no hashing (OVN allocates
+ * zones from 1 upward, the lowest free first, so a node's are small numbers).
+ * zones_seen holds the zones a flow was tracked in (written once per flow), so
+ * that user space reads only those.
+ */
+BPF_PERCPU_ARRAY(zones, struct zone_counters, MAX_ZONES);
+BPF_HASH(zones_seen, u32, u8, MAX_ZONES);
 #ifdef USE_RINGBUF
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 #else
@@ -227,18 +235,33 @@ static __always_inline struct config *get_config(void)
 	return cfg && cfg->netns ? cfg : NULL;
 }
 
-/* Adds to a zone's counters on this CPU (a full map loses the new zone's counts;
- * bpf.py reports the map's fill). */
+/* Adds to a zone's counters on this CPU (a zone >= MAX_ZONES is not counted:
+ * zone_seen counts its flows in C_ZONE_OVER). */
 static __always_inline void zone_add(u32 zone, u32 len, u64 flows)
 {
 #ifndef NO_ZONE_COUNTERS
-	struct zone_counters zero = {}, *z = zones.lookup_or_try_init(&zone, &zero);
+	struct zone_counters *z = zones.lookup(&zone);
 
 	if (!z)
 		return;
 	z->bytes += len;
 	z->packets += len ? 1 : 0;
 	z->flows += flows;
+#endif
+}
+
+/* Marks the zone of a flow that starts being tracked as one to read. */
+static __always_inline void zone_seen(u32 zone)
+{
+#ifndef NO_ZONE_COUNTERS
+	u8 one = 1;
+
+	if (zone >= MAX_ZONES) {
+		count(C_ZONE_OVER);
+		return;
+	}
+	if (!zones_seen.lookup(&zone))
+		zones_seen.insert(&zone, &one);
 #endif
 }
 
@@ -251,6 +274,7 @@ static __always_inline struct flow *track(struct nf_conn *ct, u32 ifindex, u32 l
 	u64 key = (u64)ct;
 	int err;
 
+	zone_seen(f.zone);
 	if (len) {
 		f.bytes[IP_CT_DIR_ORIGINAL] = len;
 		f.packets[IP_CT_DIR_ORIGINAL] = 1;

@@ -40,7 +40,8 @@ PACKAGE_BPF_DIR = Path(__file__).resolve().parents[1] / "bpf"
 TREE_BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 
 # enum counter in the C file, in order
-COUNTERS = ("started", "late_starts", "ended", "elephants", "dropped", "map_full")
+COUNTERS = ("started", "late_starts", "ended", "elephants", "dropped", "map_full",
+            "zone_over_limit")
 # struct event in the C file
 EVENT = struct.Struct("<QQQ2Q2Q16s16sIIHH2s2sBB6x")
 PORT_PROTOS = {6, 17, 33, 132, 136}   # TCP, UDP, DCCP, SCTP, UDP-Lite
@@ -287,9 +288,11 @@ class BpfSource:
         return events
 
     def zone_counters(self) -> dict[int, ZoneCounters]:
-        """The kernel's per-zone counters, summed over the CPUs."""
-        out = {}
-        for zone, cpus in self._bpf["zones"].items():
+        """The kernel's per-zone counters, summed over the CPUs: only the zones a
+        flow was tracked in (`zones_seen`), not the whole array."""
+        zones, out = self._bpf["zones"], {}
+        for zone in self._bpf["zones_seen"].keys():
+            cpus = zones[zones.Key(zone.value)]
             out[zone.value] = ZoneCounters(sum(c.bytes for c in cpus),
                                            sum(c.packets for c in cpus),
                                            sum(c.flows for c in cpus))
@@ -306,13 +309,14 @@ class BpfSource:
         counters = self._bpf["counters"]
         c = {name: counters.sum(counters.Key(i)).value for i, name in enumerate(COUNTERS)}
         tracked = len(self._bpf["flows"])
-        zones = len(self._bpf["zones"])
+        zones = len(self._bpf["zones_seen"])
         return {"source": self.name, "probe": self.probe,
                 "buffer": "ringbuf" if self.ringbuf else "perf",
                 "netns": self.netns or "(own)", "netns_inode": self.netns_inode,
                 "events": self.events, "flows_tracked": tracked,
-                # a full zone map counts no new zone (rates read 0 for it)
-                "zones_counted": zones, "zones_full": zones >= self.max_zones,
+                # flows in a zone >= max_zones are not counted (rates read 0 for it):
+                # zone_over_limit counts them
+                "zones_counted": zones, "zones_full": c["zone_over_limit"] > 0,
                 # flows that left the map without being deleted were evicted
                 "evictions": max(0, c["started"] + c["late_starts"] - c["ended"] - tracked),
                 **c}
