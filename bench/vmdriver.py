@@ -62,10 +62,10 @@ def main() -> int:
     src = BpfSource(Thresholds())          # the agent's defaults: 10 MB, 1 s
     load_s = time.monotonic() - t0
     empty = load_empty(src.probe)
-    tracer, floor = bpfstats.Probes(src._bpf), bpfstats.Probes(empty)
+    tracer, floor = bpfstats.Probes(src.bpf), bpfstats.Probes(empty)
     tracer.detach()
     floor.detach()
-    progs = {"ovsfoot": bpfstats.programs(src._bpf), "empty": bpfstats.programs(empty)}
+    progs = {"ovsfoot": bpfstats.programs(src.bpf), "empty": bpfstats.programs(empty)}
     (work / "driver-ready.json").write_text(json.dumps({"load_s": load_s, "probe": src.probe,
                                                         "programs": list(progs["ovsfoot"])}))
     deadline = time.monotonic() + 1200

@@ -37,8 +37,8 @@ class Loaded:
         from ovsfoot.events import Thresholds
         from ovsfoot.sources.bpf import BpfSource
         self.src = BpfSource(Thresholds(), extra_cflags=extra_cflags)
-        self.probes = bpfstats.Probes(self.src._bpf)
-        self.progs = bpfstats.programs(self.src._bpf)
+        self.probes = bpfstats.Probes(self.src.bpf)
+        self.progs = bpfstats.programs(self.src.bpf)
 
 
 def guest(work: Path, pairs: int, seconds: float) -> int:

@@ -50,7 +50,7 @@ def log(**kw):
 def bpf_stats(src):
     """{program: [runs, ns]} from the kernel's bpf_stats (kernel.bpf_stats_enabled=1)."""
     out = {}
-    for name, fn in src._bpf.funcs.items():
+    for name, fn in src.bpf.funcs.items():
         info = dict(line.split(":", 1) for line in open(f"/proc/self/fdinfo/{fn.fd}"))
         out[name.decode()] = [int(info.get("run_cnt", 0)), int(info.get("run_time_ns", 0))]
     return out

@@ -287,6 +287,12 @@ class BpfSource:
             events += self._refresh()
         return events
 
+    @property
+    def bpf(self):
+        """The loaded program (a bcc.BPF), for tools that read its programs' and maps'
+        kernel statistics beside the source: bench/, the tracer matrix."""
+        return self._bpf
+
     def zone_counters(self) -> dict[int, ZoneCounters]:
         """The kernel's per-zone counters, summed over the CPUs: only the zones a
         flow was tracked in (`zones_seen`), not the whole array."""
