@@ -90,7 +90,7 @@ def isolate(lab, on: bool) -> dict:
     """Switches hv1's isolation; returns its `isolate/show json`."""
     lab.agents["hv1"].appctl("isolate/set", "on" if on else "off")
     state = lab.agents["hv1"].json("isolate/show")
-    lab.report.event(f"isolation {'on' if on else 'off'} on hv1", qdisc=state.get("qdisc"),
+    lab.report.event(f"hv1 isolation switched {'on' if on else 'off'}", qdisc=state.get("qdisc"),
                      reason=state.get("reason") or None)
     return state
 

@@ -130,5 +130,5 @@ def test_experiment_row_d_isolation_alternated_with_b(report, tmp_path):
                                           "(c) placed by ovsfoot", "(d) isolated on hv1"}
     png = lab.picture(report, tmp_path / "lab-report.png")
     assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
-    on = [row for row in report["timeline"] if row["what"] == "isolation on hv1"]
+    on = [row for row in report["timeline"] if row["what"] == "hv1 isolation switched on"]
     assert on and all(row["qdisc"] and row["qdisc"]["handle"] == "f5a0:" for row in on), on
