@@ -308,7 +308,9 @@ def _rank(names: list[str], facts: dict, klass: str) -> tuple[list[dict], str | 
 def prioritize(pod: PodInfo, names: list[str], view: ClusterView,
                assumed: Assumptions | None = None, now: float = 0.0,
                max_age: float = 0.0) -> list[dict]:
-    """Scores per node; a heavy pod is assumed onto the best-ranked known node."""
+    """Scores per node; a heavy pod is assumed onto the best-ranked known node. The
+    definition: the extender answers through `Ranker`, which keeps answers and must
+    answer as this does (tests/unit/test_scoring.py compares them)."""
     klass, _ = pod_class(pod, view)
     key = f"{pod.namespace}/{pod.name}"
     facts = {n: view.current(n, now, max_age) for n in names}
@@ -415,8 +417,8 @@ class Ranker:
         keep = adjusted is facts or all(adjusted[n] is f for n, f in facts.items())
         known = [f for f in facts.values() if f is not None and f.known]
         fresh = [f.seen for f in known if f.seen is not None and max_age > 0]
-        stale = [view.node(n).seen for n, f in facts.items() if f is not None and not f.known
-                 and view.node(n).known]   # known in the view, unknown here: stale by time
+        stale = [v.seen for n, f in facts.items() if f is not None and not f.known
+                 and (v := view.node(n)).known]   # known in the view, unknown here: stale
         r = Ranked(out, best, frozenset(f.chassis for f in known),
                    min(fresh, default=None), max(stale, default=None))
         if keep:                    # no assumed load in it
