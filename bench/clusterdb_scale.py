@@ -529,13 +529,8 @@ class Extender:
         return proc_cpu_s(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        from integration.sandbox import terminate
+        terminate(self.proc)
 
 
 # -- one measurement ------------------------------------------------------------

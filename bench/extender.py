@@ -222,14 +222,9 @@ class Setup:
         return 0
 
     def close(self) -> None:
+        from integration.sandbox import terminate
         for p in (self.ext, self.db):
-            if p is not None and p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            terminate(p)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -27,7 +27,7 @@ import pytest
 from conftest import THRESHOLDS
 from integration.agentproc import AgentProcess
 from integration.programs import require
-from integration.sandbox import Daemons, free_port, sh, wait_for
+from integration.sandbox import Daemons, free_port, sh, terminate, wait_for
 from ovsfoot.contract import cluster_schema_path
 
 OVSFOOT = [sys.executable, "-m", "ovsfoot"]
@@ -307,12 +307,7 @@ class Prometheus:
         return {t["labels"]["job"]: t for t in self.api("targets")["activeTargets"]}
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, 20)
         self.log.close()
 
 
