@@ -26,9 +26,9 @@ import pytest
 
 from conftest import THRESHOLDS
 from integration.agentproc import AgentProcess
+from integration.clusterdb import ClusterDb
 from integration.programs import require
-from integration.sandbox import Daemons, free_port, sh, terminate, wait_for
-from ovsfoot.contract import cluster_schema_path
+from integration.sandbox import free_port, sh, terminate, wait_for
 
 OVSFOOT = [sys.executable, "-m", "ovsfoot"]
 
@@ -92,33 +92,9 @@ def curl(url: str, pki: Path, cert: str | None = "client", *args: str,
 
 
 # -- the cluster database and the extender -------------------------------------
-class ClusterDb(Daemons):
-    def __init__(self, workdir: Path):
-        super().__init__(workdir, {"OVS_RUNDIR": str(workdir), "OVS_LOGDIR": str(workdir)})
-        self.remote = f"unix:{self.dir / 'db.sock'}"
-        sh("ovsdb-tool", "create", str(self.dir / "cluster.db"), cluster_schema_path())
-        self.start("db", "ovsdb-server", str(self.dir / "cluster.db"),
-                   f"--remote=punix:{self.dir / 'db.sock'}", f"--unixctl={self.dir / 'db.ctl'}")
-        wait_for(lambda: (self.dir / "db.sock").exists(), what="cluster DB socket")
-
-    def add_chassis(self, name: str, hostname: str) -> None:
-        row = {"name": name, "hostname": hostname, "footprint": "light", "elephants": 0,
-               "heavy_ports": 0, "updated": time.time_ns() // 1_000_000}
-        out = json.loads(sh("ovsdb-client", "transact", self.remote, json.dumps(
-            ["OVSFoot_Cluster", {"op": "insert", "table": "Chassis", "row": row}])))
-        assert "error" not in out[0], out
-
-    def chassis(self) -> set[str]:
-        out = json.loads(sh("ovsdb-client", "transact", self.remote, json.dumps(
-            ["OVSFoot_Cluster", {"op": "select", "table": "Chassis", "where": [],
-                                 "columns": ["name"]}])))
-        return {r["name"] for r in out[0]["rows"]}
-
-
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
-    require("ovsdb-tool", "ovsdb-server", "ovsdb-client")
-    d = ClusterDb(tmp_path_factory.mktemp("clusterdb"))
+    d = ClusterDb(tmp_path_factory.mktemp("clusterdb")).start_db()
     yield d
     d.stop_all()
 
@@ -187,7 +163,7 @@ def test_mutual_tls_serves_the_ca_s_clients_and_refuses_a_wrong_certificate(db, 
     """curl and Python's ssl with the CA's client certificate get answers; curl with a
     certificate of another CA (same subject), or none, is refused in the handshake, and
     so is plain HTTP; the extender keeps serving and counts the failures."""
-    db.add_chassis("hv-tls", "node-tls")
+    db.set_chassis("hv-tls", "node-tls")
     ext = Extender(db, pki)
     try:
         ok = curl(ext.url + "/healthz", pki)
