@@ -363,6 +363,12 @@ def _status(e: Extender, method: str = "GET", path: str = "/healthz", body=None)
         return 0
 
 
+def _wait_prioritizing(e: Extender, what: str) -> None:
+    """Waits (5 s at most) until a prioritize is answered 200 again."""
+    wait_for(lambda: _status(e, "POST", "/ovsfoot/prioritize",
+                             args(pod("again-0"), ["node-a"])) == 200, timeout=5, what=what)
+
+
 def _post_bytes(path: str, body: bytes) -> bytes:
     return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
@@ -492,9 +498,7 @@ def test_requests_beyond_the_bound_wait_then_get_503(ext):
     finally:
         for s in holders:
             s.close()
-    wait_for(lambda: _status(ext, "POST", "/ovsfoot/prioritize",
-                             args(pod("ninth-0"), ["node-a"])) == 200,
-             timeout=5, what="slots back")
+    _wait_prioritizing(ext, "slots back")
 
 
 def test_connections_beyond_the_cap_get_503(ext):
@@ -513,9 +517,7 @@ def test_connections_beyond_the_cap_get_503(ext):
     finally:
         for s in idle:
             s.close()
-    wait_for(lambda: _status(ext, "POST", "/ovsfoot/prioritize",
-                             args(pod("a-0"), ["node-a"])) == 200,
-             timeout=5, what="the extender back to normal")
+    _wait_prioritizing(ext, "the extender back to normal")
 
 
 def test_an_invalid_workload_in_the_database_is_ignored(ext, db):
