@@ -287,6 +287,16 @@ class Prometheus:
         self.log.close()
 
 
+def extender_job(name: str, ext: Extender, cert: str | None) -> dict:
+    """A Prometheus scrape of `ext` over HTTPS, with the client certificate `cert`
+    (pki/CERT.pem and .key) or none."""
+    tls = {"ca_file": str(ext.pki / "ca.pem")}
+    if cert:
+        tls.update(cert_file=str(ext.pki / f"{cert}.pem"), key_file=str(ext.pki / f"{cert}.key"))
+    return {"job_name": name, "scheme": "https", "tls_config": tls,
+            "static_configs": [{"targets": [f"127.0.0.1:{ext.port}"]}]}
+
+
 def test_prometheus_scrapes_the_agent_and_the_extender(node, db, pki, tmp_path):
     """The agent (ctnetlink, publishing into the cluster database) and the extender over
     mutual TLS, scraped by prometheus every second while an iperf3 elephant runs p1 ->
@@ -301,19 +311,11 @@ def test_prometheus_scrapes_the_agent_and_the_extender(node, db, pki, tmp_path):
     ext = prom = None
     try:
         ext = Extender(db, pki, "--stale-seconds=30")
-        tls = {"ca_file": str(pki / "ca.pem")}
         prom = Prometheus(tmp_path, [
             {"job_name": "agent", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]},
-            {"job_name": "extender", "scheme": "https",
-             "tls_config": {**tls, "cert_file": str(pki / "client.pem"),
-                            "key_file": str(pki / "client.key")},
-             "static_configs": [{"targets": [f"127.0.0.1:{ext.port}"]}]},
-            {"job_name": "extender-rogue-cert", "scheme": "https",
-             "tls_config": {**tls, "cert_file": str(pki / "rogue.pem"),
-                            "key_file": str(pki / "rogue.key")},
-             "static_configs": [{"targets": [f"127.0.0.1:{ext.port}"]}]},
-            {"job_name": "extender-no-cert", "scheme": "https", "tls_config": tls,
-             "static_configs": [{"targets": [f"127.0.0.1:{ext.port}"]}]},
+            extender_job("extender", ext, "client"),
+            extender_job("extender-rogue-cert", ext, "rogue"),
+            extender_job("extender-no-cert", ext, None),
         ])
         prom.wait('up{job="agent"}', lambda v: v == 1)
         prom.wait('up{job="extender"}', lambda v: v == 1)
