@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from integration.sandbox import Ovs, kill, wait_for, wait_or_kill
+from integration.sandbox import Ovs, kill, text_or_empty, wait_for, wait_or_kill
 
 
 class AgentProcess:
@@ -64,7 +64,4 @@ class AgentProcess:
         kill(self.proc)
 
     def log_text(self) -> str:
-        try:
-            return self.log.read_text()
-        except OSError:
-            return ""
+        return text_or_empty(self.log)

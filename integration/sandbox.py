@@ -47,6 +47,14 @@ def wait_for(pred, timeout=30.0, interval=0.1, what="condition"):
         time.sleep(interval)
 
 
+def text_or_empty(path: Path) -> str:
+    """A file's text; "" while there is none (a log not written yet)."""
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 def wait_or_kill(proc: subprocess.Popen, timeout: float) -> None:
     """Waits up to `timeout` s for a child process to exit, then kills it."""
     try:

@@ -28,7 +28,7 @@ from conftest import THRESHOLDS
 from integration.agentproc import AgentProcess
 from integration.clusterdb import ClusterDb
 from integration.programs import require
-from integration.sandbox import free_port, sh, terminate, wait_for
+from integration.sandbox import free_port, sh, terminate, text_or_empty, wait_for
 
 OVSFOOT = [sys.executable, "-m", "ovsfoot"]
 
@@ -142,10 +142,7 @@ class Extender:
                 for f in text_string_to_metric_families(text) for s in f.samples}
 
     def log_text(self) -> str:
-        try:
-            return self.log.read_text()
-        except OSError:
-            return ""
+        return text_or_empty(self.log)
 
     def stop(self) -> None:
         self.proc.terminate()
