@@ -66,6 +66,7 @@ need() {
 
 # need_for_mode PROGRAM:PACKAGE...: machine mode needs systemctl; lab mode needs
 # ip and ps, and the programs given (the daemons the script starts itself).
+# shellcheck disable=SC2120  # (none given: ip and ps are all a script needs)
 need_for_mode() {
   if [ "$MODE" = machine ]; then
     need systemctl:systemd
