@@ -529,13 +529,8 @@ class Extender:
         return proc_cpu_s(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        from integration.sandbox import terminate
+        terminate(self.proc)
 
 
 # -- one measurement ------------------------------------------------------------
@@ -570,6 +565,20 @@ def freshness(chassis: dict, obs: dict, t0: float, t1: float) -> dict:
     return {"samples": samples, "missing": missing, "ambiguous": ambiguous}
 
 
+def _replies(conns: list, kind: str, timeout: float, label: str, doing: str) -> list:
+    """Each worker's next message, which must be (`kind`, value): the values. `doing`:
+    what a worker silent for `timeout` s did not do."""
+    values = []
+    for c in conns:
+        if not c.poll(timeout):
+            raise TimeoutError(f"{label}: a worker did not {doing} within {timeout:.0f} s")
+        msg = c.recv()
+        if msg[0] != kind:
+            raise RuntimeError(f"{label}: worker failed: {msg[1]}")
+        values.append(msg[1])
+    return values
+
+
 def measure(label: str, members: list[str], creds: dict, servers: dict[str, int],
             leader: str, extenders: dict[str, tuple[str, tuple | None]], feed_s: float,
             seed: int, logdir: Path, log) -> dict:
@@ -589,12 +598,7 @@ def measure(label: str, members: list[str], creds: dict, servers: dict[str, int]
             child.close()
             procs.append(p)
             conns.append(parent)
-        for c in conns:
-            if not c.poll(150):
-                raise TimeoutError(f"{label}: a worker did not connect its chassis in 150 s")
-            msg = c.recv()
-            if msg[0] != "ready":
-                raise RuntimeError(f"{label}: worker failed: {msg[1]}")
+        _replies(conns, "ready", 150, label, "connect its chassis")
         t_conn = time.monotonic() - t_setup
         exts = [Extender(n, r, cr, logdir) for n, (r, cr) in extenders.items()]
         for e in exts:
@@ -620,14 +624,7 @@ def measure(label: str, members: list[str], creds: dict, servers: dict[str, int]
             time.sleep(max(0.0, nxt - time.monotonic()))
         cpu1 = {n: proc_cpu_s(p) for n, p in pids.items()}
         idle1, total1 = host_cpu()
-        results = []
-        for c in conns:
-            if not c.poll(60):
-                raise TimeoutError(f"{label}: a worker did not report within 60 s")
-            msg = c.recv()
-            if msg[0] != "done":
-                raise RuntimeError(f"{label}: worker failed: {msg[1]}")
-            results.append(msg[1])
+        results = _replies(conns, "done", 60, label, "report")
         health = {e.name: e.healthz() for e in exts}
     finally:
         for e in exts:

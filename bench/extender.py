@@ -62,15 +62,20 @@ def request_bytes(host: str, port: int, path: str) -> bytes:
             f"\r\n").encode() + BODY
 
 
+def _recv(sock: socket.socket, where: str) -> bytes:
+    """What the server sent next; ConnectionResetError if it closed (`where`)."""
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise ConnectionResetError(f"closed {where}")
+    return chunk
+
+
 def exchange(sock: socket.socket, req: bytes) -> int:
     """Sends one request, reads its whole answer; the HTTP status."""
     sock.sendall(req)
     buf = b""
     while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionResetError("closed before the answer")
-        buf += chunk
+        buf += _recv(sock, "before the answer")
     head, _, rest = buf.partition(b"\r\n\r\n")
     length = 0
     for line in head.split(b"\r\n")[1:]:
@@ -78,10 +83,7 @@ def exchange(sock: socket.socket, req: bytes) -> int:
         if k.strip().lower() == b"content-length":
             length = int(v)
     while len(rest) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionResetError("closed in the body")
-        rest += chunk
+        rest += _recv(sock, "in the body")
     return int(head.split(b" ", 2)[1])
 
 
@@ -222,14 +224,9 @@ class Setup:
         return 0
 
     def close(self) -> None:
+        from integration.sandbox import terminate
         for p in (self.ext, self.db):
-            if p is not None and p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            terminate(p)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -103,6 +103,23 @@ class Sandbox:
         self.ovs.vsctl(*args)
         self.remote = self.ovs.remote
 
+    @staticmethod
+    def wait_ports(agent, ready=lambda: True) -> None:
+        """Runs `agent`'s database connection until it is synced, sees the PORTS ports
+        (and `ready()` holds), for at most 30 s."""
+        import ovs.poller
+        deadline = time.monotonic() + 30
+        while not (agent.synced and len(agent.attributor.ports) == PORTS and ready()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the agent never saw the sandbox's ports")
+            agent.db.run()
+            if agent.db.idl.has_ever_connected():
+                agent.refresh_topology()
+            p = ovs.poller.Poller()
+            agent.db.wait(p)
+            p.timer_wait(100)
+            p.block()
+
     def close(self):
         import shutil
         self.ovs.stop_all()
@@ -121,24 +138,13 @@ def child(mode: str, path: str, remote: str, bridge: str) -> dict:
             src.run()
         t1, c1 = time.perf_counter(), time.process_time()
         return {"events": src.events, "seconds": t1 - t0, "cpu_s": c1 - c0, "rss_kib": rss_kib()}
-    import ovs.poller
     from ovsfoot.agent import Agent, Config
     from ovsfoot.events import Thresholds
     from ovsfoot.ovsdb import LocalDb
     cfg = Config(db=remote, bridge=bridge,
                  thresholds=Thresholds(ELEPHANT_BYTES, 1.0, idle_seconds=3600))
     agent = Agent(cfg, src, db=LocalDb(remote, timeout=10))
-    deadline = time.monotonic() + 30
-    while not (agent.synced and len(agent.attributor.ports) == PORTS):
-        if time.monotonic() > deadline:
-            raise RuntimeError("the agent never saw the sandbox's ports")
-        agent.db.run()
-        if agent.db.idl.has_ever_connected():
-            agent.refresh_topology()
-        p = ovs.poller.Poller()
-        agent.db.wait(p)
-        p.timer_wait(100)
-        p.block()
+    Sandbox.wait_ports(agent)
     t0, c0 = time.perf_counter(), time.process_time()
     while not src.finished:
         agent.run_once()

@@ -123,14 +123,7 @@ def run(quick: bool = False, log=print) -> list[Result]:
         agent = Agent(Config(db=sb.remote, bridge=sb.bridge,
                              thresholds=Thresholds(idle_seconds=3600)), src,
                       db=LocalDb(sb.remote, timeout=10))
-        deadline = time.monotonic() + 30
-        while not (agent.synced and len(agent.attributor.ports) == PORTS and mon_log.exists()):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the agent never saw the sandbox's ports")
-            agent.db.run()
-            if agent.db.idl.has_ever_connected():
-                agent.refresh_topology()
-            time.sleep(0.05)
+        sb.wait_ports(agent, mon_log.exists)
         # settle the initial publication, then measure from a clean slate
         agent.run_once()
         agent.publisher.flush(5)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from integration.sandbox import Ovs, wait_for
+from integration.sandbox import Ovs, kill, text_or_empty, wait_for, wait_or_kill
 
 
 class AgentProcess:
@@ -57,20 +57,11 @@ class AgentProcess:
         """Asks the agent to exit (it withdraws its keys); kills it if it will not."""
         if self.alive():
             self.appctl("exit", check=False)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            wait_or_kill(self.proc, 15)
         return self.proc.returncode if self.proc else None
 
     def kill(self) -> None:
-        if self.alive():
-            self.proc.kill()
-            self.proc.wait()
+        kill(self.proc)
 
     def log_text(self) -> str:
-        try:
-            return self.log.read_text()
-        except OSError:
-            return ""
+        return text_or_empty(self.log)

@@ -10,6 +10,9 @@ so that clients here reach members at .1, .2, .3.
 An `ovs-pki` PKI in the workdir signs one certificate per member and, on demand,
 one per chassis (`client_creds(name)`: CN = exactly `name`), all from the switch CA;
 `foreign_creds(name)` are signed by another CA that the members do not trust.
+
+`ClusterDb` is one standalone server of the same schema, on a unix socket, for tests
+that need the database and not raft.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from integration.programs import require
-from integration.sandbox import free_port, kill_pidfile, sh, wait_for
+from integration.sandbox import Daemons, free_port, kill_pidfile, sh, wait_for
+from ovsfoot.contract import cluster_schema_path
 
 DB = "OVSFoot_Cluster"
 CLIENT_PORT = 6647
@@ -58,6 +63,54 @@ class Member:
     @property
     def ctl(self) -> str:
         return str(self.dir / "ovsdb-server.ctl")
+
+
+class ClusterDb(Daemons):
+    """A standalone OVSFoot_Cluster server (the schema agents and extenders use), with
+    the rows written as agents publish them."""
+
+    def __init__(self, workdir: Path):
+        super().__init__(workdir, {"OVS_RUNDIR": str(workdir), "OVS_LOGDIR": str(workdir)})
+        self.remote = f"unix:{self.dir / 'db.sock'}"
+
+    def start_db(self) -> "ClusterDb":
+        require("ovsdb-tool", "ovsdb-server", "ovsdb-client")
+        sh("ovsdb-tool", "create", str(self.dir / "cluster.db"), cluster_schema_path())
+        self.start("db", "ovsdb-server", str(self.dir / "cluster.db"),
+                   f"--remote=punix:{self.dir / 'db.sock'}", f"--unixctl={self.dir / 'db.ctl'}")
+        wait_for(lambda: (self.dir / "db.sock").exists(), what="cluster DB socket")
+        return self
+
+    def transact(self, *ops) -> list:
+        out = json.loads(sh("ovsdb-client", "transact", self.remote, json.dumps([DB, *ops])))
+        if any(isinstance(r, dict) and "error" in r for r in out):
+            raise RuntimeError(f"transaction failed: {out}")
+        return out
+
+    def set_chassis(self, name: str, hostname: str = "", **cols) -> None:
+        """Inserts or updates a chassis' summary row."""
+        row = {"footprint": "light", "elephants": 0, "heavy_ports": 0, **cols,
+               "updated": time.time_ns() // 1_000_000}
+        where = [["name", "==", name]]
+        if self.transact({"op": "select", "table": "Chassis", "where": where})[0]["rows"]:
+            self.transact({"op": "update", "table": "Chassis", "where": where, "row": row})
+        else:
+            self.transact({"op": "insert", "table": "Chassis",
+                           "row": {"name": name, "hostname": hostname, **row}})
+
+    def set_class(self, chassis: str, workload: str, learned: str | None) -> None:
+        where = [["chassis", "==", chassis], ["workload", "==", workload]]
+        self.transact({"op": "delete", "table": "Workload_Class", "where": where})
+        if learned:
+            self.transact({"op": "insert", "table": "Workload_Class", "row": {
+                "chassis": chassis, "workload": workload, "learned": learned, "score": 1.0,
+                "updated": time.time_ns() // 1_000_000}})
+
+    def chassis(self) -> set[str]:
+        """The names of the Chassis rows."""
+        rows = self.transact({"op": "select", "table": "Chassis", "where": [],
+                              "columns": ["name"]})[0]["rows"]
+        return {r["name"] for r in rows}
 
 
 _SANDBOXES = itertools.count()

@@ -32,6 +32,10 @@ class Cost:
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def at_most(self, other: "Cost") -> bool:
+        """No count above `other`'s."""
+        return all(getattr(self, f.name) <= getattr(other, f.name) for f in fields(self))
+
 
 def recomputes(stats: str, nodes) -> int:
     """Recomputes of `nodes` in `inc-engine/show-stats` output (an unknown name: error)."""

@@ -47,6 +47,38 @@ def wait_for(pred, timeout=30.0, interval=0.1, what="condition"):
         time.sleep(interval)
 
 
+def text_or_empty(path: Path) -> str:
+    """A file's text; "" while there is none (a log not written yet)."""
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def wait_or_kill(proc: subprocess.Popen, timeout: float) -> None:
+    """Waits up to `timeout` s for a child process to exit, then kills it."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def terminate(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM to a child process that still runs; SIGKILL if it has not exited in time."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        wait_or_kill(proc, timeout)
+
+
+def kill(*procs: subprocess.Popen | None) -> None:
+    """SIGKILL to the child processes that still run, and reaps them."""
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def kill_pidfile(pidfile: Path, sig=signal.SIGTERM, wait=5.0) -> None:
     try:
         pid = int(pidfile.read_text())

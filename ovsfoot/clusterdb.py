@@ -98,6 +98,14 @@ def _port(text: str | None, default: int, what: str) -> int:
     return port
 
 
+def _parts(regex: re.Pattern, text: str, what: str, expected: str) -> tuple:
+    """The groups of `regex` matched on `text`, or ClusterDbError saying `expected`."""
+    m = regex.match(text.strip())
+    if not m:
+        raise ClusterDbError(f"bad {what} {text!r}: expected {expected}")
+    return m.groups()
+
+
 def _check_host(host: str, what: str, expected: str) -> str:
     bare = host[1:-1] if host.startswith("[") else host
     if host.startswith("[") or re.fullmatch(r"[0-9.]+", host):
@@ -115,10 +123,7 @@ def raft_address(text: str, ssl: bool) -> str:
     """`tcp:IP[:PORT]`, `ssl:IP[:PORT]` or `IP[:PORT]` -> `ssl:IP:PORT` / `tcp:IP:PORT`."""
     expected = (f"{'ssl' if ssl else 'tcp'}:IP[:PORT] (e.g. {'ssl' if ssl else 'tcp'}:"
                 f"192.0.2.11:{RAFT_PORT}, IPv6 as [ADDR], PORT defaults to {RAFT_PORT})")
-    m = _RAFT_RE.match(text.strip())
-    if not m:
-        raise ClusterDbError(f"bad raft address {text!r}: expected {expected}")
-    scheme, host, port = m.groups()
+    scheme, host, port = _parts(_RAFT_RE, text, "raft address", expected)
     scheme = scheme or ("ssl" if ssl else "tcp")
     if scheme == "ssl" and not ssl:
         raise ClusterDbError(f"raft address {text!r} is ssl: but no --private-key, "
@@ -136,10 +141,7 @@ def listen_target(text: str | None, ssl: bool) -> str:
     if text is None:
         return f"{kind}:{CHASSIS_PORT}"
     expected = f"{kind}:PORT[:IP] (e.g. {kind}:{CHASSIS_PORT} or {kind}:{CHASSIS_PORT}:192.0.2.11)"
-    m = _LISTEN_RE.match(text.strip())
-    if not m:
-        raise ClusterDbError(f"bad chassis remote {text!r}: expected {expected}")
-    scheme, port, host = m.groups()
+    scheme, port, host = _parts(_LISTEN_RE, text, "chassis remote", expected)
     if scheme != kind:
         raise ClusterDbError(f"chassis remote {text!r}: expected {expected}"
                              + ("" if ssl else "; pssl: needs --private-key, --certificate "

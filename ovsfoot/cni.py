@@ -275,23 +275,33 @@ def _owner(ids: dict[str, str], cid: str) -> str | None:
     return None
 
 
+def _edit_ids(node, iface: str, what: str, change):
+    """`change(row, external_ids)` on `iface`'s row, in one transaction (`what`) that
+    verifies external_ids; what `change` returned (on the last try)."""
+    result = [None]
+
+    def edit(txn):
+        row = node.row(iface)
+        row.verify("external_ids")
+        result[0] = change(row, dict(row.external_ids))
+    node.refresh()
+    node.transact(what, edit)
+    return result[0]
+
+
 def claim(node, iface: str, workload: str, cid: str) -> str | None:
     """Sets the workload and this container's marker on `iface` in one transaction that
     verifies external_ids: unless someone else set its identity (then the reason, and
     nothing written), even if that happens between the read and the write."""
     from ovsfoot import api
-    why: list[str | None] = [None]
 
-    def edit(txn):
-        row = node.row(iface)
-        row.verify("external_ids")
-        why[0] = _owner(dict(row.external_ids), cid)
-        if why[0] is None:
+    def change(row, ids) -> str | None:
+        why = _owner(ids, cid)
+        if why is None:
             row.setkey("external_ids", api.WORKLOAD_KEY, workload)
             row.setkey("external_ids", api.CNI_MARKER_KEY, cid)
-    node.refresh()
-    node.transact(f"claim {iface} for {cid}", edit)
-    return why[0]
+        return why
+    return _edit_ids(node, iface, f"claim {iface} for {cid}", change)
 
 
 def release(node, iface: str, cid: str, expected: str | None) -> str | None:
@@ -299,25 +309,18 @@ def release(node, iface: str, cid: str, expected: str | None) -> str | None:
     longer `expected` (what this container's ADD set; None: not known). In one
     transaction that verifies external_ids. What was left, in words, or None."""
     from ovsfoot import api
-    kept: list[str | None] = [None]
 
-    def edit(txn):
-        row = node.row(iface)
-        row.verify("external_ids")
-        ids = dict(row.external_ids)
-        kept[0] = "not this container's"
+    def change(row, ids) -> str | None:
         if ids.get(api.CNI_MARKER_KEY) != cid:
-            return
+            return "not this container's"
         row.delkey("external_ids", api.CNI_MARKER_KEY)
         have = ids.get(api.WORKLOAD_KEY)
-        kept[0] = None
         if have is not None and expected is not None and have != expected:
-            kept[0] = f"{api.WORKLOAD_KEY}={printable(have)} (ADD set {expected})"
-        elif have is not None:
+            return f"{api.WORKLOAD_KEY}={printable(have)} (ADD set {expected})"
+        if have is not None:
             row.delkey("external_ids", api.WORKLOAD_KEY)
-    node.refresh()
-    node.transact(f"release {iface} from {cid}", edit)
-    return kept[0]
+        return None
+    return _edit_ids(node, iface, f"release {iface} from {cid}", change)
 
 
 def _open_node(cfg: dict):

@@ -374,14 +374,12 @@ class Isolator:
                 finally:
                     uplink.close()
             except IsolationUnavailable as e:
-                self.reason = str(e)
-                log.warning("isolate: %s", e)
+                self._off_because(str(e))
                 return
         try:
             self.classifier = self.classifier or Classifier()
         except IsolationUnavailable as e:
-            self.reason = str(e)
-            log.warning("isolate: %s", e)
+            self._off_because(str(e))
 
     def topology(self, encap_ip: str | None) -> None:
         """Follows the interface (named, or holding `encap_ip`); when it changes, removes
@@ -406,12 +404,16 @@ class Isolator:
         if self._open_uplink() and self.want:
             self._on()
 
+    def _off_because(self, why: str) -> None:
+        """Isolation is off for `why`: said in isolate/show and in the log."""
+        self.reason = why
+        log.warning("isolate: %s", why)
+
     def _open_uplink(self) -> bool:
         try:
             self.uplink = Uplink(self.interface, self.netns)
         except IsolationUnavailable as e:
-            self.reason = str(e)
-            log.warning("isolate: %s", e)
+            self._off_because(str(e))
             return False
         if self.uplink.remove():
             log.warning("isolate: removed the qdisc and filter a killed agent left on %s",
@@ -441,12 +443,10 @@ class Isolator:
             self.classifier.set_dscp(self.dscp)
             self.where = self.uplink.install(self.classifier.fd)
         except IsolationUnavailable as e:
-            self.reason = str(e)
-            log.warning("isolate: %s", e)
+            self._off_because(str(e))
             return
         except Exception as e:            # netlink: the kernel refused
-            self.reason = f"{self.interface}: cannot install the qdisc or filter: {e}"
-            log.warning("isolate: %s", self.reason)
+            self._off_because(f"{self.interface}: cannot install the qdisc or filter: {e}")
             return
         self.reason, self.since_ns = "", time.time_ns()
         self._active_seen = None            # refill the map
@@ -496,9 +496,8 @@ class Isolator:
     def show(self) -> tuple[dict, str]:
         if self.on and self.uplink.ours() is None:
             self.where = None
-            self.reason = (f"ovsfoot's qdisc on {self.interface} was removed by someone else "
-                           "(isolate/set on installs it again)")
-            log.warning("isolate: %s", self.reason)
+            self._off_because(f"ovsfoot's qdisc on {self.interface} was removed by someone "
+                              "else (isolate/set on installs it again)")
         data = {"state": "on" if self.on else "off", "reason": self.reason,
                 "interface": self.interface or self.interface_arg, "netns": self.netns,
                 "dscp": self.dscp, "qdisc": None, "flows": [], "bands": {}, "classifier": {}}

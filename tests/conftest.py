@@ -22,7 +22,7 @@ import pytest
 from integration.agentproc import AgentProcess
 from integration.kernelpath import KernelPath
 from integration.programs import require
-from integration.sandbox import Ovs, OvnCentral, sh, wait_for
+from integration.sandbox import Ovs, OvnCentral, kill, sh, wait_for
 
 UNIT = Path(__file__).resolve().parent / "unit"
 TRAFFIC = str(Path(__file__).resolve().parents[1] / "integration" / "traffic.py")
@@ -117,10 +117,7 @@ class Node:
             cli.wait(30)
             return value
         finally:
-            for p in (cli, srv):
-                if p is not None and p.poll() is None:
-                    p.kill()
-                    p.wait()
+            kill(cli, srv)
 
     def workload(self, client: str, server: str, port: int, *args: str):
         """integration/traffic.py's client `args` (shuffle ..., rpc ...) from `client`

@@ -2,10 +2,9 @@
 traffic columns (1.0.0) is converted online to the packaged one, rows kept, once."""
 
 import json
-import socket
 import subprocess
 
-from integration.sandbox import sh, wait_for
+from integration.sandbox import free_port, sh, wait_for
 from ovsfoot import clusterdb, contract
 
 NEW_COLUMNS = ("sensitive_ports", "bps", "flows_per_s")
@@ -21,12 +20,6 @@ def old_schema() -> dict:
     schema["tables"]["Workload_Class"]["columns"]["learned"]["type"]["key"]["enum"] = \
         ["set", ["heavy", "light"]]
     return schema
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_an_old_cluster_is_converted_once_and_keeps_its_rows(tmp_path):

@@ -20,12 +20,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from integration.sandbox import Daemons, sh, wait_for
-from ovsfoot.contract import CLUSTER_DB, cluster_schema_path
+from integration.clusterdb import ClusterDb
+from integration.sandbox import wait_for
 
 # chassis name -> (hostname, summary, learned classes); hv-d: no agent publishes
 CHASSIS = {
@@ -36,46 +35,6 @@ CHASSIS = {
     "hv-c": ("node-c", {"footprint": "heavy", "elephants": 0, "heavy_ports": 1}, {}),
 }
 NODES = ["node-a", "node-b", "node-c", "node-d", "node-x"]     # node-x: no chassis
-
-
-class ClusterDb(Daemons):
-    """A standalone OVSFoot_Cluster server (the schema agents and extenders use)."""
-
-    def __init__(self, workdir: Path):
-        super().__init__(workdir, {"OVS_RUNDIR": str(workdir), "OVS_LOGDIR": str(workdir)})
-        self.remote = f"unix:{self.dir / 'db.sock'}"
-
-    def start_db(self) -> "ClusterDb":
-        sh("ovsdb-tool", "create", str(self.dir / "cluster.db"), cluster_schema_path())
-        self.start("db", "ovsdb-server", str(self.dir / "cluster.db"),
-                   f"--remote=punix:{self.dir / 'db.sock'}", f"--unixctl={self.dir / 'db.ctl'}")
-        wait_for(lambda: (self.dir / "db.sock").exists(), what="cluster DB socket")
-        return self
-
-    def transact(self, *ops) -> list:
-        out = json.loads(sh("ovsdb-client", "transact", self.remote,
-                            json.dumps([CLUSTER_DB, *ops])))
-        assert not any(isinstance(r, dict) and "error" in r for r in out), out
-        return out
-
-    def set_chassis(self, name: str, hostname: str = "", **cols) -> None:
-        """Inserts or updates a chassis' summary row."""
-        row = {"footprint": "light", "elephants": 0, "heavy_ports": 0, **cols,
-               "updated": time.time_ns() // 1_000_000}
-        where = [["name", "==", name]]
-        if self.transact({"op": "select", "table": "Chassis", "where": where})[0]["rows"]:
-            self.transact({"op": "update", "table": "Chassis", "where": where, "row": row})
-        else:
-            self.transact({"op": "insert", "table": "Chassis",
-                           "row": {"name": name, "hostname": hostname, **row}})
-
-    def set_class(self, chassis: str, workload: str, learned: str | None) -> None:
-        where = [["chassis", "==", chassis], ["workload", "==", workload]]
-        self.transact({"op": "delete", "table": "Workload_Class", "where": where})
-        if learned:
-            self.transact({"op": "insert", "table": "Workload_Class", "row": {
-                "chassis": chassis, "workload": workload, "learned": learned, "score": 1.0,
-                "updated": time.time_ns() // 1_000_000}})
 
 
 class Extender:
@@ -404,6 +363,12 @@ def _status(e: Extender, method: str = "GET", path: str = "/healthz", body=None)
         return 0
 
 
+def _wait_prioritizing(e: Extender, what: str) -> None:
+    """Waits (5 s at most) until a prioritize is answered 200 again."""
+    wait_for(lambda: _status(e, "POST", "/ovsfoot/prioritize",
+                             args(pod("again-0"), ["node-a"])) == 200, timeout=5, what=what)
+
+
 def _post_bytes(path: str, body: bytes) -> bytes:
     return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
@@ -533,9 +498,7 @@ def test_requests_beyond_the_bound_wait_then_get_503(ext):
     finally:
         for s in holders:
             s.close()
-    wait_for(lambda: _status(ext, "POST", "/ovsfoot/prioritize",
-                             args(pod("ninth-0"), ["node-a"])) == 200,
-             timeout=5, what="slots back")
+    _wait_prioritizing(ext, "slots back")
 
 
 def test_connections_beyond_the_cap_get_503(ext):
@@ -554,9 +517,7 @@ def test_connections_beyond_the_cap_get_503(ext):
     finally:
         for s in idle:
             s.close()
-    wait_for(lambda: _status(ext, "POST", "/ovsfoot/prioritize",
-                             args(pod("a-0"), ["node-a"])) == 200,
-             timeout=5, what="the extender back to normal")
+    _wait_prioritizing(ext, "the extender back to normal")
 
 
 def test_an_invalid_workload_in_the_database_is_ignored(ext, db):

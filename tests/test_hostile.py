@@ -14,7 +14,7 @@ import msgpack
 import pytest
 
 from conftest import wait_elephants
-from integration.sandbox import sh, wait_for
+from integration.sandbox import kill, sh, wait_for
 from ovsfoot.agent import Agent
 from ovsfoot.attribution import Attributor, Port, ZoneMap, parse_zone
 from ovsfoot.contract import OUTPUT_KEYS, ContractError, printable, validate_workload
@@ -109,10 +109,7 @@ def test_restarts_and_time_wait_count_a_flow_once(node, tmp_path):
             "Interface", p1.interface)["ovsfoot-workload-class"] == "light"
     finally:
         a.stop()
-        for p in (client, srv):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+        kill(client, srv)
         node.flush_conntrack()
 
 

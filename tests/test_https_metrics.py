@@ -26,9 +26,9 @@ import pytest
 
 from conftest import THRESHOLDS
 from integration.agentproc import AgentProcess
+from integration.clusterdb import ClusterDb
 from integration.programs import require
-from integration.sandbox import Daemons, free_port, sh, wait_for
-from ovsfoot.contract import cluster_schema_path
+from integration.sandbox import free_port, sh, terminate, text_or_empty, wait_for
 
 OVSFOOT = [sys.executable, "-m", "ovsfoot"]
 
@@ -92,33 +92,9 @@ def curl(url: str, pki: Path, cert: str | None = "client", *args: str,
 
 
 # -- the cluster database and the extender -------------------------------------
-class ClusterDb(Daemons):
-    def __init__(self, workdir: Path):
-        super().__init__(workdir, {"OVS_RUNDIR": str(workdir), "OVS_LOGDIR": str(workdir)})
-        self.remote = f"unix:{self.dir / 'db.sock'}"
-        sh("ovsdb-tool", "create", str(self.dir / "cluster.db"), cluster_schema_path())
-        self.start("db", "ovsdb-server", str(self.dir / "cluster.db"),
-                   f"--remote=punix:{self.dir / 'db.sock'}", f"--unixctl={self.dir / 'db.ctl'}")
-        wait_for(lambda: (self.dir / "db.sock").exists(), what="cluster DB socket")
-
-    def add_chassis(self, name: str, hostname: str) -> None:
-        row = {"name": name, "hostname": hostname, "footprint": "light", "elephants": 0,
-               "heavy_ports": 0, "updated": time.time_ns() // 1_000_000}
-        out = json.loads(sh("ovsdb-client", "transact", self.remote, json.dumps(
-            ["OVSFoot_Cluster", {"op": "insert", "table": "Chassis", "row": row}])))
-        assert "error" not in out[0], out
-
-    def chassis(self) -> set[str]:
-        out = json.loads(sh("ovsdb-client", "transact", self.remote, json.dumps(
-            ["OVSFoot_Cluster", {"op": "select", "table": "Chassis", "where": [],
-                                 "columns": ["name"]}])))
-        return {r["name"] for r in out[0]["rows"]}
-
-
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
-    require("ovsdb-tool", "ovsdb-server", "ovsdb-client")
-    d = ClusterDb(tmp_path_factory.mktemp("clusterdb"))
+    d = ClusterDb(tmp_path_factory.mktemp("clusterdb")).start_db()
     yield d
     d.stop_all()
 
@@ -166,10 +142,7 @@ class Extender:
                 for f in text_string_to_metric_families(text) for s in f.samples}
 
     def log_text(self) -> str:
-        try:
-            return self.log.read_text()
-        except OSError:
-            return ""
+        return text_or_empty(self.log)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -187,7 +160,7 @@ def test_mutual_tls_serves_the_ca_s_clients_and_refuses_a_wrong_certificate(db, 
     """curl and Python's ssl with the CA's client certificate get answers; curl with a
     certificate of another CA (same subject), or none, is refused in the handshake, and
     so is plain HTTP; the extender keeps serving and counts the failures."""
-    db.add_chassis("hv-tls", "node-tls")
+    db.set_chassis("hv-tls", "node-tls")
     ext = Extender(db, pki)
     try:
         ok = curl(ext.url + "/healthz", pki)
@@ -307,13 +280,18 @@ class Prometheus:
         return {t["labels"]["job"]: t for t in self.api("targets")["activeTargets"]}
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, 20)
         self.log.close()
+
+
+def extender_job(name: str, ext: Extender, cert: str | None) -> dict:
+    """A Prometheus scrape of `ext` over HTTPS, with the client certificate `cert`
+    (pki/CERT.pem and .key) or none."""
+    tls = {"ca_file": str(ext.pki / "ca.pem")}
+    if cert:
+        tls.update(cert_file=str(ext.pki / f"{cert}.pem"), key_file=str(ext.pki / f"{cert}.key"))
+    return {"job_name": name, "scheme": "https", "tls_config": tls,
+            "static_configs": [{"targets": [f"127.0.0.1:{ext.port}"]}]}
 
 
 def test_prometheus_scrapes_the_agent_and_the_extender(node, db, pki, tmp_path):
@@ -330,19 +308,11 @@ def test_prometheus_scrapes_the_agent_and_the_extender(node, db, pki, tmp_path):
     ext = prom = None
     try:
         ext = Extender(db, pki, "--stale-seconds=30")
-        tls = {"ca_file": str(pki / "ca.pem")}
         prom = Prometheus(tmp_path, [
             {"job_name": "agent", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]},
-            {"job_name": "extender", "scheme": "https",
-             "tls_config": {**tls, "cert_file": str(pki / "client.pem"),
-                            "key_file": str(pki / "client.key")},
-             "static_configs": [{"targets": [f"127.0.0.1:{ext.port}"]}]},
-            {"job_name": "extender-rogue-cert", "scheme": "https",
-             "tls_config": {**tls, "cert_file": str(pki / "rogue.pem"),
-                            "key_file": str(pki / "rogue.key")},
-             "static_configs": [{"targets": [f"127.0.0.1:{ext.port}"]}]},
-            {"job_name": "extender-no-cert", "scheme": "https", "tls_config": tls,
-             "static_configs": [{"targets": [f"127.0.0.1:{ext.port}"]}]},
+            extender_job("extender", ext, "client"),
+            extender_job("extender-rogue-cert", ext, "rogue"),
+            extender_job("extender-no-cert", ext, None),
         ])
         prom.wait('up{job="agent"}', lambda v: v == 1)
         prom.wait('up{job="extender"}', lambda v: v == 1)

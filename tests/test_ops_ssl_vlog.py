@@ -123,7 +123,6 @@ def test_local_db_over_ssl_with_bootstrapped_ca(pki, tmp_path):
         assert agent.alive()
     finally:
         agent.stop()
-        agent.kill()
         ovs.stop_all()
 
 
@@ -156,7 +155,6 @@ def test_bad_credentials_are_a_log_line_and_retries_never_a_crash(pki, other_pki
         assert json.loads(agent.appctl("footprint/show", "json"))["node"]["class"] == "light"
     finally:
         agent.stop()
-        agent.kill()
         ovs.stop_all()
 
 
@@ -192,7 +190,6 @@ def test_ssl_ovn_remote_without_or_with_wrong_credentials(pki, other_pki, tmp_pa
     finally:
         for a in (plain, wrong):
             a.stop()
-            a.kill()
         sb.stop_all()
         ovs.stop_all()
 
@@ -279,7 +276,6 @@ def test_vlog_default_file_levels_and_vlog_set(tmp_path):
         assert agent.alive(), bad
     finally:
         agent.stop()
-        agent.kill()
         ovs.stop_all()
 
 
@@ -325,7 +321,6 @@ def test_shipped_logrotate_file_makes_the_agent_write_the_new_file(tmp_path):
         assert oct(log.stat().st_mode & 0o777) == "0o640"      # logrotate's create
     finally:
         agent.stop()
-        agent.kill()
         ovs.stop_all()
 
 

@@ -83,7 +83,7 @@ def test_every_checked_program_has_its_package_here():
     pairs = []
     for script in SCRIPTS:
         text = script.read_text().replace("\\\n", " ")        # join continued lines
-        for args in re.findall(r"\bneed\b([^;\n]*)", text):
+        for args in re.findall(r"\bneed(?:_for_mode)?\b([^;\n]*)", text):
             pairs += [(script.name, *w.split(":")) for w in args.split()
                       if re.fullmatch(r"[\w.+-]+:[\w.+-]+", w)]
     assert len(pairs) > 10, pairs

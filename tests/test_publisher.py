@@ -31,6 +31,15 @@ def db(tmp_path):
         o.stop_all()
 
 
+@pytest.fixture
+def pub(db):
+    """A publisher on br-pub whose first keys (nothing heavy) are written."""
+    pub = VswitchPublisher(db[1], "br-pub")
+    pub.publish(*keys({"pa": 0, "pb": 0}))
+    assert pub.flush(10)
+    return pub
+
+
 def keys(elephants: dict[str, int]):
     ifaces = {p: {"ovsfoot-elephants": str(n), "ovsfoot-footprint": "heavy" if n else "light"}
               for p, n in elephants.items()}
@@ -38,23 +47,20 @@ def keys(elephants: dict[str, int]):
     return ifaces, {"ovsfoot-elephants": str(n), "ovsfoot-footprint": "heavy" if n else "light"}
 
 
-def step(d: LocalDb, pub: VswitchPublisher) -> None:
+def step(d: LocalDb, pub: VswitchPublisher, timeout_ms: int = 1000) -> None:
     """One turn of the agent's loop: block until the server or the budget's timer
-    wakes us, then read and publish."""
+    wakes us (or `timeout_ms` passed), then read and publish."""
     p = ovs.poller.Poller()
     d.wait(p)
     pub.wait(p)
-    p.timer_wait(1000)
+    p.timer_wait(timeout_ms)
     p.block()
     d.run()
     pub.run()
 
 
-def test_two_changes_ms_apart_commit_back_to_back(db):
+def test_two_changes_ms_apart_commit_back_to_back(db, pub):
     o, d = db
-    pub = VswitchPublisher(d, "br-pub")
-    pub.publish(*keys({"pa": 0, "pb": 0}))
-    assert pub.flush(10)
     base = pub.committed
     # zone of port pa crosses: its transaction goes at once
     pub.publish(*keys({"pa": 1, "pb": 0}))
@@ -74,11 +80,8 @@ def test_two_changes_ms_apart_commit_back_to_back(db):
     assert o.external_ids("Bridge", "br-pub")["ovsfoot-elephants"] == "2"
 
 
-def test_a_flood_of_changes_is_held_to_the_budget_and_the_last_one_lands(db):
+def test_a_flood_of_changes_is_held_to_the_budget_and_the_last_one_lands(db, pub):
     o, d = db
-    pub = VswitchPublisher(d, "br-pub")
-    pub.publish(*keys({"pa": 0, "pb": 0}))
-    assert pub.flush(10)
     pub.budget.fill()
     base = pub.transactions
     t0 = time.monotonic()
@@ -86,13 +89,7 @@ def test_a_flood_of_changes_is_held_to_the_budget_and_the_last_one_lands(db):
     while time.monotonic() - t0 < 1.5 or n < 200:      # a new footprint every turn
         n += 1
         pub.publish(*keys({"pa": n, "pb": n % 3}))
-        p = ovs.poller.Poller()
-        d.wait(p)
-        pub.wait(p)
-        p.timer_wait(2)
-        p.block()
-        d.run()
-        pub.run()
+        step(d, pub, 2)
     elapsed = time.monotonic() - t0
     sent = pub.transactions - base
     assert sent <= BURST + RATE * elapsed + 1, f"{sent} transactions in {elapsed:.2f} s"

@@ -87,6 +87,13 @@ mice() {
     awk '/percentile 99.000/ { print $NF }'
 }
 
+# mice_row WHAT CLIENT_NODE SERVER_NODE PORT [NOTE]: the mice's p99, a row of the table.
+mice_row() {
+  local p99
+  p99=$(mice "$2" "$3" "$4") || true
+  rows+=("$1|$2 -> $3|$p99|${5:-}")
+}
+
 mapfile -t CHASSIS < <(vagrant status --machine-readable |
   awk -F, '$3 == "state" && $4 == "running" && $2 ~ /^hv/ { print $2 }')
 [ ${#CHASSIS[@]} -ge 2 ] || { echo "experiment: needs hv1 and hv2 running (vagrant up)" >&2; exit 1; }
@@ -98,8 +105,7 @@ done
 rows=() letters=abc
 
 step "1/3 mice alone, hv1 -> hv2 (${MICE_SECS} s)"
-p99=$(mice hv1 hv2 11111) || true
-rows+=("alone|hv1 -> hv2|$p99|")
+mice_row alone hv1 hv2 11111
 
 step "2/3 elephant hv1 -> hv2 (${ELEPHANT_SECS} s), mice beside it"
 server_ip=$(pod_ip hv2 elephant-server)
@@ -113,8 +119,7 @@ for _ in $(seq 30); do
   sleep 1
 done
 step "ovsfoot on hv1: $(footprint hv1)"
-p99=$(mice hv1 hv2 11112) || true
-rows+=("beside the elephant|hv1 -> hv2|$p99|")
+mice_row "beside the elephant" hv1 hv2 11112
 
 step "3/3 placing the mice by the published footprints"
 light=()
@@ -123,16 +128,12 @@ for hv in "${CHASSIS[@]}"; do
   step "  $hv: ovsfoot-footprint=${fp% *} ovsfoot-elephants=${fp#* }"
   [ "${fp% *}" = light ] && light+=("$hv")
 done
-p99="" note=""
 case ${#light[@]} in
-  0) where="-" note="every chassis is heavy: try OVSFOOT_CHASSIS=4" ;;
-  1) where="${light[0]} -> ${light[0]}" note="one light chassis: no Geneve hop" ;;
-  *) where="${light[0]} -> ${light[1]}" ;;
+  0) rows+=("placed by ovsfoot|-||every chassis is heavy: try OVSFOOT_CHASSIS=4") ;;
+  1) mice_row "placed by ovsfoot" "${light[0]}" "${light[0]}" 11113 \
+       "one light chassis: no Geneve hop" ;;
+  *) mice_row "placed by ovsfoot" "${light[0]}" "${light[1]}" 11113 ;;
 esac
-if [ ${#light[@]} -gt 0 ]; then
-  p99=$(mice "${light[0]}" "${light[1]:-${light[0]}}" 11113) || true
-fi
-rows+=("placed by ovsfoot|$where|$p99|$note")
 
 wait "$elephant" || true
 throughput=$(awk '/receiver/ { print $(NF-2), $(NF-1) }' "$TMP/iperf")

@@ -75,6 +75,16 @@ REQUEST_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5
 SOURCE_LOSSES = (("dropped", "events the kernel could not hand over (buffer full)"),
                  ("map_full", "flows the kernel's flow map had no room for"),
                  ("evictions", "flows that left the kernel's flow map without being deleted"))
+# per bound port (labels port, interface), in the order of a snapshot's `ports` values
+PORT_GAUGES = (
+    ("ovsfoot_port_elephants", "Active elephants in a bound port's zone"),
+    ("ovsfoot_port_bytes", "Bytes of a bound port's active elephants"),
+    ("ovsfoot_port_heavy", "1 if a bound port's footprint is heavy, else 0"),
+    ("ovsfoot_port_sensitive", "1 if a bound port's footprint is sensitive, else 0"),
+    ("ovsfoot_port_bits_per_second", "A bound port's throughput over the rate window"),
+    ("ovsfoot_port_new_flows_per_second",
+     "New flows per second in a bound port's zone over the rate window"),
+)
 VERBS = ("filter", "prioritize", "healthz", "metrics")
 
 
@@ -141,6 +151,14 @@ def _num(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def _gauges(rows):
+    """An unlabelled gauge for each (name, value, help) of `rows`."""
+    for name, v, doc in rows:
+        g = GaugeMetricFamily(name, doc)
+        g.add_metric([], v)
+        yield g
+
+
 class _AgentCollector:
     def __init__(self, metrics: "AgentMetrics"):
         self.metrics = metrics
@@ -204,32 +222,17 @@ class _AgentCollector:
             fail.add_metric([target], f)
         yield tx
         yield fail
-        per_port = [GaugeMetricFamily("ovsfoot_port_elephants", "Active elephants in a bound "
-                                      "port's zone", labels=["port", "interface"]),
-                    GaugeMetricFamily("ovsfoot_port_bytes", "Bytes of a bound port's active "
-                                      "elephants", labels=["port", "interface"]),
-                    GaugeMetricFamily("ovsfoot_port_heavy", "1 if a bound port's footprint is "
-                                      "heavy, else 0", labels=["port", "interface"]),
-                    GaugeMetricFamily("ovsfoot_port_sensitive", "1 if a bound port's footprint "
-                                      "is sensitive, else 0", labels=["port", "interface"]),
-                    GaugeMetricFamily("ovsfoot_port_bits_per_second", "A bound port's "
-                                      "throughput over the rate window",
-                                      labels=["port", "interface"]),
-                    GaugeMetricFamily("ovsfoot_port_new_flows_per_second", "New flows per "
-                                      "second in a bound port's zone over the rate window",
-                                      labels=["port", "interface"])]
+        per_port = [GaugeMetricFamily(name, doc, labels=["port", "interface"])
+                    for name, doc in PORT_GAUGES]
         for lport, iface, *values in s.ports:
             for m, v in zip(per_port, values):
                 m.add_metric([lport, iface], float(v))
         yield from per_port
-        for name, v, doc in (("ovsfoot_node_elephants", s.node[0], "Active elephants here"),
-                             ("ovsfoot_node_heavy", int(s.node[1]),
-                              "1 if the node's footprint is heavy, else 0"),
-                             ("ovsfoot_node_heavy_ports", s.node[2], "Ports whose footprint "
-                              "is heavy")):
-            g = GaugeMetricFamily(name, doc)
-            g.add_metric([], v)
-            yield g
+        yield from _gauges((("ovsfoot_node_elephants", s.node[0], "Active elephants here"),
+                            ("ovsfoot_node_heavy", int(s.node[1]),
+                             "1 if the node's footprint is heavy, else 0"),
+                            ("ovsfoot_node_heavy_ports", s.node[2], "Ports whose footprint "
+                             "is heavy")))
 
 
 class AgentMetrics:
@@ -361,7 +364,7 @@ class _ExtenderCollector:
         cluster = ext.cluster
         view = cluster.view
         now = time.monotonic()
-        for name, v, doc in (
+        yield from _gauges((
                 ("ovsfoot_extender_view_synced", int(view.synced),
                  "1 once the cluster database was read"),
                 ("ovsfoot_extender_cluster_connected", int(bool(getattr(cluster, "connected",
@@ -374,10 +377,7 @@ class _ExtenderCollector:
                  "Chassis whose heartbeat stopped for --stale-seconds (scored as unknown)"),
                 ("ovsfoot_extender_assumed_heavy_pods", ext.assumed.pending(),
                  "Heavy pods ranked best on a node and assumed there until its agent "
-                 "reports them")):
-            g = GaugeMetricFamily(name, doc)
-            g.add_metric([], v)
-            yield g
+                 "reports them")))
         changed = getattr(cluster, "changed", None)
         if view.synced and changed is not None:
             g = GaugeMetricFamily("ovsfoot_extender_view_age_seconds",

@@ -43,10 +43,15 @@ def test_keys_round_trip():
 @pytest.mark.parametrize("lport,ids,workload", [
     ("shop_web-7d9f8b6c5d-x2x4z", {}, "shop/web"),          # Deployment
     ("kube-system_agent-7k2vq", {}, "kube-system/agent"),   # DaemonSet
+    ("kube-system_node-exporter-8xq2p", {}, "kube-system/node-exporter"),  # DaemonSet
     ("shop_db-0", {}, "shop/db"),                           # StatefulSet
+    ("shop_web", {}, "shop/web"),
     ("port-1", {"vm-id": "42"}, "vm:42"),
+    ("3f1b2a4c-0c5e-4a8e-9f7a-2b1c9d8e7f6a", {"vm-uuid": "u1"}, "vm:u1"),
     ("port-1", {"ovsfoot-workload": " team/cache "}, "team/cache"),
+    ("shop_web-7d9f8b6c5d-x2x4z", {"ovsfoot-workload": "billing"}, "billing"),
     ("Not_A_Pod", {}, "Not_A_Pod"),
+    ("lsp-plain", {}, "lsp-plain"),
 ])
 def test_workload_identity(lport, ids, workload):
     assert c.workload_of(lport, ids) == workload

@@ -1,10 +1,9 @@
-"""The pipeline's logic on its own: detection, zone history, identities, learning, replay."""
+"""The pipeline's logic on its own: detection, zone history, learning, replay."""
 
 import msgpack
 import pytest
 
 from ovsfoot.attribution import Attributor, Port, ZoneMap
-from ovsfoot.contract import workload_of
 from ovsfoot.detection import Detector
 from ovsfoot.events import FlowEvent, FlowKey, Kind, Thresholds
 from ovsfoot.learning import Learner, StateFile
@@ -55,20 +54,6 @@ def test_live_threshold_change_applies_to_next_decision():
     assert d.feed(ev(bo=10**6)) is None
     t.bytes = 10**5
     assert d.feed(ev(bo=10**6)).kind == Kind.ELEPHANT
-
-
-@pytest.mark.parametrize("iface_id,ids,expected", [
-    ("shop_web-7d9f8b6c5d-x2x4z", {}, "shop/web"),           # Deployment replica
-    ("shop_db-0", {}, "shop/db"),                             # StatefulSet
-    ("kube-system_node-exporter-8xq2p", {}, "kube-system/node-exporter"),  # DaemonSet
-    ("shop_web", {}, "shop/web"),
-    ("shop_web-7d9f8b6c5d-x2x4z", {"ovsfoot-workload": "billing"}, "billing"),
-    ("3f1b2a4c-0c5e-4a8e-9f7a-2b1c9d8e7f6a", {"vm-uuid": "u1"}, "vm:u1"),
-    ("3f1b2a4c-0c5e-4a8e-9f7a-2b1c9d8e7f6a", {"vm-id": "i-7"}, "vm:i-7"),
-    ("lsp-plain", {}, "lsp-plain"),
-])
-def test_workload_identity(iface_id, ids, expected):
-    assert workload_of(iface_id, ids) == expected
 
 
 def test_zone_map_parses_and_rejects():

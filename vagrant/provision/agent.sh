@@ -16,7 +16,7 @@ USAGE="agent.sh [--rundir DIR] [--netns NS] [--bridge NAME] \
 SOURCE=auto OVSFOOT="" CLUSTER_DB="" PRIVATE_KEY="" CERTIFICATE="" CA_CERT=""
 parse_args "source cluster-db private-key certificate ca-cert ovsfoot" "$@"
 positional 0
-if [ "$MODE" = machine ]; then need systemctl:systemd; else need ip:iproute2 ps:procps; fi
+need_for_mode
 opts=(--source="$SOURCE" --bridge="$BRIDGE" ${CLUSTER_DB:+--cluster-db="$CLUSTER_DB"}
       ${PRIVATE_KEY:+--private-key="$PRIVATE_KEY"} ${CERTIFICATE:+--certificate="$CERTIFICATE"}
       ${CA_CERT:+--ca-cert="$CA_CERT"} "${EXTRA[@]}")

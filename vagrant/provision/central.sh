@@ -7,17 +7,11 @@ USAGE="central.sh [--rundir DIR] [--netns NS] IP"
 parse_args "" "$@"
 positional 1
 IP=${POS[0]}
-if [ "$MODE" = machine ]; then
-  need systemctl:systemd
-else
-  need ip:iproute2 ps:procps ovsdb-tool:openvswitch-common ovsdb-server:openvswitch-common \
-    ovn-northd:ovn-central
-fi
+need_for_mode ovsdb-tool:openvswitch-common ovsdb-server:openvswitch-common \
+  ovn-northd:ovn-central
 
 if [ "$MODE" = machine ]; then
-  step "enabling ovn-central (NB, SB, ovn-northd)"
-  systemctl enable --now --quiet ovn-central
-  wait_file /var/run/ovn/ovnsb_db.sock
+  enable_service ovn-central /var/run/ovn/ovnsb_db.sock "NB, SB, ovn-northd"
 else
   # As ovn-ctl starts them: each database also serves the connections
   # listed in its own NB_Global or SB_Global row (set below).

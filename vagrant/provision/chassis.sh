@@ -9,12 +9,8 @@ parse_args "" "$@"
 positional 3
 NAME=${POS[0]} ENCAP_IP=${POS[1]} CENTRAL_IP=${POS[2]}
 need ovs-vsctl:openvswitch-switch
-if [ "$MODE" = machine ]; then
-  need systemctl:systemd
-else
-  need ip:iproute2 ps:procps modprobe:kmod ovsdb-tool:openvswitch-common \
-    ovsdb-server:openvswitch-common ovs-vswitchd:openvswitch-switch ovn-controller:ovn-host
-fi
+need_for_mode modprobe:kmod ovsdb-tool:openvswitch-common ovsdb-server:openvswitch-common \
+  ovs-vswitchd:openvswitch-switch ovn-controller:ovn-host
 
 if [ "$MODE" = machine ]; then
   # ovs-ctl sets system-id from this file whenever ovsdb-server starts.
@@ -22,9 +18,7 @@ if [ "$MODE" = machine ]; then
     step "system-id $NAME"
     echo "$NAME" >/etc/openvswitch/system-id.conf
   fi
-  step "enabling openvswitch-switch"
-  systemctl enable --now --quiet openvswitch-switch
-  wait_file /var/run/openvswitch/db.sock
+  enable_service openvswitch-switch /var/run/openvswitch/db.sock
 else
   create_db "$RUNDIR/conf.db" /usr/share/openvswitch/vswitch.ovsschema
   start_daemon ovsdb-server in_ns ovsdb-server "$RUNDIR/conf.db" \

@@ -18,11 +18,7 @@ JOIN="" PRIVATE_KEY="" CERTIFICATE="" CA_CERT="" OVSFOOT=""
 parse_args "join private-key certificate ca-cert ovsfoot" "$@"
 positional 1
 IP=${POS[0]}
-if [ "$MODE" = machine ]; then
-  need systemctl:systemd
-else
-  need ip:iproute2 ps:procps
-fi
+need_for_mode
 need ovsdb-tool:openvswitch-common ovsdb-server:openvswitch-common \
   ovsdb-client:openvswitch-common ovs-appctl:openvswitch-common
 

@@ -64,6 +64,17 @@ need() {
   done
 }
 
+# need_for_mode PROGRAM:PACKAGE...: machine mode needs systemctl; lab mode needs
+# ip and ps, and the programs given (the daemons the script starts itself).
+# shellcheck disable=SC2120  # (none given: ip and ps are all a script needs)
+need_for_mode() {
+  if [ "$MODE" = machine ]; then
+    need systemctl:systemd
+  else
+    need ip:iproute2 ps:procps "$@"
+  fi
+}
+
 # parse_args "OWN OPTIONS" "$@": every option takes one value, and --foo-bar V
 # sets FOO_BAR=V. Other words land in POS, anything after "--" in EXTRA.
 parse_args() {
@@ -155,6 +166,14 @@ create_db() {
   [ -e "$1" ] && return
   step "creating $(basename "$1")"
   ovsdb-tool create "$1" "$2"
+}
+
+# Machine mode: enable_service UNIT SOCKET [WHAT] enables and starts Debian's
+# service UNIT (which runs WHAT) and waits for its SOCKET.
+enable_service() {
+  step "enabling $1${3:+ ($3)}"
+  systemctl enable --now --quiet "$1"
+  wait_file "$2"
 }
 
 # Waits up to 30 s for a file (a daemon's socket) to appear.
