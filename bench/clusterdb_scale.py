@@ -125,8 +125,9 @@ def register_chassis_ssl(scheme: str, creds: tuple[str, str, str]) -> None:
         @staticmethod
         def _open(suffix, dscp):
             # python-ovs reads the process-wide files when it opens a connection
-            S = ovs.stream.Stream
-            S._SSL_private_key_file, S._SSL_certificate_file, S._SSL_ca_cert_file = key, cert, ca
+            ovs.stream.Stream.ssl_set_private_key_file(key)
+            ovs.stream.Stream.ssl_set_certificate_file(cert)
+            ovs.stream.Stream.ssl_set_ca_cert_file(ca)
             return ovs.stream.SSLStream._open(suffix, dscp)
     ovs.stream.Stream.register_method(scheme, ChassisSSL)
 

@@ -54,6 +54,49 @@ def _key(ev: FlowEvent) -> str:
     return contract.printable(str(ev.key), 160)
 
 
+class WorkloadIdentities:
+    """The workload identities of the bridge's ports; what is wrong with one is logged once."""
+
+    def __init__(self):
+        self._warned: dict[str, tuple[str | None, str]] = {}   # lport: (explicit, workload)
+
+    def of(self, lport: str, ids: dict[str, str]) -> str:
+        """The port's workload identity, validated: an invalid `ovsfoot-workload` is
+        ignored (with a warning, once) for the identity derived from the port; a
+        derived one that is not valid either (a hostile iface-id or vm-id) is replaced
+        by one made from a hash of the iface-id."""
+        problems = []
+        explicit = ids.get(contract.WORKLOAD)
+        if explicit is not None and explicit.strip():
+            try:
+                return contract.validate_workload(explicit)
+            except contract.ContractError as e:
+                problems.append(f"ignoring its {contract.WORKLOAD}: {e}")
+            ids = {k: v for k, v in ids.items() if k != contract.WORKLOAD}
+        rounds = [ids]
+        if "vm-id" in ids or "vm-uuid" in ids:
+            rounds.append({k: v for k, v in ids.items() if k not in ("vm-id", "vm-uuid")})
+        for without in rounds:
+            derived = contract.workload_of(lport, without)
+            try:
+                workload = contract.validate_workload(derived)
+                break
+            except contract.ContractError as e:
+                problems.append(f"its derived identity is not usable: {e}")
+        else:
+            digest = hashlib.sha256(lport.encode("utf-8", "surrogateescape")).hexdigest()
+            workload = f"iface-id:{digest[:16]}"
+        if problems and self._warned.get(lport) != (explicit, workload):
+            self._warned[lport] = (explicit, workload)
+            log.warning("port %s: %s; its workload is %s", contract.printable(lport),
+                        "; ".join(problems), workload)
+        return workload
+
+    def keep(self, lports) -> None:
+        """Forgets what was logged of the ports not in `lports`."""
+        self._warned = {k: v for k, v in self._warned.items() if k in lports}
+
+
 class Agent:
     def __init__(self, cfg: Config, source: Source, db: LocalDb | None = None,
                  isolator: Isolator | None = None):
@@ -85,7 +128,7 @@ class Agent:
         self._generation = None
         self._next_save = self._next_tick = self._next_rate = 0.0
         self._next_lesson = time.monotonic() + self.thresholds.window
-        self._identity_warned: dict[str, tuple[str | None, str]] = {}
+        self._identities = WorkloadIdentities()
 
     # -- topology ---------------------------------------------------------
     def refresh_topology(self) -> None:
@@ -102,11 +145,10 @@ class Agent:
             ids = dict(iface.external_ids)
             lport = ids.get("iface-id")
             if lport:
-                port = Port(lport, iface.name, self._workload(lport, ids), port_addresses(ids))
+                port = Port(lport, iface.name, self._identities.of(lport, ids), port_addresses(ids))
                 installed = ids.get("ovn-installed") == "true"
                 candidates.setdefault(lport, []).append((port, installed))
-        self._identity_warned = {k: v for k, v in self._identity_warned.items()
-                                 if k in candidates}
+        self._identities.keep(candidates)
         known = set(self.attributor.ports)
         self.attributor.set_ports(candidates)
         ports = self.attributor.ports
@@ -123,38 +165,6 @@ class Agent:
         self.isolator.topology(dict(root.external_ids).get("ovn-encap-ip") if root else None)
         self.synced = True
         self._generation = None         # republish
-
-    def _workload(self, lport: str, ids: dict[str, str]) -> str:
-        """The port's workload identity, validated: an invalid `ovsfoot-workload` is
-        ignored (with a warning, once) for the identity derived from the port; a
-        derived one that is not valid either (a hostile iface-id or vm-id) is replaced
-        by one made from a hash of the iface-id."""
-        problems = []
-        explicit = ids.get(contract.WORKLOAD)
-        if explicit is not None and explicit.strip():
-            try:
-                return contract.validate_workload(explicit)
-            except contract.ContractError as e:
-                problems.append(f"ignoring its {contract.WORKLOAD}: {e}")
-            ids = {k: v for k, v in ids.items() if k != contract.WORKLOAD}
-        rounds = [ids]
-        if "vm-id" in ids or "vm-uuid" in ids:
-            rounds.append({k: v for k, v in ids.items() if k not in ("vm-id", "vm-uuid")})
-        for without in rounds:
-            derived = contract.workload_of(lport, without)
-            try:
-                workload = contract.validate_workload(derived)
-                break
-            except contract.ContractError as e:
-                problems.append(f"its derived identity is not usable: {e}")
-        else:
-            digest = hashlib.sha256(lport.encode("utf-8", "surrogateescape")).hexdigest()
-            workload = f"iface-id:{digest[:16]}"
-        if problems and self._identity_warned.get(lport) != (explicit, workload):
-            self._identity_warned[lport] = (explicit, workload)
-            log.warning("port %s: %s; its workload is %s", contract.printable(lport),
-                        "; ".join(problems), workload)
-        return workload
 
     def _follow_cluster(self) -> None:
         """Connects the cluster view as this chassis (system-id); once, deletes what

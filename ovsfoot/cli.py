@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import time
+from typing import Callable
 
 import ovs.daemon
 import ovs.dirs
@@ -123,8 +126,8 @@ def _cluster_args(p: argparse.ArgumentParser, what: str, required: bool = False)
 
 # -- logging: ovs.vlog, as every OVS daemon --------------------------------------
 # ovsfoot's modules log with the standard library (logging.getLogger(__name__));
-# VlogHandler hands each record to the ovs.vlog module named after the logger
-# without "ovsfoot." (ovsfoot.agent: "agent", ovsfoot.scheduler.server:
+# VlogHandler writes each record as ovs.vlog does for the module named after the
+# logger without "ovsfoot." (ovsfoot.agent: "agent", ovsfoot.scheduler.server:
 # "scheduler.server"; anything else: "ovsfoot"), so that -v/--verbose and
 # vlog/set|list|reopen treat them as python-ovs's own (idl, jsonrpc, reconnect...).
 VLOG_DEFAULTS = {"console": "warn", "syslog": "err", "file": "info"}
@@ -133,30 +136,6 @@ _OVS_VLOG_USERS = ("ovs.daemon", "ovs.db.idl", "ovs.fatal_signal", "ovs.jsonrpc"
                    "ovs.unixctl.client", "ovs.unixctl.server")
 _OVS_LEVELS = ((logging.CRITICAL, "emer"), (logging.ERROR, "err"),
                (logging.WARNING, "warn"), (logging.INFO, "info"), (0, "dbg"))
-
-
-_VLOG_PATTERNS = dict(ovs.vlog.PATTERNS)       # python-ovs's defaults, before any set_pattern
-_VLOG_TIMES = {"console": "%Y-%m-%dT%H:%M:%SZ", "file": "%Y-%m-%dT%H:%M:%S.###Z"}
-
-
-def vlog_line(dest: str, module: str, level: str, num: int, message: str,
-              now: datetime.datetime, thread: str) -> str:
-    """The line ovs.vlog's `_build_message` makes with its default pattern for `dest`
-    (`level`: INFO, WARN...; `now`: UTC; `thread`: the thread's name), without its
-    regular expressions: a dozen of them per line cost ~80 us."""
-    if dest == "syslog":
-        head = "ovs"
-    else:
-        stamp = now.strftime(_VLOG_TIMES[dest])
-        if "#" in stamp:            # vlog's milliseconds: str(ms) cut to 3 characters
-            stamp = stamp.replace("###", f"{str(now.microsecond / 1000):0>3.3}")
-        head = f" {stamp} "
-    n = str(num)
-    if len(n) < 5:
-        n = n.center(5)
-    sub = "" if thread == "MainThread" else f" ({thread}) "
-    return (f"{head}|{n}| {module} {sub}|{f' {level} ' if level else ''}|"
-            f"{f' {message} ' if message else ''}").strip()
 
 
 def vlog_modules() -> list[str]:
@@ -175,16 +154,108 @@ def vlog_modules() -> list[str]:
     return sorted(names)
 
 
+_TOKEN = re.compile(r"%(0?[1-9]?)([dD])(?:\{([^}]*)\})?|%-?0?[0-9]?([AcmNnpPrtT])")
+_RAW = "%N|%c|%p|%m"    # the pattern python-ovs formats its own modules' lines with
+_START = datetime.datetime.now(datetime.timezone.utc)
+# a value of vlog's pattern language, from (module, LEVEL, number, message, UTC time, thread)
+_Value = Callable[[str, str, int, str, datetime.datetime, str], str]
+_VALUES: dict[str, _Value] = {
+    "A": lambda c, p, n, m, now, t: ovs.util.PROGRAM_NAME,
+    "c": lambda c, p, n, m, now, t: c,
+    "m": lambda c, p, n, m, now, t: m,
+    "N": lambda c, p, n, m, now, t: str(n),
+    "n": lambda c, p, n, m, now, t: "\n",
+    "p": lambda c, p, n, m, now, t: p,
+    "P": lambda c, p, n, m, now, t: str(os.getpid()),
+    "r": lambda c, p, n, m, now, t: str((now - _START) // datetime.timedelta(milliseconds=1)),
+    "t": lambda c, p, n, m, now, t: "main" if t == "MainThread" else t,
+    "T": lambda c, p, n, m, now, t: "" if t == "MainThread" else f"({t})",
+}
+
+
+def _clock(utc: bool, time_format: str | None) -> _Value:
+    """%D{FORMAT} (UTC) or %d{FORMAT} (local time), as python-ovs formats them: ISO 8601 to
+    the second without FORMAT, runs of # the milliseconds (str(ms) cut to the width of
+    the first run)."""
+    if time_format is None:
+        return lambda c, p, n, m, now, t: \
+            (now if utc else now.astimezone()).replace(microsecond=0, tzinfo=None).isoformat()
+    runs = sorted(set(re.findall("#+", time_format)), key=len, reverse=True)
+    i = len(re.search("#+", time_format).group(0)) if runs else 0
+    last = (None, "")       # a second and its stamp: strftime once a second, without %f
+
+    def clock(c, p, n, m, now, t):
+        nonlocal last
+        now = now if utc else now.astimezone()
+        second = now.replace(microsecond=0)
+        if second != last[0] or "%f" in time_format:
+            last = (second, now.strftime(time_format))
+        stamp = last[1]
+        if runs:
+            ms = f"{str(now.microsecond / 1000):0>{i}.{i}}"
+            for run in runs:
+                stamp = stamp.replace(run, ms)
+        return stamp
+    return clock
+
+
+class VlogPattern:
+    """A pattern of ovs-appctl(8)'s `vlog/set pattern:DEST:PATTERN`, parsed once; `line`
+    formats as python-ovs's Vlog does (its spaces around fields without a 0 flag, its
+    milliseconds), without its dozen regular expressions per line (~80 us)."""
+
+    def __init__(self, pattern: str):
+        self._parts: list[tuple[str, _Value, bool, int]] = []
+        # (the text before, the value, a space either side of it, its centred width)
+        pos = 0
+        for t in _TOKEN.finditer(pattern):
+            flags = re.match(r"%(0)?([1-9])?", t.group(0))     # vlog's: "%-5p" has no width
+            value = _VALUES[t.group(4)] if t.group(4) else _clock(t.group(2) == "D", t.group(3))
+            pad = not flags.group(1) and t.group(4) != "n"
+            self._parts.append((pattern[pos:t.start()], value, pad, int(flags.group(2) or 0)))
+            pos = t.end()
+        self._tail = pattern[pos:]
+
+    def line(self, module: str, level: str, num: int, message: str,
+             now: datetime.datetime, thread: str) -> str:
+        """The line for a message (`level`: INFO, WARN...; `now`: UTC; `thread`: the
+        thread's name)."""
+        out = []
+        for text, value, pad, width in self._parts:
+            v = value(module, level, num, message, now, thread)
+            if pad and v:
+                v = f" {v} "
+            out += (text, v.center(width) if width else v)
+        out.append(self._tail)
+        return "".join(out).strip()
+
+
 class VlogHandler(logging.Handler):
-    """Forwards standard-library log records to ovs.vlog, one Vlog per ovsfoot module
-    (made before Vlog.init, as python-ovs requires), with OVS's level names."""
+    """Forwards standard-library log records to ovs.vlog's destinations (the loggers
+    console, syslog, file), at the levels python-ovs keeps for each module (-v,
+    vlog/set, vlog/list; one Vlog per ovsfoot module, made before Vlog.init, as
+    python-ovs requires), in the lines ovs.vlog writes, numbered in one sequence with
+    python-ovs's own modules' lines (which it hands over in the pattern _RAW)."""
 
     def __init__(self, modules: list[str]):
         super().__init__(logging.DEBUG)
         self.vlogs = {m: ovs.vlog.Vlog(m) for m in modules}
-        self._module: dict[str, str] = {}
-        self._loggers: dict[str, logging.Logger] = {}
+        self.patterns = {d: VlogPattern(p) for d, p in ovs.vlog.PATTERNS.items()}
+        self.levels: dict[str, dict[str, int]] = {}    # module: destination: logging level
         self.log_file: str | None = None
+        self.inited = False
+        self._module: dict[str, str] = {}
+        self._loggers = {d: logging.getLogger(d) for d in ovs.vlog.DESTINATIONS}
+        self._numbers = itertools.count()
+        self._theirs: tuple[str | None, int] = (None, 0)   # python-ovs's last number, ours
+
+    def init(self) -> None:
+        """After Vlog.init: python-ovs's own lines come through `_renumber`."""
+        for dest, logger in self._loggers.items():
+            ovs.vlog.Vlog.set_pattern(dest, _RAW)
+            logger.addFilter(self._renumber)
+        self.inited = True
+        self.sync_levels()
 
     def module(self, logger: str) -> str:
         m = self._module.get(logger)
@@ -213,67 +284,94 @@ class VlogHandler(logging.Handler):
             self.handleError(record)
 
     def _log(self, module: str, level: str, msg: str) -> None:
-        """What `Vlog(module).<level>(msg)` does (the same lines, numbered in the same
-        sequence), with default patterns formatted by `vlog_line`."""
-        vlog = ovs.vlog.Vlog
-        if not vlog._Vlog__inited:
+        """What `Vlog(module).<level>(msg)` does: a line in each destination that logs
+        `level` for `module`."""
+        if not self.inited:
             return
-        level_num = ovs.vlog.LEVELS.get(level, logging.DEBUG)
-        num = vlog._Vlog__msg_num
-        vlog._Vlog__msg_num = num + 1
-        now = thread = None
-        for dest, dest_level in vlog._Vlog__mfl[module].items():
-            if level_num < ovs.vlog.LEVELS.get(dest_level, logging.CRITICAL):
-                continue
-            if vlog._Vlog__log_patterns.get(dest) != _VLOG_PATTERNS.get(dest):
-                line = self.vlogs[module]._build_message(msg, dest, level.upper(), num)
-            else:
-                if now is None:
-                    now = datetime.datetime.now(datetime.timezone.utc)
-                    thread = threading.current_thread().name
-                line = vlog_line(dest, module, level.upper(), num, msg, now, thread)
-            logger = self._loggers.get(dest)
-            if logger is None:
-                logger = self._loggers[dest] = logging.getLogger(dest)
-            if logger.isEnabledFor(level_num):     # Logger.log without findCaller: the
-                logger.handle(logger.makeRecord(    # destinations' format is the line alone
-                    dest, level_num, "(unknown file)", 0, line, None, None))
+        level_num = ovs.vlog.LEVELS[level]
+        num = next(self._numbers)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        thread = threading.current_thread().name
+        for dest, dest_level in self.levels[module].items():
+            logger = self._loggers[dest]
+            if level_num >= dest_level and logger.isEnabledFor(level_num):
+                line = self.patterns[dest].line(module, level.upper(), num, msg, now, thread)
+                record = logger.makeRecord(dest, level_num, "(unknown file)", 0, line, None,
+                                           None)      # Logger.log without findCaller
+                record.vlog_line = True
+                logger.handle(record)
+
+    def _renumber(self, record: logging.LogRecord) -> bool:
+        """A python-ovs module's line in a destination's logger ("N|module|LEVEL|message",
+        its Vlog's pattern _RAW) written as ours: numbered in our sequence (one number for
+        all its destinations)."""
+        if not getattr(record, "vlog_line", False):
+            theirs, module, level, msg = record.msg.split("|", 3)
+            if self._theirs[0] != theirs:
+                self._theirs = (theirs, next(self._numbers))
+            record.msg = self.patterns[record.name].line(
+                module.strip(), level.strip(), self._theirs[1], msg[1:],
+                datetime.datetime.now(datetime.timezone.utc), threading.current_thread().name)
+        return True
 
     def sync_levels(self) -> None:
-        """Sets each ovsfoot logger's level to the lowest its Vlog module logs at in a
-        destination that writes somewhere, so that what nobody logs costs nothing."""
-        levels = ovs.vlog.Vlog._Vlog__mfl     # module: destination: level name
+        """Reads the levels python-ovs keeps (vlog/list's table) and sets each ovsfoot
+        logger's level to the lowest its module logs at in a destination that writes
+        somewhere, so that what nobody logs costs nothing."""
+        rows = (line.split() for line in ovs.vlog.Vlog.get_levels().splitlines()[2:])
+        columns = ("console", "syslog", "file")
+        self.levels = {m: {d: ovs.vlog.LEVELS[lv] for d, lv in zip(columns, row)}
+                       for m, *row in rows}
         dests = ["console"] + (["file"] if self.log_file else []) + \
             ([] if logging.getLogger("syslog").disabled else ["syslog"])
         for m in self.vlogs:
-            lvl = min(ovs.vlog.LEVELS.get(levels[m][d], logging.CRITICAL) for d in dests)
+            lvl = min(self.levels[m][d] for d in dests)
             logging.getLogger("ovsfoot" if m == "ovsfoot" else f"ovsfoot.{m}").setLevel(lvl)
             if m == "ovsfoot":
                 logging.getLogger().setLevel(lvl)
 
+    def set(self, spec: str) -> str | None:
+        """Applies a -v or vlog/set spec (ovs-vswitchd(8)); an error message if it is not
+        one. Levels and FACILITY are python-ovs's; patterns ours (python-ovs's stays _RAW),
+        the rest of the spec verbatim, as OVS's C daemons take it (python-ovs drops its
+        colons and spaces)."""
+        words = re.split("[ :]", spec, maxsplit=2)
+        if words[0] != "pattern":
+            msg = ovs.vlog.Vlog.set_levels_from_string(spec)
+            if not msg:
+                self.sync_levels()
+            return msg
+        if len(words) < 3 or not words[2]:
+            return "Please supply a valid pattern and destination"
+        if words[1] not in ovs.vlog.DESTINATIONS:
+            return f"Destination {words[1]} does not exist"
+        self.patterns[words[1]] = VlogPattern(words[2])
+        return None
+
     # unixctl, registered before Vlog.init registers python-ovs's own
     def unixctl_set(self, conn, argv, _aux) -> None:
         for arg in argv:
-            msg = ovs.vlog.Vlog.set_levels_from_string(arg)
+            msg = self.set(arg)
             if msg:
                 conn.reply_error(msg)
                 return
-        self.sync_levels()
         conn.reply(None)
 
     def unixctl_reopen(self, conn, _argv, _aux) -> None:
         if not self.log_file:
             conn.reply("Logging to file not configured")
             return
-        old = ovs.vlog.Vlog._Vlog__file_handler
+        file = self._loggers["file"]
+        old = [h for h in file.handlers if isinstance(h, logging.FileHandler)]
         try:
             ovs.vlog.Vlog.reopen_log_file()
         except OSError as e:
-            logging.getLogger("file").addHandler(old)   # keep writing where it did
+            for h in old:                               # keep writing where it did
+                file.addHandler(h)
             conn.reply_error(f"cannot reopen {self.log_file}: {e.strerror or e}")
             return
-        if old is not None:
-            old.close()
+        for h in old:
+            h.close()
         log.info("log file %s reopened", self.log_file)
         conn.reply(None)
 
@@ -296,8 +394,9 @@ def _vlog_args(p: argparse.ArgumentParser) -> None:
                         "modules: see ovs-appctl -t ovsfoot vlog/list")
 
 
-def _logging(args) -> None:
-    """--log-file[=FILE] and -v/--verbose[=module[:dest[:level]]] through ovs.vlog."""
+def start_logging(args: argparse.Namespace) -> VlogHandler:
+    """--log-file[=FILE] and -v/--verbose[=module[:dest[:level]]] through ovs.vlog (once
+    in a process: python-ovs's Vlog starts once)."""
     global _vlog
     verbose = args.verbose if isinstance(getattr(args, "verbose", None), list) else None
     log_file = getattr(args, "log_file", None)
@@ -314,7 +413,7 @@ def _logging(args) -> None:
         for dest, level in VLOG_DEFAULTS.items():
             ovs.vlog.Vlog.set_level("any", dest, level)
         for spec in verbose or []:
-            msg = ovs.vlog.Vlog.set_levels_from_string(spec)
+            msg = _vlog.set(spec)
             if msg:
                 raise SystemExit(f"ovsfoot: -v {spec}: {msg}")
         ovs.unixctl.command_register("vlog/set", "spec", 1, sys.maxsize,
@@ -339,9 +438,10 @@ def _logging(args) -> None:
         # and %T ask threading themselves)
         logging._srcfile = None
         logging.logThreads = False
-        _vlog.sync_levels()
+        _vlog.init()
         if problem:
             log.warning("%s: logging to the console only", problem)
+    return _vlog
 
 
 def _open(args, thresholds: Thresholds):
@@ -506,7 +606,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    _logging(args)
+    start_logging(args)
     try:
         if hasattr(args, "ca_cert"):
             from ovsfoot.ovsdb import configure_ssl

@@ -8,14 +8,13 @@ the real chassis of conftest.py (`node`, `agent`).
 import logging
 import math
 import signal
-import types
 
 import msgpack
 import pytest
 
 from conftest import wait_elephants
 from integration.sandbox import kill, sh, wait_for
-from ovsfoot.agent import Agent
+from ovsfoot.agent import WorkloadIdentities
 from ovsfoot.attribution import Attributor, Port, ZoneMap, parse_zone
 from ovsfoot.contract import OUTPUT_KEYS, ContractError, printable, validate_workload
 from ovsfoot.events import FlowKey
@@ -213,8 +212,7 @@ def test_printable_and_workload_identities():
 
 
 def test_identities_from_ovsdb_are_validated(caplog):
-    agent = types.SimpleNamespace(_identity_warned={})
-    ident = lambda lport, ids: Agent._workload(agent, lport, ids)    # noqa: E731
+    ident = WorkloadIdentities().of
     with caplog.at_level(logging.WARNING, "ovsfoot.agent"):
         assert ident("cache-port", {"ovsfoot-workload": "x" * 10_000}) == "cache-port"
         assert ident("cache-port", {"ovsfoot-workload": "x" * 10_000}) == "cache-port"

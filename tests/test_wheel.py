@@ -67,8 +67,10 @@ def _link_distribution(name: str, into: Path) -> None:
     except importlib.metadata.PackageNotFoundError:
         pytest.fail(f"the wheel requires {name}, which this environment lacks "
                     f"(make venv installs it)")
-    meta = Path(dist._path)           # the .dist-info or .egg-info directory
-    site = meta.parent
+    site = Path(dist.locate_file(""))          # where its files are, and its metadata
+    [meta] = [p for p in site.glob("*-info") if p.is_dir() and
+              (m := importlib.metadata.Distribution.at(p)).name == dist.name and
+              m.version == dist.version]            # the .dist-info or .egg-info directory
     tops = (dist.read_text("top_level.txt") or "").split()
     if not tops:
         tops = sorted({Path(f).parts[0] for f in dist.files or []

@@ -296,6 +296,11 @@ class Assumptions:
         with self._lock:
             return len(self._pods)
 
+    def snapshot(self) -> tuple[dict[str, tuple[str, float]], dict[str, int]]:
+        """Copies of ({pod: (chassis, expiry)}, {chassis: heavy ports last seen})."""
+        with self._lock:
+            return dict(self._pods), dict(self._baseline)
+
 
 def _rank(names: list[str], facts: dict, klass: str) -> tuple[list[dict], str | None]:
     """(scores per node, the best-ranked known node: the first of equals, or None)."""
@@ -372,8 +377,13 @@ class Ranker:
         self._lock = threading.Lock()
         self._view: ClusterView | None = None
         self._kept: dict[tuple, Ranked] = {}
-        self._held = 0                      # node names in the kept keys
+        self.held = 0                       # node names in the kept keys
         self.hits = self.misses = 0
+
+    def kept(self) -> list[tuple[str, tuple[str, ...]]]:
+        """The keys (class, node names) of the kept answers, oldest first."""
+        with self._lock:
+            return list(self._kept)
 
     def rank(self, pod: PodInfo, klass: str, names: list[str], view: ClusterView,
              now: float) -> Ranked:
@@ -388,7 +398,7 @@ class Ranker:
         if key is not None:
             with self._lock:
                 if self._view is not view:
-                    self._view, self._kept, self._held = view, {}, 0
+                    self._view, self._kept, self.held = view, {}, 0
                 r = self._kept.get(key)
             if r is not None and not r.valid(now, max_age):
                 r = None
@@ -425,10 +435,10 @@ class Ranker:
             with self._lock:
                 if self._view is view:
                     self._kept[key] = r
-                    self._held += len(key[1])
-                    while len(self._kept) > self.entries or self._held > self.names:
+                    self.held += len(key[1])
+                    while len(self._kept) > self.entries or self.held > self.names:
                         old = next(iter(self._kept))
-                        self._held -= len(old[1])
+                        self.held -= len(old[1])
                         del self._kept[old]
         return r
 

@@ -180,7 +180,7 @@ def test_ranker_scores_again_while_a_heavy_pod_is_assumed_onto_its_nodes():
         {"Host": "node-b", "Score": 10}]                # node-a not asked about: kept
     # a kept heavy answer still assumes the pod onto its best node
     assert scores(rank(ranker, heavy, ["node-b"], v, 101.0).out) == [10]
-    assert assumed.pending() == 1 and assumed._pods["shop/etl-0"][0] == "b"
+    assert assumed.pending() == 1 and assumed.snapshot()[0]["shop/etl-0"][0] == "b"
     assert scores(rank(ranker, pod("light-0"), names, v, 102.0).out) == [10, 7, 10]
     # once the assumption expires, the first answer is good again
     assert rank(ranker, pod("light-0"), names, v, 162.0) is light
@@ -191,9 +191,10 @@ def test_ranker_holds_a_bounded_number_of_answers_and_names():
     ranker = Ranker(None, entries=3, names=5, per_entry=4)
     for i in range(5):
         rank(ranker, pod(), ["node-a"] * (i + 1), v, 1.0)
-    assert len(ranker._kept) <= 3 and ranker._held <= 5
-    assert ranker._held == sum(len(k[1]) for k in ranker._kept)
-    assert all(len(k[1]) <= 4 for k in ranker._kept)
+    kept = ranker.kept()
+    assert len(kept) <= 3 and ranker.held <= 5
+    assert ranker.held == sum(len(names) for _, names in kept)
+    assert all(len(names) <= 4 for _, names in kept)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -229,5 +230,5 @@ def test_ranker_answers_what_prioritize_answers(seed):
         got = rank(ranker, p, names, v, now)
         assert got.out == prioritize(p, names, v, theirs, now, max_age)
         assert got.answer() == json.dumps(got.out)
-        assert (ours._pods, ours._baseline) == (theirs._pods, theirs._baseline)
+        assert ours.snapshot() == theirs.snapshot()
     assert ranker.hits > 10, ranker.hits           # the kept answers were used
