@@ -23,8 +23,22 @@ class InterfaceInfo:
         return contract.workload_of(self.iface_id, self.external_ids) if self.iface_id else None
 
 
+class Published:
+    """A footprint the agent publishes: its `footprint` is None until it is published."""
+
+    __slots__ = ()
+
+    @property
+    def published(self) -> bool:
+        return self.footprint is not None
+
+    @property
+    def heavy(self) -> bool:
+        return self.footprint == "heavy"
+
+
 @dataclass(frozen=True, slots=True)
-class PortFootprint:
+class PortFootprint(Published):
     """What the agent published on one Interface (None: not published)."""
 
     interface: str
@@ -36,14 +50,6 @@ class PortFootprint:
     updated_ms: int | None      # ovsfoot-ts
     bps: int | None = None      # throughput bucket, bit/s (contract.BPS_STEPS)
     flows_per_s: int | None = None  # flow rate bucket (contract.FLOW_STEPS)
-
-    @property
-    def published(self) -> bool:
-        return self.footprint is not None
-
-    @property
-    def heavy(self) -> bool:
-        return self.footprint == "heavy"
 
     @property
     def sensitive(self) -> bool:
@@ -68,7 +74,7 @@ class WorkloadFootprint:
 
 
 @dataclass(frozen=True, slots=True)
-class NodeFootprint:
+class NodeFootprint(Published):
     """What the agent published on the integration bridge (None: not published)."""
 
     footprint: str | None       # "heavy" | "light"
@@ -78,11 +84,3 @@ class NodeFootprint:
     sensitive_ports: int | None = None
     bps: int | None = None      # throughput bucket of all its ports, bit/s
     flows_per_s: int | None = None
-
-    @property
-    def published(self) -> bool:
-        return self.footprint is not None
-
-    @property
-    def heavy(self) -> bool:
-        return self.footprint == "heavy"
