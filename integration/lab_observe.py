@@ -17,7 +17,7 @@ from integration.sandbox import sh, wait_for
 
 
 class Observer:
-    """Reads what the agents on `nodes` published and answer; snapshots go in `report`."""
+    """Reads what the agents on `nodes` publish and answer; snapshots go in `report`."""
 
     def __init__(self, work: Path, nodes: Nodes, report: Report):
         self.work = work
