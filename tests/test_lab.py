@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from integration import lab
+from integration import lab, lab_report
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def report(tmp_path_factory):
     rep, output = lab.run(work)
     sys.stdout.write(output[-4000:])
     assert rep is not None, f"the lab produced no report:\n{output[-4000:]}"
-    print(lab.render(rep))
+    print(lab_report.render(rep))
     return rep
 
 
@@ -109,7 +109,7 @@ def test_ovn_cost_measured_on_every_daemon(report):
     assert set(agents["hv1"]) == {"ovn-controller", "ovs-vswitchd"}
     # and they would see one: what an Open_vSwitch-row write costs
     assert cost["probe"]["hv3"]["ovn-controller"] >= 1, cost
-    print("\n".join(lab.render_cost(cost)))
+    print("\n".join(lab_report.render_cost(cost)))
 
 
 
@@ -128,7 +128,7 @@ def test_experiment_row_d_isolation_alternated_with_b(report, tmp_path):
     assert {"detection", "isolation", "publication", "placement"} <= kinds, exp["marks"]
     assert set(exp["latency_cdf_ms"]) == {"(a) alone", "(b) beside the elephant",
                                           "(c) placed by ovsfoot", "(d) isolated on hv1"}
-    png = lab.picture(report, tmp_path / "lab-report.png")
+    png = lab_report.picture(report, tmp_path / "lab-report.png")
     assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
     on = [row for row in report["timeline"] if row["what"] == "hv1 isolation switched on"]
     assert on and all(row["qdisc"] and row["qdisc"]["handle"] == "f5a0:" for row in on), on

@@ -58,14 +58,15 @@ def test_unknown_program_is_a_programming_error():
 
 def test_lab_ping_fails_at_once_without_ping(path_with_only_ip, tmp_path):
     """The bug of issue 9: ping missing read as 'not reachable', then a 120 s timeout."""
-    from integration.lab_scenario import PROGRAMS, Lab
-    lab = Lab(tmp_path / "work", tmp_path / "run")
-    lab.pods = {"pod3": {"ip": "10.0.0.13"}}
+    from integration.lab_nodes import PROGRAMS, Nodes
+    from integration.lab_report import Report
+    nodes = Nodes(tmp_path / "work", tmp_path / "run", Report())
+    nodes.pods = {"pod3": {"ip": "10.0.0.13"}}
     t = time.monotonic()
     with pytest.raises(MissingProgram, match="iputils-ping"):
-        lab.ping("pod1", "pod3")
+        nodes.ping("pod1", "pod3")
     with pytest.raises(MissingProgram, match="iputils-ping"):
-        lab.build()                                 # before it changes anything
+        nodes.build()                               # before it changes anything
     assert time.monotonic() - t < 1
     assert "ping" in PROGRAMS
 
@@ -73,8 +74,8 @@ def test_lab_ping_fails_at_once_without_ping(path_with_only_ip, tmp_path):
 def test_every_checked_program_has_its_package_here():
     """The programs each helper checks are all in PACKAGES (else require() raises
     ValueError), and the shell scripts' `need PROGRAM:PACKAGE` agree with it."""
-    from integration import lab_scenario, tracer_matrix
-    programs.missing(*lab_scenario.PROGRAMS)
+    from integration import lab_nodes, tracer_matrix
+    programs.missing(*lab_nodes.PROGRAMS)
     programs.missing(*tracer_matrix.PROGRAMS)
     for f in (REPO / "integration", REPO / "bench", REPO / "tests"):
         for py in set(f.glob("*.py")) - {Path(__file__)}:

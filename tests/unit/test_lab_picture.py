@@ -1,7 +1,8 @@
-"""The lab's picture and row (d)'s arithmetic, from data (integration/lab_isolation.py):
-sockperf's full log read back, medians, and the PNG matplotlib draws."""
+"""The lab's picture and row (d)'s arithmetic, from data (integration/lab_experiment.py,
+lab_report.py): sockperf's full log read back, medians, and the PNG matplotlib draws."""
 
-from integration.lab_isolation import median, picture, round_trips
+from integration.lab_experiment import median, round_trips
+from integration.lab_report import picture
 
 # sockperf 3.x --full-log, as it writes it (two samples of a real run on this host)
 FULL_LOG = """------------------------------
