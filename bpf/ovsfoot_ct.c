@@ -84,7 +84,9 @@ struct flow {
 	u32 ifindex;    /* device of the packet that confirmed the flow */
 	u32 elephant;   /* enum elephant_state */
 	u32 zone;       /* its conntrack zone, read once when tracking starts */
-	u32 pad;
+	u32 timeout;    /* the timeout conntrack last set it (jiffies, low 32 bits) */
+	u8 proto;       /* its IP protocol, read once when tracking starts */
+	u8 pad[7];
 };
 
 enum elephant_state {
@@ -132,6 +134,13 @@ BPF_PERCPU_ARRAY(counters, u64, NR_COUNTERS);
  * that user space reads only those.
  */
 BPF_PERCPU_ARRAY(zones, struct zone_counters, MAX_ZONES);
+/*
+ * Entries outside the watched namespace and zones (the pods' own conntrack,
+ * zone 0), remembered so that their packets cost one lookup more than a miss
+ * in `flows` rather than the reads that tell (an entry's namespace and zone
+ * never change, nor do the agent's).
+ */
+BPF_TABLE("lru_hash", u64, u8, others, MAX_FLOWS);
 BPF_HASH(zones_seen, u32, u8, MAX_ZONES);
 #ifdef USE_RINGBUF
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -169,15 +178,17 @@ static __always_inline bool watched(struct nf_conn *ct, struct config *cfg)
 
 /* Has this TCP entry left ESTABLISHED for the close (FIN_WAIT, CLOSE_WAIT,
  * LAST_ACK, TIME_WAIT, CLOSE)? conntrack updates the state before it accounts
- * the packet, so the packet that closes is the one that tells. */
-static __always_inline bool tcp_closing(struct nf_conn *ct)
+ * the packet, so the packet that closes is the one that tells. Each state
+ * comes with its own timeout, which the hook is passed: the state is read only
+ * when the timeout is not the one of the flow's last packet (an established
+ * flow's changes only between its own and the unacknowledged-data one). */
+static __always_inline bool tcp_closing(struct nf_conn *ct, struct flow *f, u32 timeout)
 {
-	u8 proto = 0, state = 0;
+	u8 state = 0;
 
-	bpf_probe_read_kernel(&proto, sizeof(proto),
-			      &ct->tuplehash[IP_CT_DIR_ORIGINAL].tuple.dst.protonum);
-	if (proto != IPPROTO_TCP)
+	if (f->proto != IPPROTO_TCP || timeout == f->timeout)
 		return false;
+	f->timeout = timeout;
 	bpf_probe_read_kernel(&state, sizeof(state), &ct->proto.tcp.state);
 	return state >= TCP_CONNTRACK_FIN_WAIT && state <= TCP_CONNTRACK_CLOSE;
 }
@@ -274,6 +285,8 @@ static __always_inline struct flow *track(struct nf_conn *ct, u32 ifindex, u32 l
 	u64 key = (u64)ct;
 	int err;
 
+	bpf_probe_read_kernel(&f.proto, sizeof(f.proto),
+			      &ct->tuplehash[IP_CT_DIR_ORIGINAL].tuple.dst.protonum);
 	zone_seen(f.zone);
 	if (len) {
 		f.bytes[IP_CT_DIR_ORIGINAL] = len;
@@ -292,7 +305,19 @@ static __always_inline struct flow *track(struct nf_conn *ct, u32 ifindex, u32 l
 	return flows.lookup(&key);
 }
 
-static __always_inline void on_packet(void *ctx, struct nf_conn *ct, u32 ctinfo, u32 len)
+/* Remembers an entry outside the watched namespace and zones. */
+static __always_inline void ignore(struct nf_conn *ct)
+{
+	u64 key = (u64)ct;
+	u8 one = 1;
+
+	others.update(&key, &one);
+}
+
+/* A packet of `len` bytes that conntrack accounted to `ct`, which it gave
+ * `timeout` more jiffies to live. */
+static __always_inline void on_packet(void *ctx, struct nf_conn *ct, u32 ctinfo, u32 len,
+				      u32 timeout)
 {
 	struct config *cfg = get_config();
 	u64 key = (u64)ct, now;
@@ -304,9 +329,15 @@ static __always_inline void on_packet(void *ctx, struct nf_conn *ct, u32 ctinfo,
 		return;
 	f = flows.lookup(&key);
 	if (!f) {
-		bpf_probe_read_kernel(&status, sizeof(status), &ct->status);
-		if ((status & (IPS_CONFIRMED | IPS_DYING)) != IPS_CONFIRMED || !watched(ct, cfg))
+		if (others.lookup(&key))
 			return;
+		bpf_probe_read_kernel(&status, sizeof(status), &ct->status);
+		if ((status & (IPS_CONFIRMED | IPS_DYING)) != IPS_CONFIRMED)
+			return;
+		if (!watched(ct, cfg)) {
+			ignore(ct);
+			return;
+		}
 		f = track(ct, 0, 0, C_LATE);
 		if (!f)
 			return;
@@ -315,7 +346,7 @@ static __always_inline void on_packet(void *ctx, struct nf_conn *ct, u32 ctinfo,
 	__sync_fetch_and_add(&f->packets[dir], 1);
 	zone_add(f->zone, len, 0);
 	if (f->elephant == ELEPHANT_ACTIVE) {
-		if (tcp_closing(ct)) {
+		if (tcp_closing(ct, f, timeout)) {
 			f->elephant = ELEPHANT_CLOSED;
 			if (emit(ctx, ct, f, KIND_END, cfg))
 				f->elephant = ELEPHANT_ACTIVE;  /* lost: try again */
@@ -342,8 +373,10 @@ static __always_inline void on_gone(void *ctx, struct nf_conn *ct)
 	u64 key = (u64)ct;
 	struct flow *f = flows.lookup(&key);
 
-	if (!f)
+	if (!f) {
+		others.delete(&key);
 		return;
+	}
 	if (f->elephant == ELEPHANT_ACTIVE && cfg)
 		emit(ctx, ct, f, KIND_END, cfg);
 	flows.delete(&key);
@@ -377,8 +410,12 @@ ON(__nf_conntrack_confirm)  /* (struct sk_buff *skb) */
 		return 0;
 	bpf_probe_read_kernel(&nfct, sizeof(nfct), &skb->_nfct);
 	ct = (struct nf_conn *)(nfct & NFCT_PTRMASK);
-	if (!ct || !watched(ct, cfg))
+	if (!ct)
 		return 0;
+	if (!watched(ct, cfg)) {
+		ignore(ct);
+		return 0;
+	}
 	bpf_probe_read_kernel(&len, sizeof(len), &skb->len);
 	bpf_probe_read_kernel(&dev, sizeof(dev), &skb->dev);
 	if (dev)
@@ -393,16 +430,18 @@ ON(__nf_conntrack_confirm)  /* (struct sk_buff *skb) */
 ON(__nf_ct_refresh_acct)
 {
 	struct nf_conn *ct = (struct nf_conn *)ARG(1);
-	u32 len = 0;
+	u32 len = 0, timeout;
 #ifdef REFRESH_HAS_SKB
 	struct sk_buff *skb = (struct sk_buff *)ARG(3);
 
 	if ((u8)ARG(5))
 		bpf_probe_read_kernel(&len, sizeof(len), &skb->len);
+	timeout = (u32)ARG(4);
 #else
 	len = (u32)ARG(4);
+	timeout = (u32)ARG(3);
 #endif
-	on_packet(ctx, ct, (u32)ARG(2), len);
+	on_packet(ctx, ct, (u32)ARG(2), len, timeout);
 	return 0;
 }
 
