@@ -19,6 +19,7 @@ CACHE/kernel-matrix.json, which the lab prints too.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import socket
 import sys
@@ -27,9 +28,11 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from integration.cstruct import c_struct, layout
 from integration.debian_kernel import CACHE, SUITES, KernelInfo, ensure_kernel
 from integration.programs import require, shell_require
 from integration.vm import progress, run_in_vm
+from ovsfoot.sources.bpf import PROGRAM
 
 REPO = Path(__file__).resolve().parents[1]
 INITIAL_BYTES = 5_000_000
@@ -37,8 +40,9 @@ MATRIX_FILE = CACHE / "kernel-matrix.json"
 
 DRIVER = r'''
 """Runs BpfSource; logs events and control steps (JSON lines on the FIFO) to a file."""
-import dataclasses, json, logging, os, sys, time
+import ctypes, dataclasses, json, logging, os, sys, time
 import ovs.poller
+from integration.cstruct import layout
 from ovsfoot.events import Thresholds
 from ovsfoot.sources.bpf import BpfSource
 
@@ -57,8 +61,11 @@ def bpf_stats(src):
 
 t0 = time.monotonic()
 src = BpfSource(Thresholds(bytes=int(sys.argv[2]), seconds=1.0))
-log(kind="ready", load_s=time.monotonic() - t0, netns=os.stat("/proc/self/ns/net").st_ino,
-    stats=src.stats())
+load_s = time.monotonic() - t0
+# struct event as bcc reads it for the source (table.event(), on a zeroed buffer)
+event = src.bpf["events"].event(ctypes.addressof(ctypes.create_string_buffer(4096)))
+log(kind="ready", load_s=load_s, netns=os.stat("/proc/self/ns/net").st_ino, stats=src.stats(),
+    event_layout=layout(type(event)), event_size=ctypes.sizeof(event))
 ctl = os.open(sys.argv[3], os.O_RDWR | os.O_NONBLOCK)   # RDWR: never sees EOF
 buf = b""
 while True:
@@ -274,9 +281,13 @@ def ns_per_packet(run: Run) -> float | None:
 
 
 def check_loaded(run: Run) -> None:
-    """bcc compiled and loaded the program once; no event or flow was lost."""
+    """bcc compiled and loaded the program once and reads its events with the C file's
+    struct event, field for field; no event or flow was lost."""
     records = run.records
     assert len([r for r in records if r["kind"] == "ready"]) == 1
+    event = c_struct(REPO / "bpf" / PROGRAM, "event")
+    assert ready(run)["event_layout"] == layout(event)
+    assert ready(run)["event_size"] == ctypes.sizeof(event)
     stats = ready(run)["stats"]
     assert stats["probe"] in ("fentry", "kprobe")
     assert stats["buffer"] == "ringbuf"      # every kernel in the matrix is >= 5.8
