@@ -2,11 +2,11 @@
 
     python bench/vmguest.py WORKDIR
 
-One OVS kernel-datapath bridge br0 with two pods (network namespaces pod1
-10.0.0.1, pod2 10.0.0.2) whose IP traffic is committed with ct(zone=1) for
-pod1 and ct(zone=2) for pod2, as OVN's per-port zones do (each packet passes
-the sender's zone, then the receiver's). The bridge carries the zone map an
-ovn-controller would write (ct-zone-lp1=1, ct-zone-lp2=2) and the Interfaces
+integration/barenode.py's node: one OVS kernel-datapath bridge br0 with two pods
+(network namespaces pod1 10.0.0.1, pod2 10.0.0.2) whose IP traffic is committed
+with ct(zone=1) for pod1 and ct(zone=2) for pod2, as OVN's per-port zones do (each
+packet passes the sender's zone, then the receiver's). The bridge carries the zone
+map an ovn-controller would write (ct-zone-lp1=1, ct-zone-lp2=2) and the Interfaces
 their iface-id, so real `ovsfoot agent` processes attribute without OVN.
 An OVSDB monitor client (integration/monitor.py) logs every change of the
 ovsfoot keys with its arrival time, throughout.
@@ -34,6 +34,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
 from bench.common import proc_cpu_s  # noqa: E402
+from integration import barenode  # noqa: E402
 from integration.agentproc import AgentProcess  # noqa: E402
 from integration.programs import require  # noqa: E402
 from integration.sandbox import Ovs, sh, wait_for  # noqa: E402
@@ -110,42 +111,20 @@ class Monitor:
 
 
 def setup(work: Path, monitor: bool = True) -> tuple[Ovs, subprocess.Popen | None]:
-    # this and bench/vmdriver.py; `monitor`: the OVSDB monitor client too (not needed by
-    # bench/zonecost.py)
-    require("modprobe", "sysctl", "ip", "ping", "iperf3", "conntrack", "ovs-ofctl")
-    for m in ("openvswitch", "nf_conntrack"):
-        sh("modprobe", m)
+    """The node (integration/barenode.py) with the pods' servers; bench/vmdriver.py started
+    for the datapath phase; with `monitor`, the OVSDB monitor client (bench/zonecost.py
+    needs none)."""
+    require("sysctl", "iperf3", "conntrack")
+    barenode.load_modules()
     for k in ("net.netfilter.nf_conntrack_acct=1", "net.netfilter.nf_conntrack_timestamp=1"):
         sh("sysctl", "-qw", k)
-    shutil.rmtree(RUN, ignore_errors=True)
-    ovs = Ovs(RUN, bridge="br0", datapath="system")
-    ovs.start_db().create_bridge()
-    for i in (1, 2):
-        ovs.add_pod(f"pod{i}", f"lp{i}", f"10.0.0.{i}", prefixlen=24,
-                    extra_ids={"ip_addresses": f"10.0.0.{i}/24"})
-        ovs.vsctl("set", "Interface", f"pod{i}-ovs", f"ofport_request={i}")
-        ovs.vsctl("br-set-external-id", "br0", f"ct-zone-lp{i}", str(i))
-    # The tracer for the datapath phase compiles while the rest is set up.
+    # The tracer for the datapath phase compiles while the node is set up.
     driver = subprocess.Popen([PY, str(BENCH / "vmdriver.py"), str(work), str(PAIRS),
                                str(IPERF_S), str(COST_RUNS)],
                               stdout=open(work / "driver.log", "w"),
                               stderr=subprocess.STDOUT, cwd=str(BENCH.parent)) \
         if "datapath" in PHASES else None
-    # Bridge and ports exist before ovs-vswitchd starts (OVS 3.1 + 6.1 lose upcalls otherwise).
-    ovs.start_vswitchd()
-    wait_for(lambda: ovs.vsctl("get", "Interface", "pod2-ovs", "ofport") == "2", timeout=120,
-             what="ofport of pod2-ovs")
-    wait_for(lambda: sh("ovs-ofctl", "show", "br0", env=ovs.env, check=False), timeout=60,
-             what="ovs-ofctl show br0")
-    sh("ovs-ofctl", "add-flows", "br0", "-", input="""\
-table=0,priority=0,actions=NORMAL
-table=0,priority=10,ip,in_port=1,actions=ct(commit,zone=1,table=1)
-table=0,priority=10,ip,in_port=2,actions=ct(commit,zone=2,table=1)
-table=1,priority=10,ip,nw_dst=10.0.0.1,actions=ct(commit,zone=1,table=2)
-table=1,priority=10,ip,nw_dst=10.0.0.2,actions=ct(commit,zone=2,table=2)
-table=2,priority=0,actions=NORMAL
-""", env=ovs.env)
-    sh("ip", "netns", "exec", "pod1", "ping", "-c", "1", "-W", "20", "10.0.0.2", timeout=60)
+    ovs = barenode.up(RUN)
     subprocess.Popen(["ip", "netns", "exec", "pod2", PY, FLOWS, "sink", "5001", "5002"],
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sh("ip", "netns", "exec", "pod2", "iperf3", "-s", "-D")

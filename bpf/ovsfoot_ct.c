@@ -102,6 +102,11 @@ struct zone_counters {
 	u64 flows;      /* flows confirmed (committed) in the zone */
 };
 
+/*
+ * An event to user space. This is its only definition: bcc derives the type that
+ * bpf.py reads it with from these fields (table.event()). bcc decodes u8, u16, u32
+ * and u64, alone or in arrays; explicit padding, no holes (tests/unit/test_bpf_event.py).
+ */
 struct event {
 	u64 flow;       /* the struct nf_conn address: a flow id while it lives */
 	u64 ts;         /* ktime ns */

@@ -1,13 +1,13 @@
 """The eBPF tracer for real, on Debian's kernels: OVS kernel datapath + conntrack zones in a VM.
 
-One VM boot per kernel runs SCENARIO: two namespace ports on an OVS
-kernel-datapath bridge whose OpenFlow rules commit IP traffic with
-ct(zone=1) for port p1 and ct(zone=2) for port p2, the way OVN's per-port
-zones do (each packet passes the sender's zone, then the receiver's). DRIVER
-runs BpfSource there and logs every event and control step as JSON lines;
+One VM boot per kernel runs SCENARIO on integration/barenode.py's node: two
+pods on an OVS kernel-datapath bridge whose OpenFlow rules commit IP traffic
+with ct(zone=1) for pod1's port and ct(zone=2) for pod2's, the way OVN's
+per-port zones do (each packet passes the sender's zone, then the receiver's).
+DRIVER runs BpfSource there and logs every event and control step as JSON lines;
 CHECKS read that log on the host (tests/test_bpf_vm.py runs them as tests).
 
-ns2 also tracks the same traffic in its own conntrack, in zone 1: the tracer
+pod2 also tracks the same traffic in its own conntrack, in zone 1: the tracer
 must count only the OVS datapath's namespace or it would report it twice.
 
     python -m integration.tracer_matrix [SUITE...]    # `make kernels`: all four
@@ -19,6 +19,7 @@ CACHE/kernel-matrix.json, which the lab prints too.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import socket
 import sys
@@ -27,9 +28,12 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from integration import barenode
+from integration.cstruct import c_struct, layout
 from integration.debian_kernel import CACHE, SUITES, KernelInfo, ensure_kernel
 from integration.programs import require, shell_require
 from integration.vm import progress, run_in_vm
+from ovsfoot.sources.bpf import PROGRAM
 
 REPO = Path(__file__).resolve().parents[1]
 INITIAL_BYTES = 5_000_000
@@ -37,8 +41,9 @@ MATRIX_FILE = CACHE / "kernel-matrix.json"
 
 DRIVER = r'''
 """Runs BpfSource; logs events and control steps (JSON lines on the FIFO) to a file."""
-import dataclasses, json, logging, os, sys, time
+import ctypes, dataclasses, json, logging, os, sys, time
 import ovs.poller
+from integration.cstruct import layout
 from ovsfoot.events import Thresholds
 from ovsfoot.sources.bpf import BpfSource
 
@@ -57,8 +62,11 @@ def bpf_stats(src):
 
 t0 = time.monotonic()
 src = BpfSource(Thresholds(bytes=int(sys.argv[2]), seconds=1.0))
-log(kind="ready", load_s=time.monotonic() - t0, netns=os.stat("/proc/self/ns/net").st_ino,
-    stats=src.stats())
+load_s = time.monotonic() - t0
+# struct event as bcc reads it for the source (table.event(), on a zeroed buffer)
+event = src.bpf["events"].event(ctypes.addressof(ctypes.create_string_buffer(4096)))
+log(kind="ready", load_s=load_s, netns=os.stat("/proc/self/ns/net").st_ino, stats=src.stats(),
+    event_layout=layout(type(event)), event_size=ctypes.sizeof(event))
 ctl = os.open(sys.argv[3], os.O_RDWR | os.O_NONBLOCK)   # RDWR: never sees EOF
 buf = b""
 while True:
@@ -86,15 +94,13 @@ while True:
 
 # Programs SCENARIO runs (integration/programs.py): checked on the host before the
 # VM boots (it shares the host's root filesystem) and again where the script starts.
-PROGRAMS = ("ip", "ping", "iperf3", "nft", "conntrack", "modprobe", "mkfifo", "sysctl",
-            "ovsdb-tool", "ovsdb-server", "ovs-vsctl", "ovs-vswitchd", "ovs-ofctl", "ovs-appctl")
+PROGRAMS = ("iperf3", "nft", "conntrack", "mkfifo", "sysctl", *barenode.PROGRAMS)
 
 SCENARIO = shell_require(*PROGRAMS) + r'''
 set -eux
 W=$PWD
-export PYTHONPATH=$OVSFOOT_REPO OVS_RUNDIR=/tmp/ovs OVS_DBDIR=/tmp/ovs OVS_LOGDIR=$W/ovslog
-mkdir -p /tmp/ovs $W/ovslog
-modprobe openvswitch
+export PYTHONPATH=$OVSFOOT_REPO OVS_RUNDIR=/tmp/ovs
+mkdir -p $W/ovslog
 modprobe nf_conntrack
 # The driver compiles the program (about a minute under TCG) while the rest is set up.
 mkfifo /tmp/ctl
@@ -109,55 +115,21 @@ ctl() {
     echo "no ack for $1"; exit 1
 }
 
-# Two dual-stack pods: namespaces ns1 (10.0.0.1, fd00::1) and ns2 (10.0.0.2,
-# fd00::2) on ports p1, p2.
-for i in 1 2; do
-    ip netns add ns$i
-    ip link add p$i type veth peer name eth0 netns ns$i
-    ip -n ns$i addr add 10.0.0.$i/24 dev eth0
-    ip -n ns$i addr add fd00::$i/64 dev eth0 nodad
-    ip -n ns$i link set eth0 up
-    ip -n ns$i link set lo up
-    ip link set p$i up
-done
-cat /sys/class/net/p1/ifindex >p1.ifindex
-# ns2 tracks the same flows in its own conntrack, in zone 1 (a pod's own
+# The node: integration/barenode.py (pods pod1 and pod2 on ports pod1-ovs and pod2-ovs,
+# zones 1 and 2), its OVS logs kept in ovslog/.
+trap 'cp /tmp/ovs/*.log $W/ovslog/ || true' EXIT
+$OVSFOOT_PY -m integration.barenode /tmp/ovs
+cat /sys/class/net/pod1-ovs/ifindex >pod1.ifindex
+# pod2 tracks the same flows in its own conntrack, in zone 1 (a pod's own
 # firewall): the tracer must not count them.
-ip netns exec ns2 nft -f - <<'EOF'
+ip netns exec pod2 nft -f - <<'EOF'
 table inet pod {
     chain pre { type filter hook prerouting priority raw; ct zone set 1; }
     chain out { type filter hook output priority raw; ct zone set 1; }
     chain in { type filter hook input priority filter; ct state established,related,new accept; }
 }
 EOF
-
-# OVS on the kernel datapath, private run dir. Bridge and ports exist before
-# ovs-vswitchd starts (OVS 3.1 + 6.1 loses upcalls otherwise).
-ovsdb-tool create /tmp/ovs/conf.db /usr/share/openvswitch/vswitch.ovsschema
-ovsdb-server /tmp/ovs/conf.db --remote=punix:/tmp/ovs/db.sock --pidfile --detach --log-file
-ovs-vsctl --no-wait init
-ovs-vsctl --no-wait add-br br0 -- set bridge br0 datapath_type=system \
-    -- add-port br0 p1 -- set interface p1 ofport_request=1 \
-    -- add-port br0 p2 -- set interface p2 ofport_request=2
-ovs-vswitchd --pidfile --detach --log-file
-ovs-vsctl --timeout=120 wait-until interface p2 ofport=2
-for _ in $(seq 100); do ovs-ofctl show br0 >/dev/null 2>&1 && break; sleep 0.3; done
-# OVN-like: the sender's port zone, then the receiver's port zone.
-ovs-ofctl add-flows br0 - <<'EOF'
-table=0,priority=0,actions=NORMAL
-table=0,priority=10,ip,in_port=1,actions=ct(commit,zone=1,table=1)
-table=0,priority=10,ip,in_port=2,actions=ct(commit,zone=2,table=1)
-table=1,priority=10,ip,nw_dst=10.0.0.1,actions=ct(commit,zone=1,table=2)
-table=1,priority=10,ip,nw_dst=10.0.0.2,actions=ct(commit,zone=2,table=2)
-table=0,priority=10,tcp6,in_port=1,actions=ct(commit,zone=1,table=1)
-table=0,priority=10,tcp6,in_port=2,actions=ct(commit,zone=2,table=1)
-table=1,priority=10,tcp6,ipv6_dst=fd00::1,actions=ct(commit,zone=1,table=2)
-table=1,priority=10,tcp6,ipv6_dst=fd00::2,actions=ct(commit,zone=2,table=2)
-table=1,priority=0,actions=NORMAL
-table=2,priority=0,actions=NORMAL
-EOF
-ip netns exec ns1 ping -c 1 -W 20 10.0.0.2
-ip netns exec ns2 iperf3 -s -D --logfile $W/iperf3-server.log
+ip netns exec pod2 iperf3 -s -D --logfile $W/iperf3-server.log
 sleep 1
 
 for _ in $(seq 600); do grep -q '"kind": "ready"' events.jsonl 2>/dev/null && break; sleep 0.5; done
@@ -165,20 +137,20 @@ grep -q '"kind": "ready"' events.jsonl
 
 # Mice: pings and a short TCP transfer, far below the threshold.
 ctl '{"cmd": "mark", "id": "mice"}'
-ip netns exec ns1 ping -c 3 -i 0.3 10.0.0.2
-ip netns exec ns1 iperf3 -c 10.0.0.2 -n 200K -J >iperf-mouse.json
+ip netns exec pod1 ping -c 3 -i 0.3 10.0.0.2
+ip netns exec pod1 iperf3 -c 10.0.0.2 -n 200K -J >iperf-mouse.json
 sleep 2
 
 # The elephant: it ends when its TCP connection closes (its entries stay, in TIME_WAIT).
 ctl '{"cmd": "mark", "id": "elephant"}'
-ip netns exec ns1 iperf3 -c 10.0.0.2 -t 4 -J >iperf-elephant.json
+ip netns exec pod1 iperf3 -c 10.0.0.2 -t 4 -J >iperf-elephant.json
 date +%s%N >elephant-closed.ns
 sleep 2
 conntrack -L -p tcp --dport 5201 >elephant-after.txt 2>&1 || true
 
 # A UDP elephant (no close), then its conntrack entries deleted.
 ctl '{"cmd": "mark", "id": "udp"}'
-ip netns exec ns1 iperf3 -c 10.0.0.2 -u -b 50M -t 3 -J >iperf-udp.json
+ip netns exec pod1 iperf3 -c 10.0.0.2 -u -b 50M -t 3 -J >iperf-udp.json
 sleep 1
 ctl '{"cmd": "mark", "id": "delete"}'
 conntrack -D -p udp --dport 5201 || true
@@ -186,7 +158,7 @@ sleep 2
 
 # The same over IPv6 (TCP only through the zones: neighbour discovery stays plain).
 ctl '{"cmd": "mark", "id": "elephant6"}'
-ip netns exec ns1 iperf3 -6 -c fd00::2 -t 4 -J >iperf-elephant6.json
+ip netns exec pod1 iperf3 -6 -c fd00::2 -t 4 -J >iperf-elephant6.json
 date +%s%N >elephant6-closed.ns
 sleep 2
 ctl '{"cmd": "mark", "id": "delete6"}'
@@ -195,7 +167,7 @@ sleep 2
 
 # Live threshold change: too high for a running elephant, then low enough.
 ctl '{"cmd": "thresholds", "id": "huge", "bytes": 1000000000000, "seconds": 1.0}'
-ip netns exec ns1 iperf3 -c 10.0.0.2 -t 7 -J >iperf-live.json &
+ip netns exec pod1 iperf3 -c 10.0.0.2 -t 7 -J >iperf-live.json &
 iperf=$!
 sleep 4
 ctl '{"cmd": "thresholds", "id": "lower", "bytes": 1000000, "seconds": 1.0}'
@@ -274,9 +246,13 @@ def ns_per_packet(run: Run) -> float | None:
 
 
 def check_loaded(run: Run) -> None:
-    """bcc compiled and loaded the program once; no event or flow was lost."""
+    """bcc compiled and loaded the program once and reads its events with the C file's
+    struct event, field for field; no event or flow was lost."""
     records = run.records
     assert len([r for r in records if r["kind"] == "ready"]) == 1
+    event = c_struct(REPO / "bpf" / PROGRAM, "event")
+    assert ready(run)["event_layout"] == layout(event)
+    assert ready(run)["event_size"] == ctypes.sizeof(event)
     stats = ready(run)["stats"]
     assert stats["probe"] in ("fentry", "kprobe")
     assert stats["buffer"] == "ringbuf"      # every kernel in the matrix is >= 5.8
@@ -292,7 +268,7 @@ def check_elephant(run: Run, phase="elephant", src="10.0.0.1", dst="10.0.0.2") -
     got = elephants(phases(run.records)[phase])
     assert sorted(e["key"]["zone"] for e in got) == [1, 2], got
     netns = ready(run)["netns"]
-    ifindex = int((work / "p1.ifindex").read_text())
+    ifindex = int((work / "pod1.ifindex").read_text())
     for e in got:
         assert e["key"] == {"netns": netns, "zone": e["key"]["zone"], "proto": socket.IPPROTO_TCP,
                             "src": src, "dst": dst, "sport": port, "dport": 5201}
@@ -301,7 +277,7 @@ def check_elephant(run: Run, phase="elephant", src="10.0.0.1", dst="10.0.0.2") -
         assert e["packets_orig"] > 0 and e["packets_reply"] > 0
         assert e["ts"] - e["first_seen"] >= 1_000_000_000      # the age threshold
         assert start - 10e9 < e["first_seen"] < e["ts"] < end + 10e9   # epoch nanoseconds
-        assert e["ifindex"] == ifindex                         # the SYN came in on p1
+        assert e["ifindex"] == ifindex                         # the SYN came in on pod1-ovs
 
 
 def check_elephant6(run: Run) -> None:
@@ -381,7 +357,7 @@ def check_zone_counters(run: Run) -> None:
     conntrack; they are cumulative across the phases."""
     work = run.work
     acks = {r["id"]: r["zones"] for r in run.records if r["kind"] == "ack"}
-    assert set(acks["quit"]) == {"1", "2"}, acks["quit"]       # never zone 0 or ns2's
+    assert set(acks["quit"]) == {"1", "2"}, acks["quit"]       # never zone 0 or pod2's
 
     def delta(a, b, zone, field):
         return acks[b].get(zone, {}).get(field, 0) - acks[a].get(zone, {}).get(field, 0)

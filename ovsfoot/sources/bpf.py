@@ -14,13 +14,11 @@ SourceUnavailable.
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import logging
 import os
 import re
 import socket
-import struct
 import time
 from pathlib import Path
 
@@ -42,8 +40,6 @@ TREE_BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 # enum counter in the C file, in order
 COUNTERS = ("started", "late_starts", "ended", "elephants", "dropped", "map_full",
             "zone_over_limit")
-# struct event in the C file
-EVENT = struct.Struct("<QQQ2Q2Q16s16sIIHH2s2sBB6x")
 PORT_PROTOS = {6, 17, 33, 132, 136}   # TCP, UDP, DCCP, SCTP, UDP-Lite
 REFRESH_S = 1.0     # how often active elephants' counters are read back
 HOOKS = ("__nf_conntrack_confirm", "__nf_ct_refresh_acct", "nf_ct_delete")
@@ -158,6 +154,20 @@ def _kernel_cc_flags(release: str) -> list[str]:
     return re.findall(r"^CONFIG_CC_MS_EXTENSIONS=(\S+)$", text, re.M)
 
 
+def flow_event(e, offset: int) -> FlowEvent:
+    """The FlowEvent of a kernel `struct event` `e` (bcc's `table.event()`, or any object
+    with its fields), its ktime stamps moved by `offset` ns to the epoch."""
+    if e.family == socket.AF_INET:
+        src, dst = ipaddress.IPv4Address(bytes(e.src)[:4]), ipaddress.IPv4Address(bytes(e.dst)[:4])
+    else:
+        src, dst = ipaddress.IPv6Address(bytes(e.src)), ipaddress.IPv6Address(bytes(e.dst))
+    ports = ((socket.ntohs(e.sport), socket.ntohs(e.dport)) if e.proto in PORT_PROTOS
+             else (0, 0))
+    key = FlowKey(e.netns, e.zone, e.proto, str(src), str(dst), *ports)
+    return FlowEvent(Kind(e.kind), key, e.ts + offset, e.first_seen + offset, e.bytes[0],
+                     e.bytes[1], e.packets[0], e.packets[1], e.ifindex)
+
+
 class BpfSource:
     """Elephants and their ends from the kernel program, for conntrack in `netns`.
 
@@ -208,7 +218,7 @@ class BpfSource:
         self._reported: dict[int, tuple[int, FlowEvent]] = {}
         self._next_refresh = 0.0
         self.events = 0
-        events = self._bpf["events"]
+        events = self._events = self._bpf["events"]
         if self.ringbuf:
             events.open_ring_buffer(self._on_event)
             self._fds = [events.map_fd]
@@ -235,25 +245,16 @@ class BpfSource:
         v.zone0 = int(self.include_zone0)
         cfg[cfg.Key(0)] = v
 
-    def _on_event(self, _ctx, data, size) -> None:
-        (flow, ts, first, bo, br, po, pr, src, dst, netns, ifindex, zone, family,
-         sport, dport, proto, kind) = EVENT.unpack(ctypes.string_at(data, EVENT.size))
-        if kind == Kind.ELEPHANT:
-            if self._reported.get(flow, (None,))[0] == first:
+    def _on_event(self, _ctx, data, _size) -> None:
+        e = self._events.event(data)    # struct event, as bcc reads it from the C file
+        if e.kind == Kind.ELEPHANT:
+            if self._reported.get(e.flow, (None,))[0] == e.first_seen:
                 return              # the same crossing reported by two CPUs
         else:
-            self._reported.pop(flow, None)
-        if family == socket.AF_INET:
-            src, dst = ipaddress.IPv4Address(src[:4]), ipaddress.IPv4Address(dst[:4])
-        else:
-            src, dst = ipaddress.IPv6Address(src), ipaddress.IPv6Address(dst)
-        ports = ((int.from_bytes(sport, "big"), int.from_bytes(dport, "big"))
-                 if proto in PORT_PROTOS else (0, 0))
-        key = FlowKey(netns, zone, proto, str(src), str(dst), *ports)
-        ev = FlowEvent(Kind(kind), key, ts + self._offset, first + self._offset,
-                       bo, br, po, pr, ifindex)
-        if kind == Kind.ELEPHANT:
-            self._reported[flow] = (first, ev)
+            self._reported.pop(e.flow, None)
+        ev = flow_event(e, self._offset)
+        if e.kind == Kind.ELEPHANT:
+            self._reported[e.flow] = (e.first_seen, ev)
         self._pending.append(ev)
         self.events += 1
 
