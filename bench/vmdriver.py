@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import bpfstats  # noqa: E402
 from ovsfoot.events import Thresholds  # noqa: E402
-from ovsfoot.sources.bpf import BpfSource, _plan  # noqa: E402
+from ovsfoot.sources.bpf import BpfSource, plan  # noqa: E402
 
 EMPTY = Path(__file__).resolve().parents[1] / "bpf" / "empty_ct.c"
 PORTS = ("pod1-ovs", "pod2-ovs")     # the datapath's ports towards the pods
@@ -50,7 +50,7 @@ def datapath_packets() -> tuple[int, int]:
 
 def load_empty(probe: str):
     """bpf/empty_ct.c, built like ovsfoot's program (DESTROY_FN, probe type)."""
-    _, _, cflags = _plan(bcc)
+    _, _, cflags = plan(bcc)
     return bcc.BPF(src_file=str(EMPTY), cflags=cflags + (["-DUSE_FENTRY"] if probe == "fentry"
                                                           else []))
 

@@ -335,18 +335,23 @@ def test_bpf_map_never_gets_a_truncated_threshold():
         def __setitem__(self, key, leaf):
             super().__setitem__(key.value, leaf)
 
-    src = BpfSource.__new__(BpfSource)  # the map without the kernel: no bcc on this host
-    src._bpf = {"config": ConfigMap()}
-    src.netns_inode, src.include_zone0 = 4026531840, False
+    class MapOnly(BpfSource):           # the map without the kernel: no bcc on this host
+        bpf = {"config": ConfigMap()}
+        netns_inode, include_zone0 = 4026531840, False
+
+        def __init__(self):
+            pass
+
+    src = MapOnly()
     src.set_thresholds(Thresholds(MAX_BYTES, MAX_SECONDS, 1.0))
-    (leaf,) = src._bpf["config"].values()
+    (leaf,) = src.bpf["config"].values()
     assert (leaf.bytes, leaf.age_ns) == (MAX_BYTES, int(MAX_SECONDS * 1e9))
     for bad in (Thresholds(2**64, 1.0), Thresholds(10**26, 1.0), Thresholds(1, float("inf")),
                 Thresholds(1, float("nan")), Thresholds(1, MAX_SECONDS * 2)):
-        src._bpf["config"].clear()
+        src.bpf["config"].clear()
         with pytest.raises(ValueError, match="must be a"):
             src.set_thresholds(bad)
-        assert not src._bpf["config"]                   # nothing written
+        assert not src.bpf["config"]                   # nothing written
 
 
 # -- 9. the state path ---------------------------------------------------------------

@@ -125,7 +125,7 @@ import json, os, sys
 from ovsfoot.sources import SourceUnavailable
 from ovsfoot.sources import bpf
 
-class Bcc:                       # _plan asks bcc only whether fentry works
+class Bcc:                       # plan asks bcc only whether fentry works
     class BPF:
         @staticmethod
         def support_kfunc():
@@ -133,7 +133,7 @@ class Bcc:                       # _plan asks bcc only whether fentry works
 
 out = {"file": str(bpf.program_file()), "prefix": sys.prefix, "bpf": bpf.__file__}
 try:
-    program, probes, cflags = bpf._plan(Bcc)
+    program, probes, cflags = bpf.plan(Bcc)
     out.update(plan=str(program), probes=probes)
 except SourceUnavailable as e:    # a later check (root, headers, kallsyms) on this host
     out["unavailable"] = str(e)

@@ -102,7 +102,7 @@ def program_file(name: str = PROGRAM) -> Path:
                             f"(the wheel ships it as ovsfoot/bpf/{name})")
 
 
-def _plan(bcc) -> tuple[Path, list[str], list[str]]:
+def plan(bcc) -> tuple[Path, list[str], list[str]]:
     """Check what the kernel allows, cheaply, before compiling anything.
 
     Returns the C program, the probe types to try in order ("fentry", "kprobe")
@@ -191,7 +191,7 @@ class BpfSource:
             raise SourceUnavailable(str(e)) from None
         self.netns = netns
         self.include_zone0 = include_zone0
-        program, probes, cflags = _plan(bcc)
+        program, probes, cflags = plan(bcc)
         cflags += [f"-DMAX_FLOWS={max_flows}", f"-DRINGBUF_PAGES={buffer_pages}",
                    f"-DMAX_ZONES={max_zones}", *extra_cflags]     # bench/zonecost.py
         self.max_zones = max_zones
@@ -224,7 +224,8 @@ class BpfSource:
             self._fds = [events.map_fd]
         else:
             events.open_perf_buffer(self._on_event, page_cnt=buffer_pages)
-            self._fds = [fd for fd in events._open_key_fds.values() if fd >= 0]  # -1: CPU offline
+            from bcc.libbcc import lib
+            self._fds = [lib.perf_reader_fd(r) for r in self._bpf.perf_buffers.values()]
         self.set_thresholds(thresholds)   # also sets the namespace: tracking starts here
 
     clock = staticmethod(time.time_ns)
@@ -237,7 +238,7 @@ class BpfSource:
             if not 0 <= value <= U64_MAX:   # ctypes would keep only the low 64 bits
                 raise ValueError(f"{name}={value} does not fit the kernel map's u64 "
                                  f"(0 to {U64_MAX})")
-        cfg = self._bpf["config"]
+        cfg = self.bpf["config"]
         v = cfg.Leaf()
         v.bytes = thresholds.bytes
         v.age_ns = age_ns
