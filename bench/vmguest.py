@@ -207,6 +207,14 @@ def agent_phases(agent: AgentProcess, label: str, mon: Monitor, work: Path,
     agent.stop()
 
 
+def wait_driver(driver: subprocess.Popen, work: Path) -> None:
+    """Until bench/vmdriver.py has compiled and loaded its programs (then it waits, its
+    programs detached, for driver-go)."""
+    log("datapath: waiting for the driver to load")
+    wait_for(lambda: (work / "driver-ready.json").exists() or driver.poll() is not None,
+             timeout=600, interval=0.5, what="the datapath driver to load")
+
+
 def main() -> int:
     work = Path(sys.argv[1]).resolve()
     res = Results(work / "vm-results.json")
@@ -222,12 +230,12 @@ def main() -> int:
             agent.start(timeout=600)
             res.put("bpf_agent_start_s", time.monotonic() - t)
             res.put("bpf_stats_start", agent.json("stats"))
+            if driver:          # its two compilers would share the VM's CPUs with the agent
+                wait_driver(driver, work)
             agent_phases(agent, "bpf", mon, work, res)
 
         if driver:
-            log("datapath: waiting for the driver")
-            wait_for(lambda: (work / "driver-ready.json").exists() or driver.poll() is not None,
-                     timeout=600, interval=0.5, what="the datapath driver to load")
+            wait_driver(driver, work)
             (work / "driver-go").write_text("go")
             driver.wait((PAIRS * 2 + COST_RUNS) * (IPERF_S + 30) + 60)
             if (work / "datapath.json").exists():
