@@ -26,6 +26,8 @@ import ovs.socket_util
 import ovs.stream
 import ovs.util
 
+from ovsfoot.contract import OUTPUT_KEYS
+
 log = logging.getLogger(__name__)
 
 TABLES = {
@@ -33,6 +35,7 @@ TABLES = {
     "Bridge": ["name", "external_ids"],
     "Interface": ["name", "external_ids"],
 }
+_COLUMNS = {c for columns in TABLES.values() for c in columns}
 
 
 def default_remote() -> str:
@@ -419,7 +422,8 @@ class _SchemaFetch:
 
 
 def open_idl(remote: str, db: str, tables: dict[str, list[str]],
-             retry: float = 1.0, timeout: float | None = None) -> Idl:
+             retry: float = 1.0, timeout: float | None = None, cls: type[Idl] | None = None
+             ) -> Idl:
     """An IDL for `tables` of `db`, waiting for the server to come up.
 
     `timeout` (seconds) bounds all of it, at least one attempt (OSError when
@@ -449,7 +453,7 @@ def open_idl(remote: str, db: str, tables: dict[str, list[str]],
             time.sleep(retry if deadline is None else min(retry, deadline - now - _LEAST_S))
     if next_note is not None:
         log.info("ovsdb-server at %s answered after %.0f s", remote, time.monotonic() - started)
-    return make_idl(remote, schema, tables)
+    return make_idl(remote, schema, tables, cls or Idl)
 
 
 class Idl(ovs.db.idl.Idl):
@@ -516,20 +520,50 @@ class ClusterIdl(Idl):
         self.send_request(msg)
 
 
+class VswitchIdl(Idl):
+    """An Idl of the local database that counts the changes that were ovsfoot's own
+    writes: rows whose only change is in ovsfoot's output keys (`own_changes`;
+    python-ovs adds one to `change_seqno` per changed row, and more when it clears
+    the replica on a reconnection)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.own_changes = 0
+
+    def notify(self, event, row, updates=None) -> None:
+        if event == ovs.db.idl.ROW_UPDATE and updates is not None \
+                and _only_output_keys(row, updates):
+            self.own_changes += 1
+
+
+def _only_output_keys(row, old) -> bool:
+    """Did `row` change in ovsfoot's output keys alone? `old`: python-ovs's row of the
+    old values of the changed columns only."""
+    if any(hasattr(old, c) for c in _COLUMNS - {"external_ids"}) or \
+            not hasattr(old, "external_ids"):
+        return False
+    before, after = old.external_ids, row.external_ids
+    return all(before.get(k) == after.get(k) for k in before.keys() | after.keys()
+               if k not in OUTPUT_KEYS)
+
+
 class LocalDb:
     """Bridges, Interfaces and the root row of the local Open_vSwitch database."""
 
     def __init__(self, remote: str | None = None, timeout: float | None = None):
         self.remote = remote or default_remote()
-        self.idl = open_idl(self.remote, "Open_vSwitch", TABLES, timeout=timeout)
-        self._seqno = None
+        self.idl = open_idl(self.remote, "Open_vSwitch", TABLES, timeout=timeout,
+                            cls=VswitchIdl)
+        self._seen = (None, 0)      # change_seqno, own_changes
 
     def run(self) -> bool:
-        """Processes what the server sent; True if the replica changed."""
+        """Processes what the server sent; True if the replica changed other than in
+        ovsfoot's output keys (the agent's own publications change nothing it reads)."""
         self.idl.run()
-        changed = self.idl.change_seqno != self._seqno
-        self._seqno = self.idl.change_seqno
-        return changed
+        seqno, own = self.idl.change_seqno, self.idl.own_changes
+        last_seqno, last_own = self._seen
+        self._seen = (seqno, own)
+        return last_seqno is None or seqno - last_seqno != own - last_own
 
     def wait(self, poller) -> None:
         self.idl.wait(poller)

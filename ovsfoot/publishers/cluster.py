@@ -25,7 +25,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-import ovs.db.idl
 import ovs.poller
 
 from ovsfoot import contract
@@ -34,7 +33,6 @@ from ovsfoot.publishers.externalids import Committer
 
 log = logging.getLogger(__name__)
 
-Txn = ovs.db.idl.Transaction
 SUMMARY_COLUMNS = ("hostname", "footprint", "elephants", "heavy_ports", "sensitive_ports",
                    "bps", "flows_per_s")
 # summary column: its key in NodeKeys.format
@@ -133,17 +131,15 @@ class ClusterPublisher(Committer):
             return
         self._last = time.monotonic()
         now = time.time_ns() // 1_000_000
-        self.txn = Txn(self.idl)
-        self.txn.add_comment(f"ovsfoot: chassis {self.chassis}")
+        txn = self.begin(self.idl, f"ovsfoot: chassis {self.chassis}")
         for table, row, cols in changes:
             if cols is None:
                 row.delete()
                 continue
             if row is None:
-                row = self.txn.insert(self.idl.tables[table])
+                row = txn.insert(self.idl.tables[table])
             for c, v in {**cols, "updated": now}.items():
                 setattr(row, c, v)
-        self.transactions += 1
         self._commit()
 
     # -- the loop ----------------------------------------------------------------
@@ -170,8 +166,8 @@ class ClusterPublisher(Committer):
 
     def wait(self, poller: ovs.poller.Poller) -> None:
         self.idl.wait(poller)
-        if self.txn is not None:
-            self.txn.wait(poller)
+        if self.flights:
+            super().wait(poller)
         elif self.diff():
             left = self.min_interval - (time.monotonic() - self._last)
             poller.timer_wait(max(0, int(left * 1000)) + 1)

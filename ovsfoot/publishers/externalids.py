@@ -2,14 +2,19 @@
 
 Keys are written only with setkey/delkey, so other writers' keys are never
 touched. Each reconcile is one transaction, started when a token of the
-publisher's budget (a TokenBucket; None: unlimited) is there; after a server
-restart the IDL resyncs and the next reconcile repairs whatever is missing.
+publisher's budget (a TokenBucket; None: unlimited) is there. Up to `depth`
+transactions are in flight at once: the server applies a connection's
+transactions in the order they were sent, so a change that comes while
+another is in flight goes at once, on top of it, instead of waiting out its
+round trip. After a server restart the IDL resyncs and the next reconcile
+repairs whatever is missing.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Callable, Hashable, Iterable
 
 import ovs.db.idl
@@ -22,37 +27,65 @@ log = logging.getLogger(__name__)
 
 Txn = ovs.db.idl.Transaction
 Rows = Callable[[], Iterable[tuple[Hashable, object]]]
+Change = tuple[object, dict[str, str], list[str]]       # row, keys to set, keys to delete
+
+
+@dataclass
+class Flight:
+    """A transaction sent and not yet answered."""
+    txn: Txn
+    built: int                                  # time.time_ns() when it was built
+    changes: list[Change] = field(default_factory=list)
 
 
 class Committer:
-    """One transaction in flight at a time; counts them, and logs what the server refused."""
+    """Transactions in flight, at most `depth` at once; counts them, and logs what the
+    server refused."""
 
-    def __init__(self, what: str):
-        self.what = what
-        self.txn: Txn | None = None
+    def __init__(self, what: str, depth: int = 1):
+        self.what, self.depth = what, depth
+        self.flights: list[Flight] = []
         self.transactions = 0
         self.failures = 0
         self.committed = 0  # transactions the server applied
-        self.built = 0      # time.time_ns() when the transaction in flight was built
         self.on_commit: Callable[[int], None] | None = None   # metrics: called with `built`
 
+    def begin(self, idl: ovs.db.idl.Idl, comment: str, changes: list[Change] = ()) -> Txn:
+        """A new transaction, in flight once its caller has filled it and `settled()` runs."""
+        txn = Txn(idl)
+        txn.add_comment(comment)
+        self.flights.append(Flight(txn, time.time_ns(), list(changes)))
+        self.transactions += 1
+        return txn
+
+    @property
+    def txn(self) -> Txn | None:
+        """The oldest transaction in flight, or None."""
+        return self.flights[0].txn if self.flights else None
+
+    def room(self) -> bool:
+        return len(self.flights) < self.depth
+
     def settled(self) -> bool:
-        """Advances the transaction in flight; True once there is none."""
-        if self.txn is None:
-            return True
-        status = self.txn.commit()
-        if status == Txn.INCOMPLETE:
-            return False
-        if status not in (Txn.SUCCESS, Txn.UNCHANGED, Txn.TRY_AGAIN):
-            self.failures += 1
-            log.error("%s refused an update: %s (%s); will retry", self.what, status,
-                      self.txn.get_error())
-        elif status == Txn.SUCCESS:
-            self.committed += 1
-            if self.on_commit is not None:
-                self.on_commit(self.built)
-        self.txn = None
-        return True
+        """Sends what was begun and advances what is in flight; True once none is."""
+        for flight in list(self.flights):
+            status = flight.txn.commit()
+            if status == Txn.INCOMPLETE:
+                continue
+            if status not in (Txn.SUCCESS, Txn.UNCHANGED, Txn.TRY_AGAIN):
+                self.failures += 1
+                log.error("%s refused an update: %s (%s); will retry", self.what, status,
+                          flight.txn.get_error())
+            elif status == Txn.SUCCESS:
+                self.committed += 1
+                if self.on_commit is not None:
+                    self.on_commit(flight.built)
+            self.flights.remove(flight)
+        return not self.flights
+
+    def wait(self, poller: ovs.poller.Poller) -> None:
+        for flight in self.flights:
+            flight.txn.wait(poller)
 
 
 class ExternalIdsPublisher(Committer):
@@ -61,22 +94,39 @@ class ExternalIdsPublisher(Committer):
     keys also gets `ovsfoot-ts`, the time of its last change in ms."""
 
     def __init__(self, idl: ovs.db.idl.Idl, rows: Rows, owned: Callable[[str], bool],
-                 budget: TokenBucket | None = None, what: str = "OVSDB"):
-        super().__init__(what)
+                 budget: TokenBucket | None = None, what: str = "OVSDB", depth: int = 1):
+        super().__init__(what, depth)
         self.idl, self.rows, self.owned = idl, rows, owned
         self.budget = budget
         self._want: dict[Hashable, dict[str, str]] | None = None
+        self._read: tuple[int, list[tuple[Hashable, object, dict[str, str]]]] | None = None
 
     def want(self, wanted: dict[Hashable, dict[str, str]]) -> None:
         """The keys each row should have; rows not named should have none."""
         self._want = wanted
 
-    def diff(self) -> list[tuple[object, dict[str, str], list[str]]]:
-        """(row, keys to set, keys to delete) for every row that differs."""
+    def _ours(self) -> list[tuple[Hashable, object, dict[str, str]]]:
+        """(id, row, our keys on it) as the replica has them, read again only once the
+        IDL has changed (python-ovs converts a whole column at every read)."""
+        seqno = self.idl.change_seqno
+        if self._read is None or self._read[0] != seqno:
+            self._read = (seqno, [(rid, row, {k: v for k, v in row.external_ids.items()
+                                              if self.owned(k)})
+                                  for rid, row in self.rows()])
+        return self._read[1]
+
+    def diff(self) -> list[Change]:
+        """(row, keys to set, keys to delete) for every row that differs, counting what
+        is in flight as done."""
+        sent: dict[object, dict[str, str | None]] = {}
+        for flight in self.flights:
+            for row, put, drop in flight.changes:
+                sent.setdefault(row.uuid, {}).update(put, **dict.fromkeys(drop))
         changes = []
-        for rid, row in self.rows():
+        for rid, row, have in self._ours():
+            if row.uuid in sent:
+                have = {k: v for k, v in {**have, **sent[row.uuid]}.items() if v is not None}
             want = self._want.get(rid, {})
-            have = {k: v for k, v in row.external_ids.items() if self.owned(k)}
             if want:
                 put = {k: v for k, v in want.items() if have.get(k) != v}
                 drop = [k for k in have if k not in want and k != TS]
@@ -89,30 +139,26 @@ class ExternalIdsPublisher(Committer):
         return changes
 
     def run(self) -> None:
-        if not self.settled():
-            return
-        if self._want is None or (self.budget and self.budget.wait_s() > 0):
+        self.settled()
+        if not self.room() or self._want is None or (self.budget and self.budget.wait_s() > 0):
             return
         changes = self.diff()
         if not changes:
             return
         if self.budget:
             self.budget.take()
-        self.txn = Txn(self.idl)
-        self.built = time.time_ns()
-        self.txn.add_comment("ovsfoot: publish footprints")
+        self.begin(self.idl, "ovsfoot: publish footprints", changes)
         for row, put, drop in changes:
             for k, v in put.items():
                 row.setkey("external_ids", k, v)
             for k in drop:
                 row.delkey("external_ids", k)
-        self.transactions += 1
-        self.run()
+        self.settled()
 
     def wait(self, poller: ovs.poller.Poller) -> None:
-        if self.txn is not None:
-            self.txn.wait(poller)
-        elif self._want is not None and self.budget and (left := self.budget.wait_s()) > 0:
+        super().wait(poller)
+        if self.room() and self._want is not None and self.budget \
+                and (left := self.budget.wait_s()) > 0:
             poller.timer_wait(int(left * 1000) + 1)
 
     def withdraw(self, timeout: float = 5.0) -> bool:
@@ -128,7 +174,7 @@ class ExternalIdsPublisher(Committer):
         while time.monotonic() < deadline:
             self.idl.run()
             self.run()
-            if self.txn is None and not self.diff():
+            if not self.flights and not self.diff():
                 return True
             poller = ovs.poller.Poller()
             self.idl.wait(poller)

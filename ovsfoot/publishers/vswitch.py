@@ -7,9 +7,9 @@ The contract (contract.py, README "OVSDB keys"):
 Not the Open_vSwitch row: any change of it makes ovn-controller recompute all
 of its flows (tests/test_ovn_cost.py measures it). Keys that earlier versions
 wrote there are deleted once. Inputs (ovsfoot-workload, ovsfoot-ip, ovsfoot-cni)
-are never touched. The write budget: BURST transactions at once (the two
-zones of a flow that cross a few ms apart commit back to back), then RATE per
-second.
+are never touched. The write budget: BURST transactions at once, then RATE per
+second; up to DEPTH in flight, so that the second zone of a flow crossing a
+few ms after the first is sent while the first's transaction is in flight.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ovsfoot.publishers.externalids import ExternalIdsPublisher
 
 RATE = 10.0     # transactions per second, sustained
 BURST = 4       # transactions at once
+DEPTH = 2       # transactions in flight at once
 
 
 class VswitchPublisher(ExternalIdsPublisher):
@@ -37,7 +38,7 @@ class VswitchPublisher(ExternalIdsPublisher):
             if root is not None:
                 yield ("Open_vSwitch", ""), root        # wants nothing: legacy keys go
         super().__init__(db.idl, rows, OUTPUT_KEYS.__contains__, TokenBucket(rate, burst),
-                         db.remote)
+                         db.remote, DEPTH)
 
     def publish(self, interfaces: dict[str, dict[str, str]], node: dict[str, str]) -> None:
         """What to publish: keys per Interface name, and for the node (the bridge)."""

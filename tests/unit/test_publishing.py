@@ -2,22 +2,31 @@
 the CNI plugin's config checks."""
 
 import json
+import uuid
 
 import pytest
 
 from ovsfoot import cni
 from ovsfoot.contract import OUTPUT_KEYS, TS
 from ovsfoot.publishers.bucket import TokenBucket
-from ovsfoot.publishers.externalids import ExternalIdsPublisher
+from ovsfoot.publishers.externalids import ExternalIdsPublisher, Flight
 
 
 class Row:
+    """What the reconciler reads of an IDL row."""
+
     def __init__(self, **ids):
+        self.uuid = uuid.uuid4()
         self.external_ids = ids
 
 
+class Replica:
+    """What the reconciler reads of an IDL: its change counter."""
+    change_seqno = 0
+
+
 def publisher(rows: dict) -> ExternalIdsPublisher:
-    return ExternalIdsPublisher(None, lambda: rows.items(), OUTPUT_KEYS.__contains__)
+    return ExternalIdsPublisher(Replica(), lambda: rows.items(), OUTPUT_KEYS.__contains__)
 
 
 def test_diff_sets_what_differs_and_stamps_it():
@@ -44,6 +53,37 @@ def test_nothing_to_do_is_no_transaction():
     pub = publisher(rows)
     pub.want({"p1": {"ovsfoot-footprint": "light", "ovsfoot-elephants": "0"}})
     assert pub.diff() == []
+
+
+def test_what_is_in_flight_counts_as_done():
+    rows = {"p1": Row(**{"ovsfoot-footprint": "light", "ovsfoot-elephants": "0", TS: "1"}),
+            "p2": Row(**{"ovsfoot-footprint": "light", "ovsfoot-elephants": "0", TS: "1"})}
+    pub = publisher(rows)
+    pub.want({"p1": {"ovsfoot-footprint": "heavy", "ovsfoot-elephants": "1"},
+              "p2": {"ovsfoot-footprint": "light", "ovsfoot-elephants": "0"}})
+    [first] = pub.diff()
+    pub.flights.append(Flight(None, 0, [first]))           # sent, not yet answered
+    assert pub.diff() == []
+    pub.want({"p1": {"ovsfoot-footprint": "heavy", "ovsfoot-elephants": "2"},
+              "p2": {"ovsfoot-footprint": "light"}})
+    changes = {id(row): (put, drop) for row, put, drop in pub.diff()}
+    put, drop = changes[id(rows["p1"])]
+    assert set(put) == {"ovsfoot-elephants", TS} and put["ovsfoot-elephants"] == "2"
+    assert drop == []
+    assert changes[id(rows["p2"])] == ({TS: changes[id(rows["p2"])][0][TS]},
+                                       ["ovsfoot-elephants"])
+
+
+def test_rows_are_read_again_once_the_replica_changed():
+    rows = {"p1": Row(**{"ovsfoot-footprint": "light"})}
+    pub = publisher(rows)
+    pub.want({"p1": {"ovsfoot-footprint": "light"}})
+    assert pub.diff() == []
+    rows["p1"].external_ids = {"ovsfoot-footprint": "heavy"}    # a row python-ovs updated
+    assert pub.diff() == []             # in the IDL's run(), which changes its change_seqno
+    pub.idl.change_seqno += 1
+    [(_, put, _)] = pub.diff()
+    assert put["ovsfoot-footprint"] == "light"
 
 
 GOOD = {"cniVersion": "1.0.0", "name": "podnet", "type": "ovsfoot-cni"}
