@@ -4,9 +4,10 @@
 
 Writes one JSON line per change of the `ovsfoot-*` keys of an Interface or of a
 Bridge (the integration bridge carries the node summary): {"t": seconds since
-the epoch when the update arrived, "table": "Interface" or "Bridge", "name": the
-row's name, "ids": {...}}. Used by the lab and the benchmarks to measure when a
-publication becomes visible to a consumer.
+the epoch when the update arrived (when the client woke to read it, before
+python-ovs parsed it: several ms under emulation), "table": "Interface" or
+"Bridge", "name": the row's name, "ids": {...}}. Used by the lab and the
+benchmarks to measure when a publication becomes visible to a consumer.
 """
 
 from __future__ import annotations
@@ -35,17 +36,17 @@ def main() -> int:
     seqno = None
     with open(output, "w", buffering=1) as out:
         while True:
+            arrived = time.time()       # woken by the server's message: before parsing it
             idl.run()
             if idl.change_seqno != seqno:
                 seqno = idl.change_seqno
-                now = time.time()
                 for table in TABLES:
                     for row in idl.tables[table].rows.values():
                         name = row.name
                         ids = keys(row)
                         if last.get((table, name)) != ids:
                             last[(table, name)] = ids
-                            out.write(json.dumps({"t": now, "table": table, "name": name,
+                            out.write(json.dumps({"t": arrived, "table": table, "name": name,
                                                   "ids": ids}) + "\n")
             poller = ovs.poller.Poller()
             idl.wait(poller)

@@ -288,6 +288,7 @@ class Agent:
         for ev in self.detector.expire(now):
             self._elephant_event(ev)
         self.isolator.sync(self.footprints.active)
+        self.publish()              # an elephant's change goes before the periodic work
         mono = time.monotonic()
         if mono >= self._next_rate:
             self._next_rate = mono + RATE_EVERY_S
@@ -299,6 +300,13 @@ class Agent:
             self.cleanup.run()
         if self.cluster is not None and self.cluster.run():
             self._generation = None         # another chassis learned something
+        self.publish()
+        if self.state and self.learner.dirty and mono >= self._next_save:
+            self.save_state()
+            self._next_save = mono + SAVE_EVERY_S
+
+    def publish(self) -> None:
+        """Hands what changed since the last call to the publishers; lets the node's send."""
         gen = (self.footprints.generation, len(self.learner.records),
                tuple(r.klass for r in self.learner.records.values()), self._next_tick)
         if gen != self._generation:
@@ -309,9 +317,6 @@ class Agent:
                 self.cluster.publish(node, {w: Lesson(r.klass, r.class_score)
                                             for w, r in self.learner.records.items()})
         self.publisher.run()
-        if self.state and self.learner.dirty and mono >= self._next_save:
-            self.save_state()
-            self._next_save = mono + SAVE_EVERY_S
 
     def save_state(self) -> None:
         if self.state:

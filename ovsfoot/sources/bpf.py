@@ -255,6 +255,8 @@ class BpfSource:
             self._reported.pop(e.flow, None)
         ev = flow_event(e, self._offset)
         if e.kind == Kind.ELEPHANT:
+            if not self._reported:      # its counters are in the event: none to read back now
+                self._next_refresh = time.monotonic() + REFRESH_S
             self._reported[e.flow] = (e.first_seen, ev)
         self._pending.append(ev)
         self.events += 1
