@@ -75,18 +75,40 @@ def ovs_vlog_lines(now: datetime.datetime, cases: list[tuple]) -> list[tuple[int
     return got
 
 
-@pytest.mark.parametrize("micro", [0, 50, 500, 5000, 12000, 123456, 999999])
+def c_milliseconds(line: str, micro: int) -> str:
+    """`line` with each run of ~ (where the pattern had #) the milliseconds as OVS's C
+    daemons print them (lib/timeval.c strftime_msec: "%03d", cut or filled with 0)."""
+    ms = f"{micro // 1000:03d}"
+    return re.sub("~+", lambda run: ms.ljust(len(run[0]), "0")[:len(run[0])], line)
+
+
+@pytest.mark.parametrize("micro", [0, 50, 500, 5000, 12000, 82500, 123456, 999999])
 def test_pattern_lines_are_ovs_vlogs_lines(micro):
+    """Every field as python-ovs writes it, but the milliseconds of a time field's #
+    runs: python-ovs cuts str(ms) to the run ("08:36:21.82." for 82.5 ms), ovsfoot
+    writes them as ovs-vswitchd does ("08:36:21.082"), beside whose logs they are read.
+    python-ovs is asked with ~ where the pattern has #, and its ~ are these digits."""
     now = datetime.datetime(2026, 11, 26, 3, 4, 5, micro)
     cases = [(pattern, module, level, message, at_least, thread)
              for pattern in PATTERNS for message in MESSAGES
              for module, level, at_least, thread in ASKS]
-    theirs = in_child(ovs_vlog_lines, now, cases)
+    theirs = in_child(ovs_vlog_lines, now, [(p.replace("#", "~"), *rest)
+                                            for p, *rest in cases])
     utc = now.replace(tzinfo=datetime.timezone.utc)
     for (pattern, module, level, message, _, thread), (num, line) in zip(cases, theirs):
-        assert VlogPattern(pattern).line(module, level, num, message, utc, thread) == line, \
-            (pattern, message)
+        assert VlogPattern(pattern).line(module, level, num, message, utc, thread) \
+            == c_milliseconds(line, micro), (pattern, message)
     assert len(theirs) == len(cases) and any("(cluster-view)" in line for _, line in theirs)
+    assert sum("~" in line for _, line in theirs) >= 2 * len(MESSAGES) * len(ASKS)
+
+
+@pytest.mark.parametrize("time_format, stamp", [
+    ("%H:%M:%S.###", "08:36:21.082"), ("%S.##", "21.08"), ("%S.#", "21.0"),
+    ("%S.#####", "21.08200"), ("%S.### %S.#", "21.082 21.0")])
+def test_milliseconds_are_the_c_daemons(time_format, stamp):
+    """82.5 ms: zero-padded whole milliseconds, each run of # on its own."""
+    now = datetime.datetime(2026, 11, 26, 8, 36, 21, 82500, datetime.timezone.utc)
+    assert VlogPattern(f"%D{{{time_format}}}").line("agent", "INFO", 0, "", now, "t") == stamp
 
 
 def test_pid_and_uptime_fields():
