@@ -480,8 +480,8 @@ class Isolator:
         self._active_seen = set(active)
 
     def flows(self) -> list[dict]:
-        from ovsfoot.sources.bpf import _clock_offset
-        offset, rows = _clock_offset(), []
+        from ovsfoot.sources.bpf import clock_offset
+        offset, rows = clock_offset(), []
         for key, detected in self.isolated.items():
             f = self.classifier.flow(key)
             first = f["first_ns"] + offset if f["first_ns"] else None

@@ -422,7 +422,7 @@ def test_bpf_source_losses_are_exported_from_its_stats():
                             dict.fromkeys(metrics.ROLES, 0), [], (0, False, 0),
                             {"ovsdb": (1, 0)}, "bpf", stats)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(metrics._AgentCollector(mock.Mock(current=lambda: snap)))
+    registry.register(metrics.AgentCollector(mock.Mock(current=lambda: snap)))
     s = _samples(registry)
     assert s['ovsfoot_source_dropped_total{"source": "bpf"}'] == 5
     assert s['ovsfoot_source_map_full_total{"source": "bpf"}'] == 4

@@ -159,7 +159,9 @@ def _gauges(rows):
         yield g
 
 
-class _AgentCollector:
+class AgentCollector:
+    """The gauges and counters of the snapshot `metrics.current()` gives at each scrape."""
+
     def __init__(self, metrics: "AgentMetrics"):
         self.metrics = metrics
 
@@ -247,7 +249,7 @@ class AgentMetrics:
             "(the kernel's timestamp with bpf, the poll that saw it with ctnetlink) to the "
             "commit of the OVSDB transaction that published it", buckets=LATENCY_BUCKETS,
             registry=self.registry)
-        self.registry.register(_AgentCollector(self))
+        self.registry.register(AgentCollector(self))
         self._pending: dict = {}        # elephant key: detected_at, not yet seen committed
         self._live = getattr(agent.source, "clock", None) is time.time_ns   # not a replay
         agent.publisher.on_commit = self.on_publisher_commit

@@ -52,7 +52,7 @@ def _kernel_version() -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
-def _clock_offset() -> int:
+def clock_offset() -> int:
     """CLOCK_REALTIME - CLOCK_MONOTONIC (the kernel's ktime), in ns: the tightest of 3 reads."""
     samples = []
     for _ in range(3):
@@ -213,7 +213,7 @@ class BpfSource:
         else:
             raise SourceUnavailable("cannot load the eBPF program: " + "; ".join(reasons))
         self._pending: list[FlowEvent] = []
-        self._offset = _clock_offset()
+        self._offset = clock_offset()
         # elephant entry address -> (its kernel first_seen, its ELEPHANT event)
         self._reported: dict[int, tuple[int, FlowEvent]] = {}
         self._next_refresh = 0.0
@@ -278,7 +278,7 @@ class BpfSource:
         return out
 
     def run(self) -> list[FlowEvent]:
-        offset = _clock_offset()
+        offset = clock_offset()
         if abs(offset - self._offset) > 1_000_000:   # the clock was set; ignore jitter
             self._offset = offset
         if self.ringbuf:
