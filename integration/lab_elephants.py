@@ -136,17 +136,18 @@ def threshold_phase(lab: Lab) -> None:
     r = lab.report
     hv1 = lab.nodes.agents["hv1"]
     before = hv1.json("stats")["elephants_detected"]
-    hv1.appctl("threshold/set", "bytes=100000000000")
-    r.event("threshold raised to 100 GB on hv1 (live)")
-    lab.traffic.iperf(4, 5202).wait(60)
-    lab.traffic.kill()
+
+    def set_threshold_and_send(threshold: str, said: str, port: int) -> None:
+        """Sets hv1's byte threshold live, then sends a 4 s iperf3 flow through it."""
+        hv1.appctl("threshold/set", f"bytes={threshold}")
+        r.event(f"threshold {said} on hv1 (live)")
+        lab.traffic.iperf(4, port).wait(60)
+        lab.traffic.kill()
+    set_threshold_and_send("100000000000", "raised to 100 GB", 5202)
     time.sleep(1.5)
     quiet = hv1.json("stats")["elephants_detected"] == before
     r.check("raised threshold honoured in the kernel: no elephant", quiet)
-    hv1.appctl("threshold/set", "bytes=5000000")
-    r.event("threshold lowered to 5 MB on hv1 (live)")
-    lab.traffic.iperf(4, 5203).wait(60)
-    lab.traffic.kill()
+    set_threshold_and_send("5000000", "lowered to 5 MB", 5203)
     ok = try_wait(lambda: hv1.json("stats")["elephants_detected"] > before, 20)
     r.check("lowered threshold honoured in the kernel: elephant", ok)
     hv1.appctl("threshold/set", "bytes=10000000")

@@ -214,14 +214,15 @@ class PortKeys:
 
 @dataclass(frozen=True, slots=True)
 class NodeKeys:
-    """The node summary, on the integration bridge's Bridge row."""
+    """The node summary, on the integration bridge's Bridge row (the library returns it
+    as api.NodeFootprint)."""
 
-    footprint: str | None
+    footprint: str | None       # "heavy" | "light"
     elephants: int | None
     heavy_ports: int | None
     updated_ms: int | None
     sensitive_ports: int | None = None
-    bps: int | None = None
+    bps: int | None = None      # throughput bucket of all its ports, bit/s
     flows_per_s: int | None = None
 
     @classmethod

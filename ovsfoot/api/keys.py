@@ -20,8 +20,8 @@ def validate_workload(workload: str) -> str:
 
 
 def parse(keys, ids: dict[str, str], where: str):
-    """`keys.parse(ids, where)` (contract.PortKeys or NodeKeys); MalformedValue if the
-    published keys are off the contract."""
+    """`keys.parse(ids, where)` (contract.PortKeys, or NodeKeys as api.NodeFootprint);
+    MalformedValue if the published keys are off the contract."""
     try:
         return keys.parse(ids, where)
     except contract.ContractError as e:

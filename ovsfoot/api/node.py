@@ -217,11 +217,7 @@ class Node(Connection):
         bridge = next((b for b in self._rows("Bridge") if b.name == name), None)
         if bridge is None:
             raise Error(f"{self.remote} has no bridge {name} (is ovn-controller running?)")
-        keys = parse(contract.NodeKeys, dict(bridge.external_ids), f"Bridge {name}")
-        return NodeFootprint(footprint=keys.footprint, elephants=keys.elephants,
-                             heavy_ports=keys.heavy_ports, updated_ms=keys.updated_ms,
-                             sensitive_ports=keys.sensitive_ports, bps=keys.bps,
-                             flows_per_s=keys.flows_per_s)
+        return parse(NodeFootprint, dict(bridge.external_ids), f"Bridge {name}")
 
 
 def _norm_mac(mac: str) -> str:

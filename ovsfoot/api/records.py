@@ -57,7 +57,7 @@ class PortFootprint(Published):
 
 
 @dataclass(frozen=True, slots=True)
-class WorkloadFootprint:
+class WorkloadFootprint(Published):
     """A workload's ports on this node, summed up."""
 
     workload: str
@@ -68,19 +68,8 @@ class WorkloadFootprint:
     bps: int = 0                # its ports' throughput buckets summed
     flows_per_s: int = 0
 
-    @property
-    def heavy(self) -> bool:
-        return self.footprint == "heavy"
-
 
 @dataclass(frozen=True, slots=True)
-class NodeFootprint(Published):
-    """What the agent published on the integration bridge (None: not published)."""
-
-    footprint: str | None       # "heavy" | "light"
-    elephants: int | None
-    heavy_ports: int | None
-    updated_ms: int | None
-    sensitive_ports: int | None = None
-    bps: int | None = None      # throughput bucket of all its ports, bit/s
-    flows_per_s: int | None = None
+class NodeFootprint(Published, contract.NodeKeys):
+    """What the agent published on the integration bridge: its keys, as contract.NodeKeys
+    parses them (None: not published)."""
