@@ -20,8 +20,9 @@ if [ "$MODE" = machine ]; then
   fi
   enable_service openvswitch-switch /var/run/openvswitch/db.sock
 else
-  create_db "$RUNDIR/conf.db" /usr/share/openvswitch/vswitch.ovsschema
-  start_daemon ovsdb-server in_ns ovsdb-server "$RUNDIR/conf.db" \
+  # As ovs-ctl does: the database made, or converted to the installed schema.
+  ovs_lib upgrade_db "$RUNDIR/conf.db" /usr/share/openvswitch/vswitch.ovsschema
+  run_daemon ovsdb-server "$RUNDIR/conf.db" \
     --remote="punix:$RUNDIR/db.sock" --remote=db:Open_vSwitch,Open_vSwitch,manager_options
   wait_file "$RUNDIR/db.sock"
   vsctl init
@@ -65,6 +66,6 @@ else
   fi
   args=()
   [ "$DATAPATH" = system ] || args=(--disable-system)    # userspace datapath only
-  start_daemon ovs-vswitchd in_ns ovs-vswitchd "${args[@]}"
-  start_daemon ovn-controller in_ns ovn-controller
+  run_daemon ovs-vswitchd "${args[@]}"
+  run_daemon ovn-controller
 fi
