@@ -2,7 +2,8 @@
 
 `Ovs` runs ovsdb-server and ovs-vswitchd (userspace datapath unless told
 otherwise); `OvnCentral` runs the NB and SB ovsdb-servers and ovn-northd;
-`Ovs.join_ovn()` makes the node a chassis and starts ovn-controller.
+`Ovs.join_ovn()` builds the node as an OVN chassis with vagrant/provision/chassis.sh,
+the script of the VM lab and of the Vagrant lab's hypervisors.
 Pods are network namespaces on veth ports bound with `iface-id`.
 Nothing here touches the system's own OVS: every daemon gets its own
 OVS_RUNDIR / OVN_RUNDIR under `workdir`.
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from integration.programs import require
 
+PROVISION = Path(__file__).resolve().parents[1] / "vagrant" / "provision"
 OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 NB_SCHEMA = "/usr/share/ovn/ovn-nb.ovsschema"
 SB_SCHEMA = "/usr/share/ovn/ovn-sb.ovsschema"
@@ -223,6 +225,7 @@ class Ovs(Daemons):
         self.remote = f"unix:{self.db_sock}"
         self.pods: dict[str, Pod] = {}
         self.vswitchd_running = False
+        self.chassis: tuple[str, ...] = ()    # chassis.sh's NAME ENCAP_IP SOUTHBOUND
 
     def _in_ns(self, *cmd: str) -> tuple[str, ...]:
         return ("ip", "netns", "exec", self.netns, *cmd) if self.netns else cmd
@@ -254,9 +257,6 @@ class Ovs(Daemons):
         wait_for(lambda: list(self.dir.glob("ovs-vswitchd.*.ctl")), what="ovs-vswitchd")
         return self
 
-    def start_all(self) -> "Ovs":
-        return self.start_db().start_vswitchd()
-
     def vsctl(self, *args: str, check=True) -> str:
         wait = () if self.vswitchd_running else ("--no-wait",)
         return sh("ovs-vsctl", f"--db={self.remote}", "--timeout=20", *wait, *args,
@@ -270,23 +270,26 @@ class Ovs(Daemons):
         data = json.loads(out)["data"][0][0]
         return dict(data[1])
 
-    def join_ovn(self, central: OvnCentral, system_id: str, encap_ip: str = "127.0.0.1",
-                 encap_type: str = "geneve") -> "Ovs":
-        """Makes this node an OVN chassis and starts ovn-controller."""
-        self.vsctl("set", "open_vswitch", ".",
-                   f"external_ids:system-id={system_id}",
-                   f"external_ids:ovn-remote={central.sb}",
-                   f"external_ids:ovn-encap-type={encap_type}",
-                   f"external_ids:ovn-encap-ip={encap_ip}",
-                   f"external_ids:ovn-bridge={self.bridge}",
-                   f"external_ids:ovn-bridge-datapath-type={self.datapath}")
-        self.start_controller()
-        wait_for(lambda: self.bridge in self.vsctl("list-br").split(), what="integration bridge")
-        return self
+    def join_ovn(self, central: OvnCentral, system_id: str,
+                 encap_ip: str = "127.0.0.1") -> "Ovs":
+        """Builds this node as an OVN chassis of `central`: ovsdb-server, the bridge,
+        ovs-vswitchd and ovn-controller, started by vagrant/provision/chassis.sh."""
+        self.chassis = (system_id, encap_ip, central.sb)
+        return self.provision_chassis()
 
-    def start_controller(self) -> None:
-        require("ovn-controller")
-        self.start("ovn-controller", "ovn-controller", self.remote)
+    def provision_chassis(self) -> "Ovs":
+        """Runs chassis.sh (again): it starts whichever of the daemons does not run."""
+        require("bash", "ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl",
+                "ovn-controller", "ip")
+        netns = ("--netns", self.netns) if self.netns else ()
+        sh("bash", str(PROVISION / "chassis.sh"), "--rundir", str(self.dir), *netns,
+           "--datapath", self.datapath, "--bridge", self.bridge, *self.chassis, env=self.env,
+           timeout=120)
+        self.vswitchd_running = True
+        for name in ("ovsdb-server", "ovs-vswitchd", "ovn-controller"):
+            if self.dir / f"{name}.pid" not in self.pidfiles:
+                self.pidfiles.append(self.dir / f"{name}.pid")
+        return self
 
     def zones(self) -> dict[str, int]:
         """The ct-zone-* map ovn-controller wrote on the integration bridge."""

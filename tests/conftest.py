@@ -173,7 +173,7 @@ def make_node(tmp: Path, tag: str, central: OvnCentral | None = None, pods=PODS,
     node = Node(central, Ovs(tmp / f"hv-{tag}", bridge=f"br-{prefix[:-1]}"[:15], netns=netns),
                 KernelPath(f"{prefix}dp"), prefix)
     try:                    # a failed set-up leaves no daemon behind
-        node.ovs.start_all().join_ovn(central, f"hv-{prefix}", encap_ip=encap_ip)
+        node.ovs.join_ovn(central, f"hv-{prefix}", encap_ip=encap_ip)
         node.kp.create()
         for i, (name, (lport, ids, workload)) in enumerate(pods.items(), start=1):
             node.add_pod(name, lport, ids, workload, i)
