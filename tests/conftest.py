@@ -149,8 +149,8 @@ class Node:
                             "--interval=0.2", *THRESHOLDS, *args, **kw)
 
 
-def make_central(tmp: Path, sb_members: int = 1) -> OvnCentral:
-    central = OvnCentral(tmp / "central", sb_members).start_all()
+def make_central(tmp: Path) -> OvnCentral:
+    central = OvnCentral(tmp / "central").start_all()
     central.nbctl("ls-add", "ls1")
     central.nbctl("acl-add", "ls1", "from-lport", "1000", "ip", "allow-related")
     central.nbctl("acl-add", "ls1", "to-lport", "1000", "ip", "allow-related")

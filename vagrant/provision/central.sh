@@ -1,12 +1,14 @@
 #!/bin/bash
 # OVN central: the northbound and southbound databases, listening on
 # tcp IP:6641 and IP:6642 for the chassis and the CMS, and ovn-northd.
-USAGE="central.sh [--rundir DIR] [--netns NS] IP"
+# Lab mode without IP: the databases serve only their unix sockets in the run
+# directory (which any network namespace reaches), as the tests' central node.
+USAGE="central.sh [--rundir DIR] [--netns NS] IP | central.sh --rundir DIR [--netns NS]"
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
 parse_args "" "$@"
-positional 1
-IP=${POS[0]}
+[ ${#POS[@]} -eq 1 ] || { [ ${#POS[@]} -eq 0 ] && [ "$MODE" = lab ]; } || usage_exit
+IP=${POS[0]:-}
 need_for_mode ovsdb-tool:openvswitch-common ovsdb-server:openvswitch-common \
   ovn-northd:ovn-central
 OVN_CTL=/usr/share/ovn/scripts/ovn-ctl
@@ -35,5 +37,7 @@ listen() {
 }
 ovn-nbctl init
 ovn-sbctl init
-listen nb 6641
-listen sb 6642
+if [ -n "$IP" ]; then
+  listen nb 6641
+  listen sb 6642
+fi
