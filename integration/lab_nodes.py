@@ -21,9 +21,8 @@ from integration.agentproc import AgentProcess
 from integration.lab_report import Report
 from integration.ovncost import northd_explain
 from integration.programs import require
-from integration.sandbox import Ovs, sh, wait_for
+from integration.sandbox import PROVISION, Ovs, sh, wait_for
 
-PROVISION = Path(__file__).resolve().parents[1] / "vagrant" / "provision"
 UNDERLAY = "10.99.0"
 UNDERLAY_LINK = "ovsfoot-ul"
 CENTRAL_IP = f"{UNDERLAY}.10"

@@ -1,8 +1,10 @@
 """Real OVS and OVN daemons in a private run directory, for tests and the lab.
 
 `Ovs` runs ovsdb-server and ovs-vswitchd (userspace datapath unless told
-otherwise); `OvnCentral` runs the NB and SB ovsdb-servers and ovn-northd;
-`Ovs.join_ovn()` makes the node a chassis and starts ovn-controller.
+otherwise): a bare OVS node. The OVN nodes are built by vagrant/provision/, the
+scripts of the VM lab and of the Vagrant lab's hypervisors: `OvnCentral` (NB, SB,
+ovn-northd) by central.sh, and `Ovs.join_ovn()` makes the node a chassis with
+chassis.sh.
 Pods are network namespaces on veth ports bound with `iface-id`.
 Nothing here touches the system's own OVS: every daemon gets its own
 OVS_RUNDIR / OVN_RUNDIR under `workdir`.
@@ -21,9 +23,8 @@ from pathlib import Path
 
 from integration.programs import require
 
+PROVISION = Path(__file__).resolve().parents[1] / "vagrant" / "provision"
 OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
-NB_SCHEMA = "/usr/share/ovn/ovn-nb.ovsschema"
-SB_SCHEMA = "/usr/share/ovn/ovn-sb.ovsschema"
 
 
 def sh(*cmd: str, env=None, check=True, timeout=60, input=None) -> str:
@@ -119,21 +120,22 @@ class Daemons:
             self.pidfiles.append(pidfile)
         return pidfile
 
+    def provision(self, script: str, *args: str, daemons: tuple[str, ...]) -> None:
+        """Runs vagrant/provision/`script` in lab mode on this run directory; stop_all
+        stops the `daemons` it starts (their pidfile names)."""
+        require("bash", "ip")
+        sh("bash", str(PROVISION / script), "--rundir", str(self.dir), *args, env=self.env,
+           timeout=120)
+        for name in daemons:
+            if self.dir / f"{name}.pid" not in self.pidfiles:
+                self.pidfiles.append(self.dir / f"{name}.pid")
+
     def stop(self, name: str) -> None:
         kill_pidfile(self.dir / f"{name}.pid")
 
     def stop_all(self) -> None:
         for pidfile in reversed(self.pidfiles):
             kill_pidfile(pidfile)
-
-
-def _ovsdb(d: Daemons, name: str, schema: str, sock: str, *remotes: str) -> None:
-    db = d.dir / f"{name}.db"
-    if not db.exists():
-        sh("ovsdb-tool", "create", str(db), schema)
-    d.start(name, "ovsdb-server", str(db), f"--remote=punix:{d.dir / sock}",
-            *(f"--remote={r}" for r in remotes), f"--unixctl={d.dir / name}.ctl")
-    wait_for(lambda: (d.dir / sock).exists(), what=f"{name} socket")
 
 
 def free_port() -> int:
@@ -143,56 +145,21 @@ def free_port() -> int:
 
 
 class OvnCentral(Daemons):
-    """NB and SB databases and ovn-northd; SB clustered (raft) with `sb_members` > 1."""
+    """An OVN central node: the NB and SB databases and ovn-northd, started by
+    vagrant/provision/central.sh without an address: clients use the databases' unix
+    sockets, which any network namespace reaches."""
 
-    def __init__(self, workdir: Path, sb_members: int = 1):
+    def __init__(self, workdir: Path):
         super().__init__(workdir, {"OVN_RUNDIR": str(workdir), "OVS_RUNDIR": str(workdir),
                                    "OVN_LOGDIR": str(workdir), "OVS_LOGDIR": str(workdir)})
-        self.nb = f"unix:{self.dir / 'nb.sock'}"
-        self.sb = f"unix:{self.dir / 'sb.sock'}"
-        self.sb_members: list[tuple[str, int, int]] = []    # (name, client port, raft port)
-        if sb_members > 1:
-            self.sb_members = [(f"sb{i}", free_port(), free_port())
-                               for i in range(1, sb_members + 1)]
-            # Clients use unix sockets, reachable from any network namespace.
-            self.sb = ",".join(f"unix:{self.dir / n}.sock" for n, _, _ in self.sb_members)
+        self.nb = f"unix:{self.dir / 'ovnnb_db.sock'}"
+        self.sb = f"unix:{self.dir / 'ovnsb_db.sock'}"
 
     def start_all(self) -> "OvnCentral":
         require("ovsdb-tool", "ovsdb-server", "ovn-northd", "ovn-nbctl", "ovn-sbctl",
                 "ovs-appctl")
-        # As ovn-ctl starts them: each also serves the remotes of its Connection rows
-        # (`set-connection`), whose status column ovsdb-server keeps up to date.
-        _ovsdb(self, "nb", NB_SCHEMA, "nb.sock", "db:OVN_Northbound,NB_Global,connections")
-        if self.sb_members:
-            first = f"tcp:127.0.0.1:{self.sb_members[0][2]}"
-            for i, (name, _, raft) in enumerate(self.sb_members):
-                db = self.dir / f"{name}.db"
-                if i == 0:
-                    sh("ovsdb-tool", "create-cluster", str(db), SB_SCHEMA, first)
-                else:
-                    sh("ovsdb-tool", "join-cluster", str(db), "OVN_Southbound",
-                       f"tcp:127.0.0.1:{raft}", first)
-                self.start_sb_member(name)
-            wait_for(lambda: self.sb_leader(), timeout=60, what="an SB cluster leader")
-        else:
-            _ovsdb(self, "sb", SB_SCHEMA, "sb.sock", "db:OVN_Southbound,SB_Global,connections")
-        self.start("ovn-northd", "ovn-northd", f"--ovnnb-db={self.nb}", f"--ovnsb-db={self.sb}")
+        self.provision("central.sh", daemons=("ovnnb_db", "ovnsb_db", "ovn-northd"))
         return self
-
-    def start_sb_member(self, name: str) -> None:
-        client = next(c for n, c, _ in self.sb_members if n == name)
-        self.start(name, "ovsdb-server", str(self.dir / f"{name}.db"),
-                   f"--remote=ptcp:{client}:127.0.0.1", f"--remote=punix:{self.dir / name}.sock",
-                   f"--unixctl={self.dir / name}.ctl")
-
-    def sb_leader(self) -> str | None:
-        """The SB cluster member that is leader now, if any."""
-        for name, _, _ in self.sb_members:
-            out = sh("ovs-appctl", "-t", str(self.dir / f"{name}.ctl"), "cluster/status",
-                     "OVN_Southbound", env=self.env, check=False)
-            if "Role: leader" in out:
-                return name
-        return None
 
     def nbctl(self, *args: str) -> str:
         return sh("ovn-nbctl", f"--db={self.nb}", *args, env=self.env)
@@ -223,6 +190,7 @@ class Ovs(Daemons):
         self.remote = f"unix:{self.db_sock}"
         self.pods: dict[str, Pod] = {}
         self.vswitchd_running = False
+        self.chassis: tuple[str, ...] = ()    # chassis.sh's NAME ENCAP_IP SOUTHBOUND
 
     def _in_ns(self, *cmd: str) -> tuple[str, ...]:
         return ("ip", "netns", "exec", self.netns, *cmd) if self.netns else cmd
@@ -232,7 +200,12 @@ class Ovs(Daemons):
 
     def start_db(self) -> "Ovs":
         require("ovsdb-tool", "ovsdb-server", "ovs-vsctl", "ovs-appctl", "ip")
-        _ovsdb(self, "ovsdb-server", OVS_SCHEMA, "db.sock")
+        db = self.dir / "ovsdb-server.db"
+        if not db.exists():
+            sh("ovsdb-tool", "create", str(db), OVS_SCHEMA)
+        self.start("ovsdb-server", "ovsdb-server", str(db), f"--remote=punix:{self.db_sock}",
+                   f"--unixctl={self.dir / 'ovsdb-server.ctl'}")
+        wait_for(self.db_sock.exists, what="ovsdb-server socket")
         self.vsctl("init")
         return self
 
@@ -254,9 +227,6 @@ class Ovs(Daemons):
         wait_for(lambda: list(self.dir.glob("ovs-vswitchd.*.ctl")), what="ovs-vswitchd")
         return self
 
-    def start_all(self) -> "Ovs":
-        return self.start_db().start_vswitchd()
-
     def vsctl(self, *args: str, check=True) -> str:
         wait = () if self.vswitchd_running else ("--no-wait",)
         return sh("ovs-vsctl", f"--db={self.remote}", "--timeout=20", *wait, *args,
@@ -270,23 +240,22 @@ class Ovs(Daemons):
         data = json.loads(out)["data"][0][0]
         return dict(data[1])
 
-    def join_ovn(self, central: OvnCentral, system_id: str, encap_ip: str = "127.0.0.1",
-                 encap_type: str = "geneve") -> "Ovs":
-        """Makes this node an OVN chassis and starts ovn-controller."""
-        self.vsctl("set", "open_vswitch", ".",
-                   f"external_ids:system-id={system_id}",
-                   f"external_ids:ovn-remote={central.sb}",
-                   f"external_ids:ovn-encap-type={encap_type}",
-                   f"external_ids:ovn-encap-ip={encap_ip}",
-                   f"external_ids:ovn-bridge={self.bridge}",
-                   f"external_ids:ovn-bridge-datapath-type={self.datapath}")
-        self.start_controller()
-        wait_for(lambda: self.bridge in self.vsctl("list-br").split(), what="integration bridge")
-        return self
+    def join_ovn(self, central: OvnCentral, system_id: str,
+                 encap_ip: str = "127.0.0.1") -> "Ovs":
+        """Builds this node as an OVN chassis of `central`: ovsdb-server, the bridge,
+        ovs-vswitchd and ovn-controller, started by vagrant/provision/chassis.sh."""
+        self.chassis = (system_id, encap_ip, central.sb)
+        return self.provision_chassis()
 
-    def start_controller(self) -> None:
-        require("ovn-controller")
-        self.start("ovn-controller", "ovn-controller", self.remote)
+    def provision_chassis(self) -> "Ovs":
+        """Runs chassis.sh (again): it starts whichever of the daemons does not run."""
+        require("ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovn-controller")
+        netns = ("--netns", self.netns) if self.netns else ()
+        self.provision("chassis.sh", *netns, "--datapath", self.datapath, "--bridge",
+                       self.bridge, *self.chassis,
+                       daemons=("ovsdb-server", "ovs-vswitchd", "ovn-controller"))
+        self.vswitchd_running = True
+        return self
 
     def zones(self) -> dict[str, int]:
         """The ct-zone-* map ovn-controller wrote on the integration bridge."""

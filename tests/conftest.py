@@ -149,8 +149,8 @@ class Node:
                             "--interval=0.2", *THRESHOLDS, *args, **kw)
 
 
-def make_central(tmp: Path, sb_members: int = 1) -> OvnCentral:
-    central = OvnCentral(tmp / "central", sb_members).start_all()
+def make_central(tmp: Path) -> OvnCentral:
+    central = OvnCentral(tmp / "central").start_all()
     central.nbctl("ls-add", "ls1")
     central.nbctl("acl-add", "ls1", "from-lport", "1000", "ip", "allow-related")
     central.nbctl("acl-add", "ls1", "to-lport", "1000", "ip", "allow-related")
@@ -173,7 +173,7 @@ def make_node(tmp: Path, tag: str, central: OvnCentral | None = None, pods=PODS,
     node = Node(central, Ovs(tmp / f"hv-{tag}", bridge=f"br-{prefix[:-1]}"[:15], netns=netns),
                 KernelPath(f"{prefix}dp"), prefix)
     try:                    # a failed set-up leaves no daemon behind
-        node.ovs.start_all().join_ovn(central, f"hv-{prefix}", encap_ip=encap_ip)
+        node.ovs.join_ovn(central, f"hv-{prefix}", encap_ip=encap_ip)
         node.kp.create()
         for i, (name, (lport, ids, workload)) in enumerate(pods.items(), start=1):
             node.add_pod(name, lport, ids, workload, i)

@@ -231,7 +231,7 @@ def iface(node, pod):
 
 
 def controller_back(node):
-    node.ovs.start_controller()
+    node.ovs.provision_chassis()
     wait_for(lambda: all(node.ovs.zones().get(p.lport) for p in node.pods.values()),
              what="ovn-controller to write zones again")
 

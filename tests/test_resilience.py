@@ -21,7 +21,7 @@ def elephant_published(node, agent):
 def test_ovsdb_server_restart(node, agent):
     node.ovs.stop("ovsdb-server")
     wait_for(lambda: not (node.ovs.dir / "db.sock").exists(), what="ovsdb-server to stop")
-    node.ovs.start_db()
+    node.ovs.provision_chassis()
     assert agent.alive()
     wait_for(lambda: agent.json("zone/map"), what="agent to resync")
     elephant_published(node, agent)
@@ -30,7 +30,7 @@ def test_ovsdb_server_restart(node, agent):
 
 def test_ovn_controller_restart_zones_follow(node, agent):
     node.ovs.stop("ovn-controller")
-    node.ovs.start_controller()
+    node.ovs.provision_chassis()
     wait_for(lambda: all(node.ovs.zones().get(p.lport) for p in node.pods.values()),
              what="ovn-controller to write zones again")
     written = node.ovs.zones()
@@ -99,7 +99,7 @@ def test_malformed_zones_and_zone_without_port(node, agent):
         node.kp.set_zone(node.pods["p3"].ns, node.pods["p3"].zone)
         node.ovs.vsctl("remove", "Bridge", node.ovs.bridge, "external_ids", "ct-zone-bogus",
                        "--", "remove", "Bridge", node.ovs.bridge, "external_ids", "ct-zone-ghost")
-        node.ovs.start_controller()
+        node.ovs.provision_chassis()
 
 
 def test_missing_bridge(node):

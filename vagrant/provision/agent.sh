@@ -31,6 +31,7 @@ if [ "$MODE" = machine ]; then
   run_unit ovsfoot-agent ovsfoot "OVSFOOT_OPTS=\"${opts[*]}\"" "agent options: ${opts[*]}"
 else
   OVSFOOT=${OVSFOOT:-$(command -v ovsfoot || echo /opt/ovsfoot/bin/ovsfoot)}
-  start_daemon ovsfoot "$OVSFOOT" agent --state="$RUNDIR/ovsfoot.state" \
+  # Started here: the agent enters the namespace itself (--netns) to watch its conntrack.
+  PATH=${OVSFOOT%/*}:$PATH run_daemon --here ovsfoot agent --state="$RUNDIR/ovsfoot.state" \
     ${NETNS:+--netns="$NETNS"} "${opts[@]}"
 fi

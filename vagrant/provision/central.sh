@@ -1,31 +1,28 @@
 #!/bin/bash
 # OVN central: the northbound and southbound databases, listening on
 # tcp IP:6641 and IP:6642 for the chassis and the CMS, and ovn-northd.
-USAGE="central.sh [--rundir DIR] [--netns NS] IP"
+# Lab mode without IP: the databases serve only their unix sockets in the run
+# directory (which any network namespace reaches), as the tests' central node.
+USAGE="central.sh [--rundir DIR] [--netns NS] IP | central.sh --rundir DIR [--netns NS]"
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
 parse_args "" "$@"
-positional 1
-IP=${POS[0]}
+[ ${#POS[@]} -eq 1 ] || { [ ${#POS[@]} -eq 0 ] && [ "$MODE" = lab ]; } || usage_exit
+IP=${POS[0]:-}
 need_for_mode ovsdb-tool:openvswitch-common ovsdb-server:openvswitch-common \
   ovn-northd:ovn-central
+OVN_CTL=/usr/share/ovn/scripts/ovn-ctl
 
 if [ "$MODE" = machine ]; then
   enable_service ovn-central /var/run/ovn/ovnsb_db.sock "NB, SB, ovn-northd"
 else
-  # As ovn-ctl starts them: each database also serves the connections
-  # listed in its own NB_Global or SB_Global row (set below).
-  start_db() {
-    local name=$1 schema=$2 global=$3
-    create_db "$RUNDIR/$name.db" "$schema"
-    start_daemon "$name" in_ns ovsdb-server "$RUNDIR/$name.db" \
-      --remote="punix:$RUNDIR/$name.sock" --remote="db:$global,connections" \
-      --unixctl="$RUNDIR/$name.ctl"
-    wait_file "$RUNDIR/$name.sock"
-  }
-  start_db ovnnb_db /usr/share/ovn/ovn-nb.ovsschema OVN_Northbound,NB_Global
-  start_db ovnsb_db /usr/share/ovn/ovn-sb.ovsschema OVN_Southbound,SB_Global
-  start_daemon ovn-northd in_ns ovn-northd
+  # As the ovn-central service starts them, with OVN's ovn-ctl (ovs-lib underneath),
+  # here in the node's run directory and namespace: each database also serves the
+  # connections listed in its own NB_Global or SB_Global row (set below).
+  [ -x "$OVN_CTL" ] || die "$OVN_CTL not found: install the Debian package ovn-common"
+  step "ovn-ctl start_northd (NB, SB, ovn-northd)"
+  in_ns "$OVN_CTL" start_northd | steps
+  wait_file "$RUNDIR/ovnsb_db.sock"
 fi
 
 # listen nb|sb PORT: the database serves the chassis and the CMS on IP:PORT.
@@ -40,5 +37,7 @@ listen() {
 }
 ovn-nbctl init
 ovn-sbctl init
-listen nb 6641
-listen sb 6642
+if [ -n "$IP" ]; then
+  listen nb 6641
+  listen sb 6642
+fi

@@ -1,13 +1,20 @@
 #!/bin/bash
 # An OVN chassis: ovsdb-server, the integration bridge, ovs-vswitchd and
 # ovn-controller, tunnelling to the other chassis in Geneve from ENCAP_IP.
+# SOUTHBOUND: the central node's IP (its southbound database on tcp IP:6642), or
+# the database's OVSDB remotes themselves (tcp:, ssl:, unix:; comma-separated).
+# Run again, it starts whichever of the daemons does not run (lab mode).
 USAGE="chassis.sh [--rundir DIR] [--netns NS] [--datapath system|netdev] [--bridge NAME] \
-NAME ENCAP_IP CENTRAL_IP"
+NAME ENCAP_IP SOUTHBOUND"
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
 parse_args "" "$@"
 positional 3
-NAME=${POS[0]} ENCAP_IP=${POS[1]} CENTRAL_IP=${POS[2]}
+NAME=${POS[0]} ENCAP_IP=${POS[1]} SOUTHBOUND=${POS[2]}
+case $SOUTHBOUND in
+  tcp:*|ssl:*|unix:*) ;;
+  *) SOUTHBOUND=tcp:$SOUTHBOUND:6642 ;;
+esac
 need ovs-vsctl:openvswitch-switch
 need_for_mode modprobe:kmod ovsdb-tool:openvswitch-common ovsdb-server:openvswitch-common \
   ovs-vswitchd:openvswitch-switch ovn-controller:ovn-host
@@ -20,8 +27,9 @@ if [ "$MODE" = machine ]; then
   fi
   enable_service openvswitch-switch /var/run/openvswitch/db.sock
 else
-  create_db "$RUNDIR/conf.db" /usr/share/openvswitch/vswitch.ovsschema
-  start_daemon ovsdb-server in_ns ovsdb-server "$RUNDIR/conf.db" \
+  # As ovs-ctl does: the database made, or converted to the installed schema.
+  ovs_lib upgrade_db "$RUNDIR/conf.db" /usr/share/openvswitch/vswitch.ovsschema
+  run_daemon ovsdb-server "$RUNDIR/conf.db" \
     --remote="punix:$RUNDIR/db.sock" --remote=db:Open_vSwitch,Open_vSwitch,manager_options
   wait_file "$RUNDIR/db.sock"
   vsctl init
@@ -37,11 +45,11 @@ else
     other_config:disable-in-band=true datapath_type="$DATAPATH"
 fi
 
-step "chassis $NAME: geneve from $ENCAP_IP, southbound tcp:$CENTRAL_IP:6642"
+step "chassis $NAME: geneve from $ENCAP_IP, southbound $SOUTHBOUND"
 vsctl set Open_vSwitch . \
   external_ids:system-id="$NAME" \
   external_ids:hostname="$NAME" \
-  external_ids:ovn-remote="tcp:$CENTRAL_IP:6642" \
+  external_ids:ovn-remote="$SOUTHBOUND" \
   external_ids:ovn-encap-type=geneve \
   external_ids:ovn-encap-ip="$ENCAP_IP" \
   external_ids:ovn-bridge="$BRIDGE" \
@@ -65,6 +73,6 @@ else
   fi
   args=()
   [ "$DATAPATH" = system ] || args=(--disable-system)    # userspace datapath only
-  start_daemon ovs-vswitchd in_ns ovs-vswitchd "${args[@]}"
-  start_daemon ovn-controller in_ns ovn-controller
+  run_daemon ovs-vswitchd "${args[@]}"
+  run_daemon ovn-controller
 fi

@@ -38,12 +38,11 @@ if [ "$MODE" = machine ]; then
 else
   OVSFOOT=${OVSFOOT:-$(command -v ovsfoot || echo /opt/ovsfoot/bin/ovsfoot)}
   # `ovsfoot cluster-db start` keeps its pidfile as $RUNDIR/ovsdb-server.pid,
-  # the name teardown.sh stops.
-  if running ovsdb-server; then
+  # the name teardown.sh stops; monitored, as ovs-lib starts a daemon.
+  if "${OVS_LIB[@]}" daemon_is_running ovsdb-server; then
     step "cluster-db member already running"
   else
     step "starting cluster-db $what"
-    in_ns "$OVSFOOT" cluster-db start --detach --dir="$RUNDIR" "${opts[@]}" |
-      while read -r line; do step "$line"; done
+    in_ns "$OVSFOOT" cluster-db start --detach --monitor --dir="$RUNDIR" "${opts[@]}" | steps
   fi
 fi

@@ -65,13 +65,15 @@ need() {
 }
 
 # need_for_mode PROGRAM:PACKAGE...: machine mode needs systemctl; lab mode needs
-# ip and ps, and the programs given (the daemons the script starts itself).
-# shellcheck disable=SC2120  # (none given: ip and ps are all a script needs)
+# ip, OVS's shell library, and the programs given (the daemons the script starts itself).
+# shellcheck disable=SC2120  # (none given: ip and ovs-lib are all a script needs)
 need_for_mode() {
   if [ "$MODE" = machine ]; then
     need systemctl:systemd
   else
-    need ip:iproute2 ps:procps "$@"
+    need ip:iproute2 "$@"
+    [ -e "$OVS_LIB_FILE" ] || die "$OVS_LIB_FILE not found: install the Debian package \
+openvswitch-common (or run \`make deps\`)"
   fi
 }
 
@@ -101,6 +103,7 @@ parse_args() {
     RUNDIR=$(cd "$RUNDIR" && pwd)
     export OVS_RUNDIR=$RUNDIR OVS_LOGDIR=$RUNDIR OVS_DBDIR=$RUNDIR
     export OVN_RUNDIR=$RUNDIR OVN_LOGDIR=$RUNDIR OVN_DBDIR=$RUNDIR
+    export OVN_SYSCONFDIR=$RUNDIR       # ovn-ctl's configuration: not the machine's /etc/ovn
   else
     MODE=machine
     [ -z "$NETNS" ] || die "--netns needs --rundir (lab mode)"
@@ -117,55 +120,36 @@ in_ns() {
 
 vsctl() { ovs-vsctl --timeout=30 --no-wait "$@"; }
 
-# Is process PID alive? Not if it is a zombie: the init of a VM lab may never
-# reap the daemons it inherits.
-alive() {
-  local state
-  state=$(ps -o stat= -p "$1") && [[ $state != Z* ]]
-}
+# OVS's own shell library (openvswitch-common), which ovs-ctl and ovn-ctl use: in lab
+# mode its daemon functions find pidfiles, logs and control sockets in the node's
+# OVS_RUNDIR and OVS_LOGDIR, and databases in OVS_DBDIR. Called in a shell of its own
+# (it is not written for set -eu), so that in_ns can run it too: "${OVS_LIB[@]}" FUNCTION ARGS...
+OVS_LIB_FILE=/usr/share/openvswitch/scripts/ovs-lib
+# shellcheck disable=SC2016  # (expanded by that shell)
+OVS_LIB=(bash -c '. "$0" && "$@"' "$OVS_LIB_FILE")
 
-# Lab mode: is the daemon with pidfile $RUNDIR/NAME.pid alive?
-running() {
-  local pid
-  pid=$(cat "$RUNDIR/$1.pid" 2>/dev/null) && alive "$pid"
-}
+# ... | steps: each line read as a step line (ovs-lib's and ovn-ctl's messages).
+steps() { while IFS= read -r line; do step "$line"; done; }
 
-# Lab mode: start_daemon NAME CMD... starts an OVS-style daemon detached, with
-# its pidfile and log in the run directory, unless it already runs.
-start_daemon() {
-  local name=$1
-  shift
-  if running "$name"; then
-    step "$name already running"
+# ovs_lib FUNCTION ARGS...: an ovs-lib function here, its messages as step lines.
+ovs_lib() { "${OVS_LIB[@]}" "$@" | steps; }
+
+# Lab mode: run_daemon [--here] PROGRAM ARGS... starts the OVS-style daemon PROGRAM (found
+# on PATH) in the node's network namespace (--here: in this one) unless it runs, with
+# ovs-lib's start_daemon: detached and monitored (a monitor reaps its daemon: the init of
+# a VM lab may never do it), pidfile and log PROGRAM.pid and PROGRAM.log in the run directory.
+run_daemon() {
+  local ns=in_ns
+  if [ "$1" = --here ]; then ns="command"; shift; fi
+  if "${OVS_LIB[@]}" daemon_is_running "$1"; then
+    step "$1 already running"
     return
   fi
-  step "starting $name"
-  if ! "$@" --pidfile="$RUNDIR/$name.pid" --log-file="$RUNDIR/$name.log" --detach \
-      --no-chdir 2>"$RUNDIR/$name.stderr"; then
-    cat "$RUNDIR/$name.stderr" >&2
-    die "$name did not start (see $RUNDIR/$name.log)"
-  fi
-}
-
-# Lab mode: stop_daemon NAME sends SIGTERM, then SIGKILL after 5 s.
-stop_daemon() {
-  local pid
-  running "$1" || return 0
-  pid=$(cat "$RUNDIR/$1.pid")
-  step "stopping $1 ($pid)"
-  kill "$pid" 2>/dev/null || return 0
-  for _ in $(seq 50); do
-    alive "$pid" || return 0
-    sleep 0.1
-  done
-  kill -9 "$pid" 2>/dev/null || true
-}
-
-# Lab mode: creates the database FILE from SCHEMA unless it exists.
-create_db() {
-  [ -e "$1" ] && return
-  step "creating $(basename "$1")"
-  ovsdb-tool create "$1" "$2"
+  step "starting $1"
+  "$ns" "${OVS_LIB[@]}" start_daemon "" "" "$@" 2>"$RUNDIR/$1.stderr" >/dev/null || {
+    cat "$RUNDIR/$1.stderr" >&2
+    die "$1 did not start (see $RUNDIR/$1.log)"
+  }
 }
 
 # Machine mode: enable_service UNIT SOCKET [WHAT] enables and starts Debian's

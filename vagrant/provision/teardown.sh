@@ -7,11 +7,24 @@ USAGE="teardown.sh --rundir DIR [--netns NS] [--bridge NAME]"
 parse_args "" "$@"
 positional 0
 [ "$MODE" = lab ] || usage_exit
-need ip:iproute2 ps:procps
+need_for_mode
 
-for daemon in ovsfoot ovn-controller ovs-vswitchd ovsdb-server ovn-northd ovnsb_db ovnnb_db; do
-  stop_daemon "$daemon"
+for daemon in ovsfoot ovn-controller ovs-vswitchd; do
+  ovs_lib stop_daemon "$daemon"
 done
+if [ -S "$RUNDIR/ovsdb-server.ctl" ]; then
+  # A member of ovsfoot's cluster database (cluster-db.sh) names its control socket so, not
+  # ovsdb-server.PID.ctl: ovn-lib's stop_ovn_daemon is ovs-lib's stop_daemon, told where.
+  # shellcheck disable=SC2016  # (expanded by that shell)
+  bash -c '. "$0" && . "$1" && stop_ovn_daemon ovsdb-server "" "$2"' "$OVS_LIB_FILE" \
+    /usr/share/ovn/scripts/ovn-lib "$RUNDIR/ovsdb-server.ctl" | steps
+else
+  ovs_lib stop_daemon ovsdb-server
+fi
+# ovn-northd and the databases it came with (central.sh), if they run here
+if [ -e "$RUNDIR/ovn-northd.pid" ]; then
+  /usr/share/ovn/scripts/ovn-ctl stop_northd | steps
+fi
 
 if [ -e "$RUNDIR/pods" ]; then
   while read -r pod; do
