@@ -14,6 +14,7 @@ SourceUnavailable.
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import logging
 import os
@@ -219,6 +220,9 @@ class BpfSource:
         self._next_refresh = 0.0
         self.events = 0
         events = self._events = self._bpf["events"]
+        # bcc derives the event's ctypes type at the first decode, a regular expression a
+        # field: here, not on the first elephant's path (ms under emulation)
+        events.event(ctypes.create_string_buffer(1))
         if self.ringbuf:
             events.open_ring_buffer(self._on_event)
             self._fds = [events.map_fd]
