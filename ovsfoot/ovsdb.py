@@ -35,7 +35,7 @@ TABLES = {
     "Bridge": ["name", "external_ids"],
     "Interface": ["name", "external_ids"],
 }
-_COLUMNS = {c for columns in TABLES.values() for c in columns}
+_OTHER_COLUMNS = {c for columns in TABLES.values() for c in columns} - {"external_ids"}
 
 
 def default_remote() -> str:
@@ -539,7 +539,7 @@ class VswitchIdl(Idl):
 def _only_output_keys(row, old) -> bool:
     """Did `row` change in ovsfoot's output keys alone? `old`: python-ovs's row of the
     old values of the changed columns only."""
-    if any(hasattr(old, c) for c in _COLUMNS - {"external_ids"}) or \
+    if any(hasattr(old, c) for c in _OTHER_COLUMNS) or \
             not hasattr(old, "external_ids"):
         return False
     before, after = old.external_ids, row.external_ids

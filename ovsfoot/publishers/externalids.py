@@ -50,7 +50,7 @@ class Committer:
         self.committed = 0  # transactions the server applied
         self.on_commit: Callable[[int], None] | None = None   # metrics: called with `built`
 
-    def begin(self, idl: ovs.db.idl.Idl, comment: str, changes: list[Change] = ()) -> Txn:
+    def begin(self, idl: ovs.db.idl.Idl, comment: str, changes: Iterable[Change] = ()) -> Txn:
         """A new transaction, in flight once its caller has filled it and `settled()` runs."""
         txn = Txn(idl)
         txn.add_comment(comment)
