@@ -38,6 +38,10 @@ def run_vm(quick: bool, phases=NAMES) -> tuple[dict, Path]:
     return data, work
 
 
+def _handshake_ms(r: dict) -> float | None:
+    return round(1000 * (r["t_connected"] - r["t_connect"]), 1) if "t_connected" in r else None
+
+
 def _latencies(rows: list[dict], source: str, age_s: float) -> tuple[list[float], dict]:
     """ms from the threshold crossing to the monitor seeing the port's key change.
 
@@ -45,7 +49,7 @@ def _latencies(rows: list[dict], source: str, age_s: float) -> tuple[list[float]
     ctnetlink: the entry's own kernel start timestamp + the age threshold (the
     paced flow passed the byte threshold within ~50 ms, long before the age).
     """
-    ms, missing, skew = [], 0, []
+    ms, missing, skew, slowest = [], 0, [], []
     for r in rows:
         if not (r.get("visible") and r.get("detected_ns") and r.get("first_seen_ns")):
             missing += 1
@@ -53,9 +57,15 @@ def _latencies(rows: list[dict], source: str, age_s: float) -> tuple[list[float]
         by_age = r["first_seen_ns"] / 1e9 + age_s
         crossing = r["detected_ns"] / 1e9 if source == "bpf" else by_age
         ms.append(1000 * (r["visible"] - crossing))
+        slowest.append((round(ms[-1], 1), r["flow"], r["zone"], _handshake_ms(r)))
         if source == "bpf":
             skew.append(1000 * (r["detected_ns"] / 1e9 - by_age))
     detail = {"n": len(ms), "missing": missing, "samples_ms": [round(x, 1) for x in ms]}
+    # the emulated machine's own stalls: the slowest samples' flows beside the TCP
+    # handshake (pod1 -> pod2 through the same datapath) those flows made a second before
+    handshakes = [h for h in map(_handshake_ms, rows) if h is not None]
+    detail["handshake_ms_p50"] = median(handshakes)
+    detail["slowest_ms_flow_zone_handshake_ms"] = sorted(slowest, reverse=True)[:6]
     # A flow's two entries (zones) usually cross on the same packet and are published in
     # one transaction; when they cross a few ms apart, the second follows back to back
     # (the publisher's token bucket); before it, it waited out a fixed 0.1 s spacing.
