@@ -17,49 +17,51 @@ from __future__ import annotations
 
 import shutil
 
-# Debian package -> the programs it ships that ovsfoot runs (`dpkg -S $(command -v PROGRAM)`)
-PACKAGE_PROGRAMS = {
-    "iputils-ping": ("ping",),
-    "iproute2": ("ip", "ss", "tc"),
-    "procps": ("sysctl", "ps"),
-    "kmod": ("modprobe", "depmod"),
-    "conntrack": ("conntrack",),
-    "nftables": ("nft",),
-    "ethtool": ("ethtool",),
-    "iperf3": ("iperf3",),
-    "sockperf": ("sockperf",),
-    "bpftool": ("bpftool",),
-    "openvswitch-common": ("ovsdb-tool", "ovsdb-server", "ovsdb-client", "ovs-appctl",
-                           "ovs-ofctl", "ovs-pki"),
-    "openssl": ("openssl",),
-    "curl": ("curl",),
-    "prometheus": ("prometheus",),
-    "logrotate": ("logrotate",),
-    "openvswitch-switch": ("ovs-vsctl", "ovs-vswitchd"),
-    "ovn-common": ("ovn-nbctl", "ovn-sbctl"),
-    "ovn-central": ("ovn-northd",),
-    "ovn-host": ("ovn-controller",),
-    "qemu-system-x86": ("qemu-system-x86_64",),
-    "busybox-static": ("busybox",),       # virtme-ng builds the VM's initramfs with it
-    "apt": ("apt-get", "apt-cache"),
-    "dpkg": ("dpkg-deb", "dpkg-query"),
-    "tar": ("tar",),
-    "bash": ("bash",),
-    "coreutils": ("mkfifo", "timeout", "mktemp", "sha256sum", "dd"),
-    "mawk": ("awk",),
-    "openssh-client": ("ssh",),
-    "util-linux": ("setsid", "flock"),
-    "shellcheck": ("shellcheck",),
-    "systemd": ("systemd-analyze", "systemctl"),
-    "vagrant": ("vagrant",),
-    "libvirt-clients": ("virsh",),
-    "libvirt-daemon": ("libvirtd", "virtlogd"),
-    "mmdebstrap": ("mmdebstrap",),
-    "e2fsprogs": ("mkfs.ext4",),
-    "qemu-utils": ("qemu-img",),
-}
+# Each Debian package, and the programs it ships that ovsfoot runs
+# (`dpkg -S $(command -v PROGRAM)`); virtme-ng builds the VM's initramfs with busybox.
+_SHIPPED = """
+iputils-ping        ping
+iproute2            ip ss tc
+procps              sysctl ps
+kmod                modprobe depmod
+conntrack           conntrack
+nftables            nft
+ethtool             ethtool
+iperf3              iperf3
+sockperf            sockperf
+bpftool             bpftool
+openvswitch-common  ovsdb-tool ovsdb-server ovsdb-client ovs-appctl ovs-ofctl ovs-pki
+openssl             openssl
+curl                curl
+prometheus          prometheus
+logrotate           logrotate
+openvswitch-switch  ovs-vsctl ovs-vswitchd
+ovn-common          ovn-nbctl ovn-sbctl
+ovn-central         ovn-northd
+ovn-host            ovn-controller
+qemu-system-x86     qemu-system-x86_64
+busybox-static      busybox
+apt                 apt-get apt-cache
+dpkg                dpkg-deb dpkg-query
+tar                 tar
+bash                bash
+coreutils           mkfifo timeout mktemp sha256sum dd
+mawk                awk
+openssh-client      ssh
+util-linux          setsid flock
+shellcheck          shellcheck
+systemd             systemd-analyze systemctl
+vagrant             vagrant
+libvirt-clients     virsh
+libvirt-daemon      libvirtd virtlogd
+mmdebstrap          mmdebstrap
+e2fsprogs           mkfs.ext4
+qemu-utils          qemu-img
+"""
 # program -> the Debian package that ships it
-PACKAGES = {prog: pkg for pkg, progs in PACKAGE_PROGRAMS.items() for prog in progs}
+PACKAGES = {program: package
+            for package, *programs in map(str.split, _SHIPPED.strip().splitlines())
+            for program in programs}
 
 
 class MissingProgram(RuntimeError):
