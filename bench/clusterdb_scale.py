@@ -327,10 +327,7 @@ def worker(conn, spec: dict) -> None:
     lag: list[float] = []                           # publish() - when it was due
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     wake0, rx0 = loop.wakeups, received(pubs)
-    while True:
-        now = time.monotonic()
-        if now >= t_end:
-            break
+    while (now := time.monotonic()) < t_end:
         while heap and heap[0][0] <= now and heap[0][0] < t_feed_end:
             due, k = heapq.heappop(heap)
             state, node, lessons, score = feeds[k].change(now)

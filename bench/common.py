@@ -11,6 +11,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -113,3 +114,18 @@ def proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def iperf3_pod1_to_pod2(seconds: float) -> str:
+    """iperf3 -J from pod1 to pod2's server (bench/vmguest.py's node) for SECONDS: its report."""
+    return subprocess.run(["ip", "netns", "exec", "pod1", "iperf3", "-c", "10.0.0.2",
+                           "-t", str(seconds), "-J"], capture_output=True, text=True,
+                          timeout=seconds + 60).stdout
+
+
+def received_bps(report: str) -> float | None:
+    """The bits per second the server received, from an iperf3 -J report (None: it failed)."""
+    try:
+        return json.loads(report)["end"]["sum_received"]["bits_per_second"]
+    except (ValueError, KeyError):
+        return None

@@ -22,7 +22,6 @@ agent would.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from pyroute2 import IPRoute
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import bpfstats  # noqa: E402
+from bench.common import iperf3_pod1_to_pod2, received_bps  # noqa: E402
 from ovsfoot.events import Thresholds  # noqa: E402
 from ovsfoot.sources.bpf import BpfSource, plan  # noqa: E402
 
@@ -79,22 +79,16 @@ def main() -> int:
             probes.attach()
         before = {k: bpfstats.read(v) for k, v in progs.items()}
         (pkts, nbytes), t = datapath_packets(), time.monotonic_ns()
-        p = subprocess.run(["ip", "netns", "exec", "pod1", "iperf3", "-c", "10.0.0.2",
-                            "-t", str(seconds), "-J"], capture_output=True, text=True,
-                           timeout=seconds + 60)
+        report = iperf3_pod1_to_pod2(seconds)
         elapsed = time.monotonic_ns() - t
         pkts_after, bytes_after = datapath_packets()
         after = {k: bpfstats.read(v) for k, v in progs.items()}
         for probes in attached:
             probes.detach()
         src.run()
-        try:
-            bps = json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"]
-        except (ValueError, KeyError):
-            bps = None
         return {"run": label, "pair": pair, "tracer": tracer in attached,
-                "bits_per_second": bps, "elapsed_ns": elapsed, "packets": pkts_after - pkts,
-                "bytes": bytes_after - nbytes,
+                "bits_per_second": received_bps(report), "elapsed_ns": elapsed,
+                "packets": pkts_after - pkts, "bytes": bytes_after - nbytes,
                 "progs": {k: {n: [s.run_time_ns, s.run_cnt]
                               for n, s in bpfstats.delta(after[k], before[k]).items()}
                           for k in progs}}

@@ -56,10 +56,7 @@ def send(dst: str, port: int, rate: float, seconds: float) -> dict:
     sport = s.getsockname()[1]
     buf = b"x" * 65536
     sent, end = 0, t_connected + seconds
-    while True:
-        now = time.time()
-        if now >= end:
-            break
+    while (now := time.time()) < end:
         due = int(rate * (now - t_connected)) - sent
         while due > 0:
             n = s.send(buf[:min(due, len(buf))])

@@ -13,7 +13,6 @@ program's (__nf_ct_refresh_acct) run time per run, after / before; goal <= 1.10.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +21,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from bench.common import Result, median, ratio, save, table  # noqa: E402
+from bench.common import (  # noqa: E402
+    Result, iperf3_pod1_to_pod2, median, ratio, received_bps, save, table)
 
 HOT = "kprobe____nf_ct_refresh_acct"
 CONFIRM = "kprobe____nf_conntrack_confirm"
@@ -59,17 +59,12 @@ def guest(work: Path, pairs: int, seconds: float) -> int:
                     v = variants[name]
                     v.probes.attach()
                     t0_stats = bpfstats.read(v.progs)
-                    p = subprocess.run(["ip", "netns", "exec", "pod1", "iperf3", "-c", "10.0.0.2",
-                                        "-t", str(seconds), "-J"], capture_output=True, text=True,
-                                       timeout=seconds + 60)
+                    report = iperf3_pod1_to_pod2(seconds)
                     used = bpfstats.delta(bpfstats.read(v.progs), t0_stats)
                     v.probes.detach()
                     v.src.run()
-                    try:
-                        bps = json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"]
-                    except (ValueError, KeyError):
-                        bps = None
-                    runs.append({"pair": i, "variant": name, "bits_per_second": bps,
+                    runs.append({"pair": i, "variant": name,
+                                 "bits_per_second": received_bps(report),
                                  "progs": {n: [u.run_time_ns, u.run_cnt] for n, u in used.items()}})
         zones = variants["after"].src.zone_counters()
         (work / "zonecost.json").write_text(json.dumps(

@@ -63,5 +63,11 @@ class AgentProcess:
     def kill(self) -> None:
         kill(self.proc)
 
+    def __enter__(self) -> "AgentProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def log_text(self) -> str:
         return text_or_empty(self.log)

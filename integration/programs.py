@@ -17,50 +17,51 @@ from __future__ import annotations
 
 import shutil
 
-# program -> the Debian package that ships it (`dpkg -S $(command -v PROGRAM)`)
-PACKAGES = {
-    "ping": "iputils-ping",
-    "ip": "iproute2", "ss": "iproute2", "tc": "iproute2",
-    "sysctl": "procps", "ps": "procps",
-    "modprobe": "kmod", "depmod": "kmod",
-    "conntrack": "conntrack",
-    "nft": "nftables",
-    "ethtool": "ethtool",
-    "iperf3": "iperf3",
-    "sockperf": "sockperf",
-    "bpftool": "bpftool",
-    "ovsdb-tool": "openvswitch-common", "ovsdb-server": "openvswitch-common",
-    "ovs-appctl": "openvswitch-common", "ovs-ofctl": "openvswitch-common",
-    "ovs-pki": "openvswitch-common",
-    "openssl": "openssl", "curl": "curl",
-    "ovsdb-client": "openvswitch-common",
-    "prometheus": "prometheus",
-    "logrotate": "logrotate",
-    "ovs-vsctl": "openvswitch-switch", "ovs-vswitchd": "openvswitch-switch",
-    "ovn-nbctl": "ovn-common", "ovn-sbctl": "ovn-common",
-    "ovn-northd": "ovn-central",
-    "ovn-controller": "ovn-host",
-    "qemu-system-x86_64": "qemu-system-x86",
-    "busybox": "busybox-static",          # virtme-ng builds the VM's initramfs with it
-    "apt-get": "apt", "apt-cache": "apt",
-    "dpkg-deb": "dpkg", "dpkg-query": "dpkg",
-    "tar": "tar",
-    "bash": "bash",
-    "mkfifo": "coreutils", "timeout": "coreutils", "mktemp": "coreutils",
-    "awk": "mawk",
-    "ssh": "openssh-client",
-    "setsid": "util-linux",
-    "shellcheck": "shellcheck",
-    "systemd-analyze": "systemd", "systemctl": "systemd",
-    "vagrant": "vagrant",
-    "virsh": "libvirt-clients",
-    "libvirtd": "libvirt-daemon", "virtlogd": "libvirt-daemon",
-    "mmdebstrap": "mmdebstrap",
-    "mkfs.ext4": "e2fsprogs",
-    "qemu-img": "qemu-utils",
-    "sha256sum": "coreutils", "dd": "coreutils",
-    "flock": "util-linux",
-}
+# Each Debian package, and the programs it ships that ovsfoot runs
+# (`dpkg -S $(command -v PROGRAM)`); virtme-ng builds the VM's initramfs with busybox.
+_SHIPPED = """
+iputils-ping        ping
+iproute2            ip ss tc
+procps              sysctl ps
+kmod                modprobe depmod
+conntrack           conntrack
+nftables            nft
+ethtool             ethtool
+iperf3              iperf3
+sockperf            sockperf
+bpftool             bpftool
+openvswitch-common  ovsdb-tool ovsdb-server ovsdb-client ovs-appctl ovs-ofctl ovs-pki
+openssl             openssl
+curl                curl
+prometheus          prometheus
+logrotate           logrotate
+openvswitch-switch  ovs-vsctl ovs-vswitchd
+ovn-common          ovn-nbctl ovn-sbctl
+ovn-central         ovn-northd
+ovn-host            ovn-controller
+qemu-system-x86     qemu-system-x86_64
+busybox-static      busybox
+apt                 apt-get apt-cache
+dpkg                dpkg-deb dpkg-query
+tar                 tar
+bash                bash
+coreutils           mkfifo timeout mktemp sha256sum dd
+mawk                awk
+openssh-client      ssh
+util-linux          setsid flock
+shellcheck          shellcheck
+systemd             systemd-analyze systemctl
+vagrant             vagrant
+libvirt-clients     virsh
+libvirt-daemon      libvirtd virtlogd
+mmdebstrap          mmdebstrap
+e2fsprogs           mkfs.ext4
+qemu-utils          qemu-img
+"""
+# program -> the Debian package that ships it
+PACKAGES = {program: package
+            for package, *programs in map(str.split, _SHIPPED.strip().splitlines())
+            for program in programs}
 
 
 class MissingProgram(RuntimeError):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from integration.programs import require
+from ovsfoot.clusterdb import wait_exit
 
 PROVISION = Path(__file__).resolve().parents[1] / "vagrant" / "provision"
 OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
@@ -89,13 +90,8 @@ def kill_pidfile(pidfile: Path, sig=signal.SIGTERM, wait=5.0) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
+    if wait_exit(pid, wait):
+        return
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -411,15 +411,21 @@ def stop(args) -> int:
     p = _run("ovs-appctl", "-t", str(paths.ctl), "exit", check=False, timeout=15)
     if p.returncode:
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
+    if not wait_exit(pid, 10):
+        os.kill(pid, signal.SIGKILL)
+    return 0
+
+
+def wait_exit(pid: int, seconds: float) -> bool:
+    """Whether process `pid` is gone within `seconds`."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return 0
+            return True
         time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    return 0
+    return False
 
 
 def status(args) -> int:

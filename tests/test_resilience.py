@@ -103,26 +103,20 @@ def test_malformed_zones_and_zone_without_port(node, agent):
 
 
 def test_missing_bridge(node):
-    a = node.agent(bridge="br-nowhere").start()
-    try:
+    with node.agent(bridge="br-nowhere").start() as a:
         wait_for(lambda: "bridge br-nowhere not found" in a.log_text(), what="the warning")
         assert a.appctl("zone/map") == "no zones on bridge br-nowhere"
         assert a.alive()
-    finally:
-        a.stop()
 
 
 def test_corrupt_state_file_is_set_aside(node, tmp_path):
     state = tmp_path / "state"
     state.write_bytes(b"\x93garbage\xff\x00not msgpack")
-    a = node.agent(state=state).start()
-    try:
+    with node.agent(state=state).start() as a:
         wait_for(lambda: "is unreadable" in a.log_text(), what="the warning")
         assert a.alive() and a.json("workload/show")
         aside = list(tmp_path.glob("state.corrupt-*"))
         assert aside and aside[0].read_bytes().startswith(b"\x93garbage")
-    finally:
-        a.stop()
 
 
 def test_garbage_replay_files(node, tmp_path):
@@ -140,11 +134,8 @@ def test_garbage_replay_files(node, tmp_path):
     half = tmp_path / "half"
     half.write_bytes(msgpack.packb({"magic": "ovsfoot-events", "version": 1, "source": "t"})
                      + msgpack.packb(good) + msgpack.packb([1, "x"]) + b"\xc1\xc1")
-    a = node.agent(f"--replay={half}", "--speed=0", "--source=replay").start()
-    try:
+    with node.agent(f"--replay={half}", "--speed=0", "--source=replay").start() as a:
         rows = wait_elephants(a, lambda r: len(r) == 1)
         assert rows[0]["port"] == node.pods["p1"].lport
         wait_for(lambda: "stopping replay after 1 events" in a.log_text(), what="replay error")
         assert a.alive() and a.json("stats")["source"]["errors"] == 1
-    finally:
-        a.stop()

@@ -12,6 +12,9 @@
 # OVSFOOT_KEEP=yes keeps the VMs (no destroy); the Vagrantfile's OVSFOOT_* sizes
 # apply (here 1 CPU and 1280 MiB per VM unless set).
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=provision/common.sh
+. "$(dirname "$0")/provision/common.sh"
+SCRIPT=vagrant-lab MAKE_DEPS=yes
 cd "$(dirname "$0")"
 BOX=${BOX:-${OVSFOOT_CACHE:-/var/cache/ovsfoot}/box/ovsfoot-bookworm-libvirt.box}
 NAME=ovsfoot/bookworm
@@ -21,14 +24,6 @@ export OVSFOOT_CPUS=${OVSFOOT_CPUS:-1} OVSFOOT_MEMORY=${OVSFOOT_MEMORY:-1280}
 export LIBVIRT_DEFAULT_URI=qemu:///system
 started=$SECONDS
 step() { printf '[vagrant-lab %4d s] %s\n' "$((SECONDS - started))" "$*"; }
-die() { printf '[vagrant-lab] error: %s\n' "$*" >&2; exit 1; }
-need() {
-  local p
-  for p in "$@"; do
-    command -v "${p%%:*}" >/dev/null ||
-      die "program '${p%%:*}' not found: install the Debian package ${p#*:} (or run \`make deps\`)"
-  done
-}
 need vagrant:vagrant virsh:libvirt-clients libvirtd:libvirt-daemon \
   virtlogd:libvirt-daemon qemu-system-x86_64:qemu-system-x86 tar:tar flock:util-linux
 [ "$(id -u)" = 0 ] || die "run as root: it starts libvirtd and its VMs"

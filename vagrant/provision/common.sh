@@ -54,10 +54,12 @@ usage_exit() { printf 'usage: %s\n' "$USAGE" >&2; exit 2; }
 
 # need PROGRAM:PACKAGE...: where a script starts, fails at once, naming the
 # program and the Debian package that ships it, unless every PROGRAM is on PATH
-# (rather than failing later, or reading "cannot run" as "not there").
+# (rather than failing later, or reading "cannot run" as "not there"). With
+# MAKE_DEPS=yes (lab mode, vagrant/lab.sh: this machine's own tools) it says that
+# `make deps` installs them.
 need() {
   local p hint=""
-  if [ "${MODE:-}" = lab ]; then hint=" (or run \`make deps\`)"; fi
+  if [ "${MAKE_DEPS:-}" = yes ]; then hint=" (or run \`make deps\`)"; fi
   for p in "$@"; do
     command -v "${p%%:*}" >/dev/null ||
       die "program '${p%%:*}' not found: install the Debian package ${p#*:}$hint"
@@ -98,7 +100,7 @@ parse_args() {
   done
   case $DATAPATH in system|netdev) ;; *) die "--datapath is system or netdev" ;; esac
   if [ -n "$RUNDIR" ]; then
-    MODE=lab
+    MODE=lab MAKE_DEPS=yes
     mkdir -p "$RUNDIR"
     RUNDIR=$(cd "$RUNDIR" && pwd)
     export OVS_RUNDIR=$RUNDIR OVS_LOGDIR=$RUNDIR OVS_DBDIR=$RUNDIR
