@@ -1,8 +1,8 @@
 """Traffic for the VM benchmarks, run inside the pods' network namespaces (stdlib only).
 
     vmflows.py sink PORT CHURN_PORT            a TCP sink, and a port that accepts and closes
-    vmflows.py send DST PORT RATE_BPS SECONDS      paced TCP flows, one for each line read
-                                                   from stdin; a JSON line each on stdout
+    vmflows.py send DST PORT RATE_BPS SECONDS      paced TCP flows on command from stdin,
+                                                   each SECONDS at most; JSON lines on stdout
     vmflows.py churn DST PORT SECONDS MAX OUT.json       connect / reset, as fast as it goes
 
 Every loop is bounded in time and count.
@@ -11,6 +11,8 @@ Every loop is bounded in time and count.
 from __future__ import annotations
 
 import json
+import os
+import select
 import socket
 import struct
 import sys
@@ -46,8 +48,9 @@ def sink(port: int, churn_port: int) -> None:
     serve(churn_port, lambda c: c.close())
 
 
-def send(dst: str, port: int, rate: float, seconds: float) -> dict:
-    """Sends at `rate` bytes/s for `seconds`, in 5 ms steps; says when it connected."""
+def send(dst: str, port: int, rate: float, seconds: float, stop_fd: int) -> dict:
+    """Sends at `rate` bytes/s, in 5 ms steps, until a byte (or EOF) is readable on
+    `stop_fd` or for `seconds` at most; says when it connected."""
     s = socket.socket()
     s.settimeout(10)
     t_connect = time.time()
@@ -62,17 +65,20 @@ def send(dst: str, port: int, rate: float, seconds: float) -> dict:
             n = s.send(buf[:min(due, len(buf))])
             sent += n
             due -= n
-        time.sleep(0.005)
+        if select.select([stop_fd], [], [], 0.005)[0]:
+            os.read(stop_fd, 1)
+            break
     s.close()
     return {"t_connect": t_connect, "t_connected": t_connected, "t_end": time.time(),
             "sport": sport, "bytes": sent}
 
 
 def sender(dst: str, port: int, rate: float, seconds: float) -> None:
-    """One flow per line of stdin, in one process: no interpreter start-up between the
-    bench's request and the flow's first packet (1.5-2 s under emulation)."""
-    for _ in sys.stdin:
-        print(json.dumps(send(dst, port, rate, seconds)), flush=True)
+    """Flows on command, in one process (no interpreter start-up between the bench's
+    request and the first packet: 1.5-2 s under emulation): a "g" on stdin starts one,
+    an "s" ends it; a JSON line each on stdout."""
+    while os.read(0, 1) == b"g":
+        print(json.dumps(send(dst, port, rate, seconds, 0)), flush=True)
 
 
 def churn(dst: str, port: int, seconds: float, limit: int, out: str) -> None:

@@ -56,7 +56,7 @@ IPERF_S = 2 if QUICK else 3
 CHURN_S = 5 if QUICK else 10
 ELEPHANT_BYTES, ELEPHANT_S, IDLE_S = 100_000, 1.0, 1.0
 RATE = 2_500_000                    # bytes/s of a paced elephant (20 Mbit/s)
-FLOW_S = 2.0                        # how long each paced elephant sends
+FLOW_S = 5.0                        # how long a paced elephant sends at the most
 THRESHOLDS = [f"--elephant-bytes={ELEPHANT_BYTES}", f"--elephant-seconds={ELEPHANT_S}",
               f"--idle-seconds={IDLE_S}"]
 IFACES = {1: "pod1-ovs", 2: "pod2-ovs"}          # zone -> Interface
@@ -146,7 +146,7 @@ def latency(agent: AgentProcess, mon: Monitor, label: str) -> list[dict]:
     out = []
     sender = subprocess.Popen(["ip", "netns", "exec", "pod1", PY, FLOWS, "send", "10.0.0.2",
                                "5001", str(RATE), str(FLOW_S)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
     try:
         for i in range(N_ELEPHANTS[label]):
             out += elephant(agent, mon, sender, label, i)
@@ -163,13 +163,14 @@ def elephant(agent: AgentProcess, mon: Monitor, sender: subprocess.Popen, label:
     if not mon.wait(lambda m: all(m.state.get(n) == 0 for n in IFACES.values()), 15):
         log(f"{label}: elephants still published before flow {i}: {mon.state}")
     t_start = time.time()
-    sender.stdin.write("go\n")
-    sender.stdin.flush()
+    sender.stdin.write(b"g")
     seen = mon.wait(lambda m: all(m.first_seen(n, t_start) for n in IFACES.values()),
                     FLOW_S + 10)
+    # the flow sends until its entries have been read: none has ended before
     rows = [r for r in agent.json("elephant/list") if r["dport"] == 5001] if seen else []
+    sender.stdin.write(b"s")
     ready, _, _ = select.select([sender.stdout], [], [], FLOW_S + 30)
-    flow = json.loads(sender.stdout.readline() or "{}") if ready else {}
+    flow = json.loads(sender.stdout.readline() or b"{}") if ready else {}
     out = []
     for zone, iface in IFACES.items():
         row = next((r for r in rows if r["zone"] == zone and r["sport"] == flow.get("sport")),
