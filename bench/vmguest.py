@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import select
 import shutil
 import subprocess
@@ -57,6 +58,7 @@ CHURN_S = 5 if QUICK else 10
 ELEPHANT_BYTES, ELEPHANT_S, IDLE_S = 100_000, 1.0, 1.0
 RATE = 2_500_000                    # bytes/s of a paced elephant (20 Mbit/s)
 FLOW_S = 5.0                        # how long a paced elephant sends at the most
+START_RNG = random.Random(19)      # when each flow starts, after the previous has ended
 THRESHOLDS = [f"--elephant-bytes={ELEPHANT_BYTES}", f"--elephant-seconds={ELEPHANT_S}",
               f"--idle-seconds={IDLE_S}"]
 IFACES = {1: "pod1-ovs", 2: "pod2-ovs"}          # zone -> Interface
@@ -162,6 +164,8 @@ def elephant(agent: AgentProcess, mon: Monitor, sender: subprocess.Popen, label:
     # quiet: this agent has published 0 elephants for both ports
     if not mon.wait(lambda m: all(m.state.get(n) == 0 for n in IFACES.values()), 15):
         log(f"{label}: elephants still published before flow {i}: {mon.state}")
+    # at a random phase of the ctnetlink agent's 1 s poll, which ended the previous flow
+    time.sleep(START_RNG.random())
     t_start = time.time()
     sender.stdin.write(b"g")
     seen = mon.wait(lambda m: all(m.first_seen(n, t_start) for n in IFACES.values()),
