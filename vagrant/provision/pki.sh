@@ -14,9 +14,13 @@ USAGE="pki.sh --dir DIR NAME..."
 DIR=""
 parse_args "dir" "$@"
 if [ -z "$DIR" ] || [ ${#POS[@]} -eq 0 ]; then usage_exit; fi
-need openssl:openssl
+need openssl:openssl flock:util-linux
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
+# One at a time: `vagrant up` runs this trigger once per machine, and in parallel
+# (libvirt), so three would each make a CA and sign with another's key.
+exec 9>"$DIR/.lock"
+flock 9
 umask 077                                  # the private keys
 
 if [ -e "$DIR/cacert.pem" ]; then
