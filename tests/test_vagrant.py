@@ -342,6 +342,19 @@ def test_lab_pki_names_each_certificate(lab):
     assert oct((lab.pki / "h1-privkey.pem").stat().st_mode & 0o777) == "0o600"
 
 
+def test_pki_run_in_parallel_makes_one_ca(tmp_path):
+    """`vagrant up` runs the PKI trigger once per machine, at the same time (libvirt)."""
+    names = ("central", "hv1", "hv2")
+    runs = [subprocess.Popen([str(PROVISION / "pki.sh"), "--dir", str(tmp_path), *names],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in names]
+    out = [p.communicate(timeout=120)[0] for p in runs]
+    assert [p.returncode for p in runs] == [0, 0, 0], out
+    assert sum("creating the CA" in o for o in out) == 1, out
+    for name in names:
+        run("openssl", "verify", "-CAfile", tmp_path / "cacert.pem", tmp_path / f"{name}-cert.pem")
+
+
 def test_lab_a_chassis_writes_only_its_own_rows(lab):
     """RBAC: h1's certificate may not write h2's row (and the agents' own writes passed)."""
     h2 = next(r for r in lab.cluster("Chassis") if r["name"] == "h2")
