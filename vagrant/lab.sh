@@ -39,8 +39,9 @@ elif [ -d /run/systemd/system ]; then
   systemctl start virtlogd libvirtd
 else
   step "starting virtlogd and libvirtd (no systemd: as daemons)"
-  pgrep -x virtlogd >/dev/null || virtlogd -d
-  libvirtd -d
+  # (without the lock's descriptor: a daemon holding it would keep the next lab waiting)
+  pgrep -x virtlogd >/dev/null || virtlogd -d 9>&-
+  libvirtd -d 9>&-
   for _ in $(seq 100); do virsh version >/dev/null 2>&1 && break; sleep 0.2; done
   virsh version >/dev/null 2>&1 || die "libvirtd did not answer (see /var/log/libvirt/libvirtd.log)"
 fi
