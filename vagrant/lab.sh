@@ -40,7 +40,7 @@ elif [ -d /run/systemd/system ]; then
 else
   step "starting virtlogd and libvirtd (no systemd: as daemons)"
   # (without the lock's descriptor: a daemon holding it would keep the next lab waiting)
-  pgrep -x virtlogd >/dev/null || virtlogd -d 9>&-
+  [ -S /run/libvirt/virtlogd-sock ] || virtlogd -d 9>&-
   libvirtd -d 9>&-
   for _ in $(seq 100); do virsh version >/dev/null 2>&1 && break; sleep 0.2; done
   virsh version >/dev/null 2>&1 || die "libvirtd did not answer (see /var/log/libvirt/libvirtd.log)"
