@@ -104,7 +104,7 @@ for m in "${machines[@]}"; do
   esac
   step "$m: $(vagrant ssh "$m" -c "$check" 2>/dev/null | tr -s '\r\n' '  ')"
 done
-if [[ " ${machines[*]} " == *" hv1 "*" hv2 "* ]]; then
+if [[ " ${machines[*]} " == *" hv1 "* && " ${machines[*]} " == *" hv2 "* ]]; then
   step "the experiment across the VMs"
   ./experiment.sh
 fi
