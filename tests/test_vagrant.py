@@ -2,7 +2,8 @@
 
 Machine mode: the box is built for real from Debian packages
 (vagrant/box/build.sh) and cached. VMs booted from it (`make vagrant-lab`,
-vagrant/lab.sh) take too long under emulation here for CI (vagrant/README.md).
+vagrant/lab.sh: 19 min under emulation here, the last run's output in
+vagrant/README.md) would leave CI too little margin, so CI does not boot them.
 
 Without booting: `vagrant validate` for both providers (VirtualBox and the public
 box cannot run here), `systemd-analyze verify` for the agent's and the cluster database's units,
