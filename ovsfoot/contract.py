@@ -22,7 +22,7 @@ import os
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ovsfoot.events import Thresholds
 from ovsfoot.rates import Rate
@@ -138,16 +138,17 @@ def bucket(value: float, steps: tuple[int, ...], previous: int | None = None) ->
 
 
 # -- values ---------------------------------------------------------------------
-def parse_class(value: str | None, where: str) -> str | None:
-    if value is not None and value not in CLASSES:
-        raise ContractError(f"{where}: {value!r} is not one of {', '.join(CLASSES)}")
-    return value
+def one_of(*choices: str) -> Callable[[str | None, str], str | None]:
+    """A parser of a key whose value, where present, must be one of `choices`."""
+    def parse(value: str | None, where: str) -> str | None:
+        if value is not None and value not in choices:
+            raise ContractError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+        return value
+    return parse
 
 
-def parse_node_class(value: str | None, where: str) -> str | None:
-    if value is not None and value not in NODE_CLASSES:
-        raise ContractError(f"{where}: {value!r} is neither heavy nor light")
-    return value
+parse_class = one_of(*CLASSES)
+parse_node_class = one_of(*NODE_CLASSES)
 
 
 def parse_count(value: str | None, where: str) -> int | None:

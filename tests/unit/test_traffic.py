@@ -94,7 +94,7 @@ def test_keys_published_for_traffic():
     node = c.NodeKeys.format(0, 0, 2, c.Traffic(5_000_000, 1000))
     assert node[c.FOOTPRINT] == "light" and node[c.SENSITIVE_PORTS] == "2"
     assert c.NodeKeys.parse(node, "Bridge br-int").bps == 5_000_000
-    with pytest.raises(c.ContractError, match="neither heavy nor light"):
+    with pytest.raises(c.ContractError, match="is not one of light, heavy"):
         c.NodeKeys.parse({c.FOOTPRINT: "sensitive"}, "Bridge br-int")
 
 
