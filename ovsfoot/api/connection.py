@@ -45,26 +45,28 @@ class Connection:
     def close(self) -> None:
         self.idl.close()
 
-    def _block(self, deadline: float, txn=None) -> None:
+    def _block(self, deadline: float, txn=None) -> bool:
+        """Waits for the server (and `txn`) until `deadline`; False once it has passed."""
+        if time.monotonic() >= deadline:
+            return False
         poller = ovs.poller.Poller()
         self.idl.wait(poller)
         if txn is not None:
             txn.wait(poller)
         poller.timer_wait(max(1, int((deadline - time.monotonic()) * 1000)))
         poller.block()
+        return True
 
     def _sync(self, timeout: float) -> None:
         """Waits for the first copy of the database."""
         deadline = time.monotonic() + timeout
-        while True:
-            self.idl.run()
-            if self.idl.has_ever_connected():
-                return
-            if time.monotonic() >= deadline:
+        self.idl.run()
+        while not self.idl.has_ever_connected():
+            if not self._block(deadline):
                 self.close()
                 raise DatabaseUnavailable(f"{self.remote} did not send the Open_vSwitch "
                                           f"database within {timeout:g} s")
-            self._block(deadline)
+            self.idl.run()
 
     def refresh(self) -> None:
         """Takes in what the server sent since (reads do it on their own)."""
@@ -85,15 +87,11 @@ class Connection:
             except BaseException:
                 txn.abort()
                 raise
-            while True:
-                status = txn.commit()
-                if status != txn.INCOMPLETE:
-                    break
-                if time.monotonic() >= deadline:
+            while (status := txn.commit()) == txn.INCOMPLETE:
+                if not self._block(deadline, txn):
                     txn.abort()
                     raise Timeout(f"{what}: no answer from {self.remote} within "
                                   f"{self.timeout:g} s")
-                self._block(deadline, txn)
                 self.idl.run()
             if status in (txn.SUCCESS, txn.UNCHANGED):
                 return
