@@ -121,17 +121,13 @@ class ClusterPublisher(Committer):
     def _beat_due(self, chassis) -> bool:
         return time.time_ns() // 1_000_000 - chassis.updated >= self.heartbeat * 1000
 
-    def _commit(self) -> None:
-        if not self.settled():
-            return
-        if not self.idl.has_ever_connected() or time.monotonic() - self._last < self.min_interval:
-            return
-        changes = self.diff()
-        if not changes:
-            return
+    def ready(self) -> bool:
+        return self.settled() and self.idl.has_ever_connected() \
+            and time.monotonic() - self._last >= self.min_interval
+
+    def write(self, txn, changes: list[tuple[str, object, dict | None]]) -> None:
         self._last = time.monotonic()
         now = time.time_ns() // 1_000_000
-        txn = self.begin(self.idl, f"ovsfoot: chassis {self.chassis}")
         for table, row, cols in changes:
             if cols is None:
                 row.delete()
@@ -140,7 +136,6 @@ class ClusterPublisher(Committer):
                 row = txn.insert(self.idl.tables[table])
             for c, v in {**cols, "updated": now}.items():
                 setattr(row, c, v)
-        self._commit()
 
     # -- the loop ----------------------------------------------------------------
     def run(self) -> bool:
@@ -152,7 +147,7 @@ class ClusterPublisher(Committer):
             log.log(logging.INFO if connected else logging.WARNING, "cluster database %s: %s",
                     self.remote, "connected" if connected else
                     "not connected; the cluster view waits for it (check --cluster-db)")
-        self._commit()
+        self.reconcile(self.idl, f"ovsfoot: chassis {self.chassis}")
         if self.idl.change_seqno == self._seqno:
             return False
         self._seqno = self.idl.change_seqno

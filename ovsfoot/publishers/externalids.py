@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Iterable
 
@@ -38,9 +39,10 @@ class Flight:
     changes: list[Change] = field(default_factory=list)
 
 
-class Committer:
+class Committer(ABC):
     """Transactions in flight, at most `depth` at once; counts them, and logs what the
-    server refused."""
+    server refused. A subclass says when it is `ready` for another, what its `diff` is
+    and how to `write` it."""
 
     def __init__(self, what: str, depth: int = 1):
         self.what, self.depth = what, depth
@@ -86,6 +88,25 @@ class Committer:
     def wait(self, poller: ovs.poller.Poller) -> None:
         for flight in self.flights:
             flight.txn.wait(poller)
+
+    def reconcile(self, idl: ovs.db.idl.Idl, comment: str) -> None:
+        """Once `ready()`, writes what `diff()` returns in one transaction and sends it."""
+        if not self.ready() or not (changes := self.diff()):
+            return
+        self.write(self.begin(idl, comment, changes), changes)
+        self.settled()
+
+    @abstractmethod
+    def ready(self) -> bool:
+        ...
+
+    @abstractmethod
+    def diff(self) -> list:
+        ...
+
+    @abstractmethod
+    def write(self, txn: Txn, changes: list) -> None:
+        ...
 
 
 class ExternalIdsPublisher(Committer):
@@ -140,20 +161,20 @@ class ExternalIdsPublisher(Committer):
 
     def run(self) -> None:
         self.settled()
-        if not self.room() or self._want is None or (self.budget and self.budget.wait_s() > 0):
-            return
-        changes = self.diff()
-        if not changes:
-            return
+        self.reconcile(self.idl, "ovsfoot: publish footprints")
+
+    def ready(self) -> bool:
+        return self.room() and self._want is not None \
+            and not (self.budget and self.budget.wait_s() > 0)
+
+    def write(self, txn: Txn, changes: list[Change]) -> None:
         if self.budget:
             self.budget.take()
-        self.begin(self.idl, "ovsfoot: publish footprints", changes)
         for row, put, drop in changes:
             for k, v in put.items():
                 row.setkey("external_ids", k, v)
             for k in drop:
                 row.delkey("external_ids", k)
-        self.settled()
 
     def wait(self, poller: ovs.poller.Poller) -> None:
         super().wait(poller)
