@@ -13,12 +13,12 @@ mean is reported next to its mice p99.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from integration.sandbox import sh
+from ovsfoot.background import Background
 
 if TYPE_CHECKING:
     from integration.lab_scenario import Lab
@@ -94,7 +94,7 @@ def experiment_phase(lab: Lab) -> None:
     r.data["experiment"]["goals"] = iso.judge(a)
 
 
-class Throughput:
+class Throughput(Background):
     """Mbit/s received on `ifname` in network namespace `netns`, sampled in a thread.
 
     The thread makes its own netlink socket in `netns`: pyroute2 (0.9) gives each
@@ -106,8 +106,7 @@ class Throughput:
         self.index = self._lookup()
         self.samples: list[tuple[float, float]] = []      # (epoch s, Mbit/s)
         self.error: str | None = None                     # why sampling stopped early
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="throughput", daemon=True)
+        super().__init__("throughput")
 
     def _open(self):
         from pyroute2 import IPRoute
@@ -126,7 +125,7 @@ class Throughput:
             raise RuntimeError(f"no interface {self.ifname!r} in network namespace {self.netns}")
         return found[0]
 
-    def _run(self) -> None:
+    def loop(self) -> None:
         try:
             ipr = self._open()
         except Exception as e:
@@ -137,7 +136,7 @@ class Throughput:
             return ipr.get_links(self.index)[0].get_attr("IFLA_STATS64")["rx_bytes"]
         try:
             last_t, last = time.time(), rx()
-            while not self._stop.wait(SAMPLE_S):
+            while not self.stopping.wait(SAMPLE_S):
                 t, n = time.time(), rx()
                 self.samples.append((t, (n - last) * 8 / (t - last_t) / 1e6))
                 last_t, last = t, n
@@ -145,14 +144,6 @@ class Throughput:
             self.error = f"{type(e).__name__}: {e}"
         finally:
             ipr.close()
-
-    def start(self) -> "Throughput":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def mean(self, t0: float, t1: float) -> float | None:
         inside = [m for t, m in self.samples if t0 < t <= t1]

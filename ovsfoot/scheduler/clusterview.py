@@ -10,12 +10,12 @@ The schema ships with the package, so nothing blocks on a server that is down.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import ovs.poller
 
 from ovsfoot import contract
+from ovsfoot.background import Background
 from ovsfoot.ovsdb import ClusterIdl, make_idl, ssl_problem
 from ovsfoot.scheduler.scoring import ClusterView, NodeFacts
 
@@ -54,7 +54,7 @@ def build_view(chassis: list[dict], classes: list[dict], node_key: str,
                        synced=True)
 
 
-class ClusterDbView:
+class ClusterDbView(Background):
     """Keeps a `ClusterView` of the cluster database up to date in a thread."""
 
     CHASSIS = ("name", "hostname", "footprint", "elephants", "heavy_ports", "updated",
@@ -68,16 +68,10 @@ class ClusterDbView:
         self.view = ClusterView()
         self.connected = False
         self.updates = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cluster-view", daemon=True)
+        super().__init__("cluster-view")
 
-    def start(self) -> "ClusterDbView":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
+    def stop(self, timeout: float | None = 5) -> None:
+        super().stop(timeout)
 
     def status(self) -> dict:
         """What /healthz shows; `synced` is the readiness: a view of the database
@@ -92,7 +86,7 @@ class ClusterDbView:
             status["problem"] = problem
         return status
 
-    def _run(self) -> None:
+    def loop(self) -> None:
         idl = make_idl(self.remote, contract.cluster_schema_path(), {
             "Chassis": list(self.CHASSIS), "Workload_Class": list(self.CLASSES)}, ClusterIdl)
         idl.cond_change("Workload_Class", [["learned", "==", c]
@@ -100,7 +94,7 @@ class ClusterDbView:
         seqno, warned = None, False
         seen: dict[str, tuple[int, float]] = {}     # chassis: (updated, when it moved)
         try:
-            while not self._stop.is_set():
+            while not self.stopping.is_set():
                 idl.run()
                 self.connected = idl.is_connected()
                 if not self.connected and not warned and not idl.has_ever_connected():
