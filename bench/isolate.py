@@ -28,13 +28,9 @@ GOAL_NS = 120
 
 
 def _baseline_fd():
-    import bcc
-
-    from ovsfoot.isolation import _environment, _header_flags
-    env, cflags = _header_flags()
-    with _environment(env):
-        b = bcc.BPF(text=BASELINE, cflags=cflags)
-        return b, b.load_func("classify", bcc.BPF.SCHED_CLS).fd
+    from ovsfoot.isolation import load_tc_program
+    b, fn = load_tc_program(text=BASELINE)
+    return b, fn.fd
 
 
 def run(quick: bool = False, log=print) -> list[Result]:

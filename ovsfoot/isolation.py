@@ -27,6 +27,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from ovsfoot import netns as ns
 from ovsfoot.events import FlowKey
@@ -89,6 +90,19 @@ def _environment(extra: dict[str, str]):
                 os.environ[k] = v
 
 
+def load_tc_program(cflags: Iterable[str] = (), **source):
+    """Compiles a tc program (bcc.BPF's `src_file=` or `text=`) with the kernel
+    headers found here; returns the BPF object and its function `classify`."""
+    try:
+        import bcc
+    except ImportError:
+        raise IsolationUnavailable("bcc is not installed (Debian: python3-bpfcc)") from None
+    env, flags = _header_flags()
+    with _environment(env):
+        b = bcc.BPF(**source, cflags=[*flags, *cflags])
+        return b, b.load_func("classify", bcc.BPF.SCHED_CLS)
+
+
 def check_dscp(dscp: int | None) -> None:
     if dscp is not None and not (isinstance(dscp, int) and 0 <= dscp <= 63):
         raise ValueError(f"DSCP must be a whole number from 0 to 63, not {dscp!r}")
@@ -113,25 +127,20 @@ class Classifier:
     """The compiled classifier and its maps."""
 
     def __init__(self, max_flows: int = 16384):
-        try:
-            import bcc
-        except ImportError:
-            raise IsolationUnavailable("bcc is not installed (Debian: python3-bpfcc)") from None
         from ovsfoot.sources import SourceUnavailable
         from ovsfoot.sources.bpf import program_file
         try:
             program = program_file(PROGRAM)
         except SourceUnavailable as e:
             raise IsolationUnavailable(str(e)) from None
-        env, cflags = _header_flags()
         t0 = time.monotonic()
-        with _environment(env):
-            try:
-                self._bpf = bcc.BPF(src_file=str(program),
-                                    cflags=[*cflags, f"-DMAX_FLOWS={max_flows}"])
-                self.fn = self._bpf.load_func("classify", bcc.BPF.SCHED_CLS)
-            except Exception as e:      # bcc raises bare Exceptions
-                raise IsolationUnavailable(f"cannot load the classifier: {e}") from None
+        try:
+            self._bpf, self.fn = load_tc_program([f"-DMAX_FLOWS={max_flows}"],
+                                                 src_file=str(program))
+        except IsolationUnavailable:
+            raise
+        except Exception as e:      # bcc raises bare Exceptions
+            raise IsolationUnavailable(f"cannot load the classifier: {e}") from None
         log.info("isolate: classifier loaded in %.1f s", time.monotonic() - t0)
         self.elephants = self._bpf["elephants"]
         self.set_dscp(None)

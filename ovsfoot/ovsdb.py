@@ -82,12 +82,8 @@ def configure_ssl(private_key: str | None, certificate: str | None,
 
 
 def _files() -> tuple[str | None, str | None, str | None, bool]:
-    """private key, certificate, CA certificate, bootstrap: from configure_ssl(), else
-    what was set on python-ovs's Stream directly (ssl_set_*)."""
-    if SSL.configured:
-        return SSL.private_key, SSL.certificate, SSL.ca_cert, SSL.bootstrap
-    s = ovs.stream.Stream
-    return s._SSL_private_key_file, s._SSL_certificate_file, s._SSL_ca_cert_file, False
+    """private key, certificate, CA certificate, bootstrap: as configure_ssl() set them."""
+    return SSL.private_key, SSL.certificate, SSL.ca_cert, SSL.bootstrap
 
 
 def _missing_options() -> str | None:
@@ -185,7 +181,9 @@ def _context(bootstrapping: bool) -> ssl.SSLContext:
 def _bootstrap_ca(remote: str, sock: ssl.SSLSocket) -> None:
     """Saves the CA certificate the server sent at the end of its chain into the
     --bootstrap-ca-cert file (trust on first use, as OVS does); raises ValueError."""
-    chain = sock._sslobj.get_unverified_chain() or []
+    # (public as SSLSocket.get_unverified_chain from Python 3.13; before, on its SSLObject)
+    get_chain = getattr(sock, "get_unverified_chain", None) or sock._sslobj.get_unverified_chain
+    chain = get_chain() or []
     top = chain[-1] if chain else None
     info = top.get_info() if top is not None else {}
     if top is None or info.get("subject") != info.get("issuer"):
