@@ -122,6 +122,17 @@ in_ns() {
 
 vsctl() { ovs-vsctl --timeout=30 --no-wait "$@"; }
 
+# add_netns NAME WHAT: the network namespace NAME, with lo up; true only if it made it
+# (a step line says which; WHAT names it). Called in conditions, where set -e is off.
+add_netns() {
+  if [ -e "/run/netns/$1" ]; then
+    step "$2 already there"
+    return 1
+  fi
+  step "$2: network namespace"
+  { ip netns add "$1" && ip -n "$1" link set lo up; } || die "cannot make network namespace $1"
+}
+
 # OVS's own shell library (openvswitch-common), which ovs-ctl and ovn-ctl use: in lab
 # mode its daemon functions find pidfiles, logs and control sockets in the node's
 # OVS_RUNDIR and OVS_LOGDIR, and databases in OVS_DBDIR. Called in a shell of its own

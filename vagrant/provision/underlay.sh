@@ -24,13 +24,7 @@ else
 fi
 echo "$LINK $host_end" >"$RUNDIR/underlay"        # for teardown.sh
 
-if [ -e "/run/netns/$NETNS" ]; then
-  step "namespace $NETNS already there"
-else
-  step "creating namespace $NETNS"
-  ip netns add "$NETNS"
-  ip -n "$NETNS" link set lo up
-fi
+add_netns "$NETNS" "the node" || true
 
 if ip -n "$NETNS" link show ul >/dev/null 2>&1; then
   step "ul already plugged into $LINK"

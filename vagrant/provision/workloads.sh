@@ -34,15 +34,8 @@ step "logical port $LPORT: $MAC $IP ${IP6%/*}"
 nbctl --may-exist lsp-add "$SWITCH" "$LPORT" -- lsp-set-addresses "$LPORT" \
   "$MAC $IP${IP6:+ ${IP6%/*}}"
 
-if [ -e "/run/netns/$POD" ]; then
-  step "pod $POD already there"
-else
-  step "pod $POD: network namespace"
-  ip netns add "$POD"
-  ip -n "$POD" link set lo up
-  if [ "$MODE" = lab ]; then
-    echo "$POD" >>"$RUNDIR/pods"                         # for teardown.sh
-  fi
+if add_netns "$POD" "pod $POD" && [ "$MODE" = lab ]; then
+  echo "$POD" >>"$RUNDIR/pods"                           # for teardown.sh
 fi
 if [ "$MODE" = machine ] && command -v podman >/dev/null; then
   if podman container exists "$POD"; then
