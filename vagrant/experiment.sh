@@ -129,7 +129,7 @@ for hv in "${CHASSIS[@]}"; do
   [ "${fp% *}" = light ] && light+=("$hv")
 done
 case ${#light[@]} in
-  0) rows+=("placed by ovsfoot|-||every chassis is heavy: try OVSFOOT_CHASSIS=4") ;;
+  0) rows+=("placed by ovsfoot|-||every chassis is heavy: OVSFOOT_CHASSIS=3 gives one light, 4 two") ;;
   1) mice_row "placed by ovsfoot" "${light[0]}" "${light[0]}" 11113 \
        "one light chassis: no Geneve hop" ;;
   *) mice_row "placed by ovsfoot" "${light[0]}" "${light[1]}" 11113 ;;

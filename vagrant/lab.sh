@@ -3,8 +3,8 @@
 # vagrant/box/build.sh (`make vagrant-box`), with nothing downloaded:
 #   libvirtd (started if it does not run), the box (added, or replaced when it was
 #   rebuilt), `vagrant up --provider=libvirt` (the VMs boot in parallel, then central,
-#   hv1, hv2 are provisioned in turn), experiment.sh, `vagrant destroy -f`, and a
-#   check that no domain, network or volume of the lab is left.
+#   hv1 .. hvN, N=OVSFOOT_CHASSIS (2), are provisioned in turn), experiment.sh,
+#   `vagrant destroy -f`, and a check that no domain, network or volume of the lab is left.
 # KVM where it works, else software emulation (domain type qemu): a short boot of
 # the box's kernel with KVM decides. Each step says how long it took.
 # With MACHINE arguments (e.g. `lab.sh central hv1`), only those come up, and the
@@ -32,6 +32,16 @@ need vagrant:vagrant virsh:libvirt-clients libvirtd:libvirt-daemon \
 exec 9>/tmp/ovsfoot-vagrant-lab.lock
 flock -n 9 || { step "waiting for another vagrant lab to finish"; flock 9; }
 
+# libvirt (9.0) checks /dev/kvm as its qemu user (libvirt-qemu): where that user
+# cannot open it but libvirt's own probe of qemu found KVM, every call takes the cached
+# qemu capabilities for outdated and probes qemu again (2 s each, under emulation): that
+# was most of the 10 min a lab spent before provisioning. Debian's udev rule gives
+# /dev/kvm to group kvm, mode 0660; so does this where nothing did (no udev here).
+if [ -c /dev/kvm ] && [ "$(stat -c %a:%G /dev/kvm)" = 600:root ] && getent group kvm >/dev/null; then
+  step "/dev/kvm: group kvm, mode 0660, as Debian's udev rule sets it (it was root's only)"
+  chgrp kvm /dev/kvm
+  chmod 0660 /dev/kvm
+fi
 if virsh version >/dev/null 2>&1; then
   step "libvirtd runs"
 elif [ -d /run/systemd/system ]; then
@@ -87,7 +97,7 @@ destroy() {
 if [ "${OVSFOOT_KEEP:-no}" != yes ]; then trap destroy EXIT; fi
 
 machines=("$@")
-[ $# -gt 0 ] || machines=(central hv1 hv2)
+[ $# -gt 0 ] || mapfile -t machines < <(echo central; seq -f "hv%g" "${OVSFOOT_CHASSIS:-2}")
 step "vagrant up --no-provision: ${machines[*]} boot in parallel ($OVSFOOT_CPUS CPU, $OVSFOOT_MEMORY MiB each)"
 # (without its upload progress, a line per percent)
 vagrant up --provider=libvirt --no-provision "${machines[@]}" |
