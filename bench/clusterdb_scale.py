@@ -151,7 +151,6 @@ def timed_publisher_class():
             self.successes: list[tuple[int, float]] = []   # (state carried, t SUCCESS)
             self.latency: list[tuple[float, float]] = []   # (t publish, s to SUCCESS)
             self.refused = self.reverted = self.repeats = 0
-            self._inside = False
             self._ok_state = -1
 
         def publish_state(self, state: int, node: dict, lessons: dict) -> None:
@@ -159,15 +158,9 @@ def timed_publisher_class():
             self.pending.append((state, time.monotonic()))
             self.publish(node, lessons)
 
-        def _commit(self) -> None:
-            if self._inside:                    # ClusterPublisher._commit calls itself
-                return super()._commit()
+        def reconcile(self, idl, comment: str) -> None:
             before, n = self.txn, self.transactions
-            self._inside = True
-            try:
-                super()._commit()
-            finally:
-                self._inside = False
+            super().reconcile(idl, comment)
             now = time.monotonic()
             if before is not None and self.txn is not before:
                 status = before.commit()        # a finished transaction keeps its status
