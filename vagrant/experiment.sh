@@ -18,6 +18,7 @@ MICE_MPS=${MICE_MPS:-1000}          # mice messages per second
 ELEPHANT_SECS=$((2 * MICE_SECS + 60))
 
 step() { printf '[experiment] %s\n' "$*"; }
+fail() { printf 'experiment: %s\n' "$*" >&2; exit 1; }
 
 # need [NODE] PROGRAM:PACKAGE...: fails at once, naming the program and the
 # Debian package that ships it, unless every PROGRAM is on this machine's PATH,
@@ -119,6 +120,8 @@ for _ in $(seq 30); do
   sleep 1
 done
 step "ovsfoot on hv1: $(footprint hv1)"
+[[ $(footprint hv1) == heavy* ]] || fail "ovsfoot did not mark hv1 heavy within 30 s of the" \
+  "elephant's start: see \`vagrant ssh hv1 -c 'sudo ovs-appctl -t ovsfoot elephant/list'\`"
 mice_row "beside the elephant" hv1 hv2 11112
 
 step "3/3 placing the mice by the published footprints"
@@ -150,3 +153,7 @@ for i in "${!rows[@]}"; do
     "${seed[$i]}" "$where" "${note:+ ($note)}"
 done
 echo "  elephant (iperf3 hv1 -> hv2): ${throughput:-?}"
+for row in "${rows[@]}"; do
+  IFS='|' read -r what where p99 _ <<<"$row"
+  [ "$where" = - ] || [ -n "$p99" ] || fail "no p99 for \"$what\" ($where): sockperf gave none"
+done

@@ -106,13 +106,18 @@ for m in "${machines[@]}"; do
   step "provisioning $m"
   vagrant provision "$m"
   case $m in
-    central) check="sudo systemctl is-active ovn-northd ovsfoot-cluster-db | paste -sd ' '" ;;
-    *) # the agent answers once its source runs (bcc compiles for a minute under emulation)
-       check="sudo systemctl is-active ovs-vswitchd ovn-controller ovsfoot-agent | paste -sd ' '
-         for _ in \$(seq 300); do sudo ovs-appctl -t ovsfoot stats >/tmp/stats 2>&1 && break
-           sleep 1; done; grep -m1 '^source source:' /tmp/stats || cat /tmp/stats" ;;
+    central) units="ovn-northd ovsfoot-cluster-db" want="active active" ;;
+    *) units="ovs-vswitchd ovn-controller ovsfoot-agent" want="active active active bpf" ;;
   esac
-  step "$m: $(vagrant ssh "$m" -c "$check" 2>/dev/null | tr -s '\r\n' '  ')"
+  # a chassis' agent answers once its source runs (bcc compiles for a minute under emulation)
+  check="sudo systemctl is-active $units | paste -sd ' '
+    [ $m = central ] || { for _ in \$(seq 300); do
+      sudo ovs-appctl -t ovsfoot stats >/tmp/stats 2>&1 && break; sleep 1; done
+      sed -n 's/^source source: *//p' /tmp/stats | grep . || cat /tmp/stats; }"
+  got=$(vagrant ssh "$m" -c "$check" 2>/dev/null | tr -s '\r\n' '  ' | sed 's/ *$//')
+  step "$m: $units: $got"
+  [ "$got" = "$want" ] || die "$m: expected \"$want\" (the eBPF source on a chassis): see" \
+    "\`vagrant ssh $m -c 'sudo journalctl -u ovsfoot-agent'\` (OVSFOOT_KEEP=yes keeps the VMs)"
 done
 if [[ " ${machines[*]} " == *" hv1 "* && " ${machines[*]} " == *" hv2 "* ]]; then
   step "the experiment across the VMs"
