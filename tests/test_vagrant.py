@@ -1,9 +1,9 @@
 """The Vagrant lab (vagrant/).
 
 Machine mode: the box is built for real from Debian packages
-(vagrant/box/build.sh) and cached. VMs booted from it (`make vagrant-lab`,
-vagrant/lab.sh: 19 min under emulation here, the last run's output in
-vagrant/README.md) would leave CI too little margin, so CI does not boot them.
+(vagrant/box/build.sh) and cached. CI boots VMs from it after these tests
+(`make vagrant-lab` in .ci/run: vagrant/lab.sh fails unless every VM's services run,
+each agent has the eBPF source and experiment.sh measures every row).
 
 Without booting: `vagrant validate` for both providers (VirtualBox and the public
 box cannot run here), `systemd-analyze verify` for the agent's and the cluster database's units,
