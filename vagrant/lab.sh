@@ -42,6 +42,7 @@ if [ -c /dev/kvm ] && [ "$(stat -c %a:%G /dev/kvm)" = 600:root ] && getent group
   chgrp kvm /dev/kvm
   chmod 0660 /dev/kvm
 fi
+ours=()
 if virsh version >/dev/null 2>&1; then
   step "libvirtd runs"
 elif [ -d /run/systemd/system ]; then
@@ -50,8 +51,9 @@ elif [ -d /run/systemd/system ]; then
 else
   step "starting virtlogd and libvirtd (no systemd: as daemons)"
   # (without the lock's descriptor: a daemon holding it would keep the next lab waiting)
-  [ -S /run/libvirt/virtlogd-sock ] || virtlogd -d 9>&-
+  [ -S /run/libvirt/virtlogd-sock ] || { virtlogd -d 9>&-; ours=(virtlogd); }
   libvirtd -d 9>&-
+  ours+=(libvirtd)            # stopped again at the end, unless OVSFOOT_KEEP=yes
   for _ in $(seq 100); do virsh version >/dev/null 2>&1 && break; sleep 0.2; done
   virsh version >/dev/null 2>&1 || die "libvirtd did not answer (see /var/log/libvirt/libvirtd.log)"
 fi
@@ -93,6 +95,12 @@ destroy() {
             virsh vol-list default 2>/dev/null | awk 'NR > 2 && $1 ~ /^vagrant_/ {print $1}'; } )
   [ -z "$left" ] || die "left behind after vagrant destroy: $left"
   step "nothing left: no domain, network or volume of the lab"
+  local d
+  for d in "${ours[@]}"; do
+    pkill -F "/run/$d.pid" "$d" || true
+    for _ in $(seq 50); do pgrep -F "/run/$d.pid" "$d" >/dev/null || break; sleep 0.2; done
+  done
+  [ ${#ours[@]} = 0 ] || step "stopped ${ours[*]} (started by this lab)"
 }
 if [ "${OVSFOOT_KEEP:-no}" != yes ]; then trap destroy EXIT; fi
 
