@@ -98,7 +98,7 @@ destroy() {
   local d
   for d in "${ours[@]}"; do
     pkill -F "/run/$d.pid" "$d" || true
-    for _ in $(seq 50); do pgrep -F "/run/$d.pid" "$d" >/dev/null || break; sleep 0.2; done
+    for _ in $(seq 50); do pgrep -F "/run/$d.pid" "$d" >/dev/null 2>&1 || break; sleep 0.2; done
   done
   [ ${#ours[@]} = 0 ] || step "stopped ${ours[*]} (started by this lab)"
 }
