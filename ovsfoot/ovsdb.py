@@ -49,7 +49,6 @@ class _SslConfig:
     certificate: str | None = None
     ca_cert: str | None = None
     bootstrap = False       # ca_cert is --bootstrap-ca-cert: fetched from the server if absent
-    configured = False
 
 
 SSL = _SslConfig()
@@ -72,13 +71,12 @@ def configure_ssl(private_key: str | None, certificate: str | None,
     ca = bootstrap_ca_cert or ca_cert
     SSL.private_key, SSL.certificate, SSL.ca_cert = private_key, certificate, ca
     SSL.bootstrap = bool(bootstrap_ca_cert)
-    SSL.configured = bool(private_key or certificate or ca)
     # python-ovs's own variables too, for code that looks at them
     ovs.stream.Stream.ssl_set_private_key_file(private_key)
     ovs.stream.Stream.ssl_set_certificate_file(certificate)
     ovs.stream.Stream.ssl_set_ca_cert_file(ca)
-    if SSL.configured and _missing_options():
-        log.warning("SSL remotes will not connect: %s", _missing_options())
+    if (private_key or certificate or ca) and (missing := _missing_options()):
+        log.warning("SSL remotes will not connect: %s", missing)
 
 
 def _files() -> tuple[str | None, str | None, str | None, bool]:
