@@ -119,8 +119,9 @@ for _ in $(seq 30); do
   [[ $(footprint hv1) == heavy* ]] && break
   sleep 1
 done
-step "ovsfoot on hv1: $(footprint hv1)"
-[[ $(footprint hv1) == heavy* ]] || fail "ovsfoot did not mark hv1 heavy within 30 s of the" \
+fp=$(footprint hv1)
+step "ovsfoot on hv1: $fp"
+[[ $fp == heavy* ]] || fail "ovsfoot did not mark hv1 heavy within 30 s of the" \
   "elephant's start: see \`vagrant ssh hv1 -c 'sudo ovs-appctl -t ovsfoot elephant/list'\`"
 mice_row "beside the elephant" hv1 hv2 11112
 

@@ -124,8 +124,8 @@ for m in "${machines[@]}"; do
       sed -n 's/^source source: *//p' /tmp/stats | grep . || cat /tmp/stats; }"
   got=$(vagrant ssh "$m" -c "$check" 2>/dev/null | tr -s '\r\n' '  ' | sed 's/ *$//')
   step "$m: $units: $got"
-  [ "$got" = "$want" ] || die "$m: expected \"$want\" (the eBPF source on a chassis): see" \
-    "\`vagrant ssh $m -c 'sudo journalctl -u ovsfoot-agent'\` (OVSFOOT_KEEP=yes keeps the VMs)"
+  [ "$got" = "$want" ] || die "$m: expected \"$want\" (a chassis: the eBPF source): see" \
+    "\`vagrant ssh $m -c 'sudo journalctl -u ${units// / -u }'\` (OVSFOOT_KEEP=yes keeps the VMs)"
 done
 if [[ " ${machines[*]} " == *" hv1 "* && " ${machines[*]} " == *" hv2 "* ]]; then
   step "the experiment across the VMs"
